@@ -1,0 +1,138 @@
+"""The adapter contract on vattr-tiny (Llava) and on tiny random Qwen2.5-VL, Qwen3-VL and GLM-4.1V."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiny_archs
+from vattr_bench.benchmarks import synthetic_sample
+from vattr_bench.models import load_model
+from vattr_bench.models.hf import HFVisionLanguageModel
+
+ARCHS = ["vattr-tiny", *tiny_archs.ARCHS]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request, tiny) -> HFVisionLanguageModel:
+    return tiny if request.param == "vattr-tiny" else tiny_archs.build(request.param)
+
+
+def _trace(model, text="the circle is red ."):
+    return model.tokenizer.convert_tokens_to_ids(text.split())
+
+
+@pytest.fixture(scope="module")
+def image(model):
+    img = synthetic_sample("general", 0).image
+    # the merged-grid processors keep the aspect ratio: give them a non-square image
+    return img if model.model_type == "llava" else img.resize((96, 64))
+
+
+def test_generation_returns_a_complete_trace(model, image):
+    prepared = model.prepare(image, "what color is the circle ?")
+    trace = model.generate(prepared, max_new_tokens=12)
+    assert 0 < len(trace.token_ids) <= 12
+    assert trace.logprobs.shape == (len(trace.token_ids),) and np.all(trace.logprobs <= 0)
+    assert model.num_layers >= 2 and model.num_heads >= 4
+
+
+def test_logprobs_match_a_direct_forward_pass(model, image):
+    prepared = model.prepare(image, "what color is the circle ?")
+    trace = _trace(model)
+    ours = model.token_logprobs(prepared, trace)
+    inputs = dict(prepared.inputs)
+    full = torch.cat([inputs["input_ids"], torch.tensor([trace])], dim=1)
+    inputs["input_ids"] = full
+    inputs["attention_mask"] = torch.ones_like(full)
+    if "mm_token_type_ids" in inputs:
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(trace), dtype=torch.long)], 1)
+    with torch.no_grad():
+        logits = model.model(**inputs).logits[0]
+    P = prepared.prompt_length
+    direct = [torch.log_softmax(logits[P - 1 + t], -1)[tok].item() for t, tok in enumerate(trace)]
+    np.testing.assert_allclose(ours, direct, atol=1e-5)
+
+
+def _patch_embedding(model):
+    if model.model_type == "llava":
+        return model.model.model.vision_tower.embeddings.patch_embedding
+    return model.model.model.visual.patch_embed
+
+
+def _patch_rows(out):
+    """One row per image patch, in the order the model groups them into visual tokens."""
+    out = out.detach()
+    return out[0].flatten(1).T if out.dim() == 4 else out  # CLIP conv map (1, C, h, w) | Qwen/GLM (patches, C)
+
+
+def test_visual_token_map_points_at_the_right_pixels(model, image):
+    prepared = model.prepare(image, "what color is the circle ?")
+    boxes = model.visual_token_boxes(prepared)
+    rows, cols = prepared.visual_grid
+    assert boxes.shape == (rows * cols, 4) == (prepared.n_visual_tokens, 4)
+    # the boxes tile the whole image exactly once
+    area = np.zeros(image.size[::-1])
+    for x0, y0, x1, y1 in boxes.round().astype(int):
+        area[y0:y1, x0:x1] += 1
+    assert np.all(area == 1)
+    # paint inside one token's box: only the patch embeddings of that token may change
+    captured = []
+    hook = _patch_embedding(model).register_forward_hook(lambda m, i, o: captured.append(_patch_rows(o)))
+    try:
+        k = rows * cols // 2 + 1
+        x0, y0, x1, y1 = boxes[k].round().astype(int)
+        painted = image.copy()
+        painted.paste((255, 0, 255), (x0 + 1, y0 + 1, x1 - 1, y1 - 1))
+        model.token_logprobs(prepared, _trace(model, "red"))
+        model.token_logprobs(prepared, _trace(model, "red"), image=painted)
+    finally:
+        hook.remove()
+    changed = (captured[0] - captured[1]).abs().sum(-1) > 1e-6
+    per_token = len(changed) // (rows * cols)  # patches per visual token (merge², temporal folded in)
+    assert changed.nonzero().flatten().div(per_token, rounding_mode="floor").unique().tolist() == [k]
+
+
+def test_knocking_out_every_visual_token_removes_the_image(model, image):
+    prepared = model.prepare(image, "what color is the circle ?")
+    trace = _trace(model, "the circle is")
+    everything = np.ones(prepared.n_visual_tokens, dtype=bool)
+    base = model.token_logprobs(prepared, trace)
+    blind = model.token_logprobs(prepared, trace, knockout=everything)
+    blind_other_image = model.token_logprobs(prepared, trace, image=Image.new("RGB", image.size, "black"), knockout=everything)
+    np.testing.assert_allclose(blind, blind_other_image, atol=1e-6)
+    assert np.abs(base - blind).max() > 1e-4
+    with pytest.raises(ValueError, match="knockout mask has shape"):
+        model.token_logprobs(prepared, trace, knockout=everything[:-1])
+
+
+def test_attention_to_visual_tokens(model, image):
+    prepared = model.prepare(image, "what color is the circle ?")
+    attn = model.attention_to_visual(prepared, _trace(model, "the circle is"))
+    assert attn.shape == (model.num_layers, model.num_heads, 3, prepared.n_visual_tokens)
+    assert np.all(attn >= 0) and np.all(attn.sum(-1) <= 1 + 1e-5) and attn.sum() > 0
+    assert model.model.config._attn_implementation != "eager" or model.model_type == "llava"
+
+
+def test_save_and_reload_through_load_model(tmp_path):
+    model = tiny_archs.build("qwen3_vl")
+    model.model.save_pretrained(tmp_path)
+    model.processor.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path))
+    img = synthetic_sample("general", 1).image
+    p1, p2 = model.prepare(img, "what color is the circle ?"), again.prepare(img, "what color is the circle ?")
+    assert torch.equal(p1.inputs["input_ids"], p2.inputs["input_ids"])
+    np.testing.assert_allclose(model.token_logprobs(p1, _trace(model)), again.token_logprobs(p2, _trace(model)), atol=1e-5)
+
+
+def test_bad_inputs_are_clear_errors(tiny, tmp_path):
+    img = synthetic_sample("math", 0).image
+    with pytest.raises(ValueError, match="prompt is empty"):
+        tiny.prepare(img, "  ")
+    with pytest.raises(ValueError, match="at least 8"):
+        tiny.prepare(Image.new("RGB", (4, 40)), "what is the sum of the bars ?")
+    gray = tiny.prepare(img.convert("L"), "what is the sum of the bars ?")  # odd modes are converted
+    assert gray.inputs["pixel_values"].shape[1] == 3
+    with pytest.raises(ValueError, match="cannot load model 'no-such/model'"):
+        load_model("no-such/model")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(str(tmp_path))

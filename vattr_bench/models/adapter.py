@@ -1,0 +1,65 @@
+"""The model adapter contract: everything downstream (regions, ablation, methods, streaming) talks to a
+model only through this interface.
+
+Visual tokens are numbered 0..N-1 in the order the model sees them; ``visual_token_boxes`` says which
+pixels of the *original* image each one covers, so regions drawn on the image map to visual tokens.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..types import Trace
+
+
+@dataclass
+class PreparedInput:
+    """A processed (image, prompt) pair, ready for teacher-forced passes over any trace."""
+
+    inputs: dict  # processor output, batch of one
+    image: Image.Image  # the original image
+    prompt: str
+    visual_positions: np.ndarray  # (N,) indices of the visual tokens in inputs["input_ids"][0]
+    visual_grid: tuple[int, int]  # (rows, cols) of visual tokens, row-major
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+    @property
+    def n_visual_tokens(self) -> int:
+        return len(self.visual_positions)
+
+
+class VisionLanguageModel(ABC):
+    name: str
+    num_layers: int
+    num_heads: int
+
+    @abstractmethod
+    def prepare(self, image: Image.Image, prompt: str) -> PreparedInput:
+        """Run the processor and locate the visual tokens."""
+
+    @abstractmethod
+    def generate(self, prepared: PreparedInput, max_new_tokens: int = 256) -> Trace:
+        """Greedy trace with spans and its per-token log-probs."""
+
+    @abstractmethod
+    def token_logprobs(self, prepared: PreparedInput, trace_ids, image: Image.Image | None = None,
+                       knockout: np.ndarray | None = None) -> np.ndarray:
+        """Teacher-forced log p(y_t | x, y<t) for every trace token, shape (T,).
+
+        ``image`` replaces the input image (pixel-space ablation: same size, same prompt);
+        ``knockout`` is a boolean (N,) mask of visual tokens no text token may attend to.
+        """
+
+    @abstractmethod
+    def visual_token_boxes(self, prepared: PreparedInput) -> np.ndarray:
+        """(N, 4) float boxes (x0, y0, x1, y1) in original-image pixels, one per visual token."""
+
+    @abstractmethod
+    def attention_to_visual(self, prepared: PreparedInput, trace_ids) -> np.ndarray:
+        """(L, H, T, N) attention weights from each trace token to each visual token, every layer and head."""

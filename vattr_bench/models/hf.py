@@ -1,0 +1,242 @@
+"""The Hugging Face adapter: one class for every supported transformers VLM.
+
+Two visual-token layouts cover the supported architectures:
+- "patch grid" (Llava): one token per ViT patch of the resized (and maybe centre-cropped) image;
+- "merged grid" (Qwen2-VL, Qwen2.5-VL / MiMo-VL / Cosmos-Reason1, Qwen3-VL, GLM-4.1V): the image is
+  resized to a multiple of patch×merge, and each visual token is a merge×merge block of patches
+  (``image_grid_thw`` gives the grid in patches).
+Everything else — chat template, generation, teacher forcing, attention — goes through the model's
+own transformers classes.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..images import check_image
+from ..types import Trace
+from .adapter import PreparedInput, VisionLanguageModel
+from .prompting import answer_from_trace, build_prompt
+from .spans import split_spans
+
+PATCH_GRID_TYPES = {"llava"}
+MERGED_GRID_TYPES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v"}
+SUPPORTED_MODEL_TYPES = sorted(PATCH_GRID_TYPES | MERGED_GRID_TYPES)
+# Sequence-shaped processor outputs and the value a trace token gets in each when the trace is appended.
+_SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 1, "mm_token_type_ids": 0, "token_type_ids": 0}
+
+
+class HFVisionLanguageModel(VisionLanguageModel):
+    def __init__(self, model, processor, name: str):
+        model_type = model.config.model_type
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model {name!r} is a {model_type!r} model; supported architectures: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.model_type = model_type
+        text_config = model.config.get_text_config()
+        self.num_layers = int(text_config.num_hidden_layers)
+        self.num_heads = int(text_config.num_attention_heads)
+        self.image_token_id = int(getattr(model.config, "image_token_id", None) or model.config.image_token_index)
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids.discard(None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- input ---------------------------------------------------------------------------------------
+    def prepare(self, image: Image.Image, prompt: str) -> PreparedInput:
+        image = check_image(image)
+        text = build_prompt(self.processor, prompt)
+        inputs = self.processor(text=[text], images=[image], return_tensors="pt").to(self.device)
+        positions = (inputs["input_ids"][0] == self.image_token_id).nonzero().flatten().cpu().numpy()
+        grid = self._visual_grid(inputs)
+        if len(positions) != grid[0] * grid[1]:
+            raise RuntimeError(f"{self.name}: found {len(positions)} image tokens in the prompt, expected a "
+                               f"{grid[0]}×{grid[1]} grid; the processor and model config disagree")
+        return PreparedInput(dict(inputs), image, prompt, positions, grid)
+
+    def _visual_grid(self, inputs) -> tuple[int, int]:
+        if self.model_type in PATCH_GRID_TYPES:
+            h, w = inputs["pixel_values"].shape[-2:]
+            p = self.processor.patch_size
+            return int(h) // p, int(w) // p
+        _, h, w = (int(v) for v in inputs["image_grid_thw"][0])
+        m = self.processor.image_processor.merge_size
+        return h // m, w // m
+
+    def visual_token_boxes(self, prepared: PreparedInput) -> np.ndarray:
+        W, H = prepared.image.size
+        rows, cols = prepared.visual_grid
+        ip = self.processor.image_processor
+        if self.model_type in PATCH_GRID_TYPES:
+            resized_w, resized_h = _llava_resized_size(ip, W, H)
+            cell = self.processor.patch_size
+            ph, pw = prepared.inputs["pixel_values"].shape[-2:]
+            off_x, off_y = (resized_w - int(pw)) / 2, (resized_h - int(ph)) / 2  # centre crop, if any
+        else:
+            cell = ip.patch_size * ip.merge_size
+            resized_w, resized_h, off_x, off_y = cols * cell, rows * cell, 0.0, 0.0
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        boxes = np.stack([off_x + c * cell, off_y + r * cell, off_x + (c + 1) * cell, off_y + (r + 1) * cell], axis=1)
+        scale = np.array([W / resized_w, H / resized_h, W / resized_w, H / resized_h])
+        return boxes.astype(np.float64) * scale
+
+    # -- generation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prepared: PreparedInput, max_new_tokens: int = 256) -> Trace:
+        out = self.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        ids = out[0, prepared.prompt_length:].tolist()
+        for i, t in enumerate(ids):  # the trace ends before the first end-of-sequence token
+            if t in self.eos_ids:
+                ids = ids[:i]
+                break
+        return self.trace_from_ids(prepared, ids)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def trace_from_ids(self, prepared: PreparedInput, ids) -> Trace:
+        ids = [int(t) for t in ids]
+        text = self.decode(ids)
+        return Trace(ids, text, split_spans(ids, self.decode), self.token_logprobs(prepared, ids), answer_from_trace(text))
+
+    # -- teacher forcing -----------------------------------------------------------------------------
+    def _forward(self, prepared: PreparedInput, trace_ids, image=None, knockout=None, **kwargs):
+        trace = torch.as_tensor(list(trace_ids), dtype=torch.long, device=self.device).unsqueeze(0)
+        inputs = dict(prepared.inputs)
+        for key, fill in _SEQUENCE_KEYS.items():
+            if key in inputs:
+                tail = trace if fill is None else torch.full_like(trace, fill, dtype=inputs[key].dtype)
+                inputs[key] = torch.cat([inputs[key], tail.to(inputs[key].dtype)], dim=1)
+        if image is not None:
+            inputs.update(self._pixels_for(prepared, check_image(image)))
+        if knockout is not None:
+            knockout = np.asarray(knockout, dtype=bool)
+            if knockout.shape != (prepared.n_visual_tokens,):
+                raise ValueError(f"knockout mask has shape {knockout.shape}, expected ({prepared.n_visual_tokens},)")
+            if self.model_type in MERGED_GRID_TYPES:
+                # M-RoPE positions are derived from the attention mask: fix them from the full mask first,
+                # so knocking tokens out removes them from attention without shifting anyone's position.
+                inputs["position_ids"] = self._rope_positions(inputs)
+            mask = inputs["attention_mask"].clone()
+            mask[0, torch.as_tensor(prepared.visual_positions[knockout], device=self.device)] = 0
+            inputs["attention_mask"] = mask
+        return self.model(**inputs, use_cache=False, **kwargs)
+
+    def _pixels_for(self, prepared: PreparedInput, image: Image.Image) -> dict:
+        if image.size != prepared.image.size:
+            raise ValueError(f"ablated image is {image.size}, the prepared one {prepared.image.size}: they must match")
+        pix = self.processor.image_processor(images=[image], return_tensors="pt")
+        return {k: v.to(self.device) for k, v in pix.items() if k in prepared.inputs}
+
+    def _rope_positions(self, inputs) -> torch.Tensor:
+        get_rope_index = self.model.model.get_rope_index
+        accepted = inspect.signature(get_rope_index).parameters
+        position_ids, _ = get_rope_index(**{k: v for k, v in inputs.items() if k in accepted})
+        return position_ids
+
+    @torch.no_grad()
+    def token_logprobs(self, prepared, trace_ids, image=None, knockout=None) -> np.ndarray:
+        trace_ids = list(trace_ids)
+        if not trace_ids:
+            return np.zeros(0)
+        logits = self._forward(prepared, trace_ids, image, knockout).logits[0]
+        P = prepared.prompt_length
+        # logits at position P-1+t predict trace token t
+        logp = torch.log_softmax(logits[P - 1:P - 1 + len(trace_ids)].float(), dim=-1)
+        target = torch.as_tensor(trace_ids, device=logp.device).unsqueeze(1)
+        return logp.gather(1, target).squeeze(1).cpu().numpy().astype(np.float64)
+
+    # -- attention -----------------------------------------------------------------------------------
+    @contextmanager
+    def _eager_attention(self):
+        """Attention weights need the eager kernel; switch only for the call, not for everyone."""
+        previous = self.model.config._attn_implementation
+        if previous != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            if previous != "eager":
+                self.model.set_attn_implementation(previous)
+
+    @torch.no_grad()
+    def attention_to_visual(self, prepared, trace_ids) -> np.ndarray:
+        """Row t is the attention of the query that *predicts* trace token t (position P-1+t): the
+        attention that produced y_t, available the moment y_t is generated."""
+        trace_ids = list(trace_ids)
+        with self._eager_attention():
+            attentions = self._forward(prepared, trace_ids, output_attentions=True).attentions
+        P, T = prepared.prompt_length, len(trace_ids)
+        vis = torch.as_tensor(prepared.visual_positions, device=self.device)
+        stacked = torch.stack([a[0, :, P - 1:P - 1 + T][:, :, vis] for a in attentions])  # (L, H, T, N)
+        return stacked.float().cpu().numpy()
+
+
+def image_only_processor(processor_cls):
+    """`processor_cls` without its video processor.
+
+    Qwen-VL and GLM-4.1V processors insist on a video processor, and those need torchvision, which has
+    no CPU build here. Images are all this package feeds them, so drop the attribute: ProcessorMixin
+    takes its attribute list from ``__init__``'s signature.
+    """
+    class ImageOnlyProcessor(processor_cls):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    ImageOnlyProcessor.__name__ = processor_cls.__name__
+    return ImageOnlyProcessor
+
+
+def load_processor(source: str, model_type: str):
+    """AutoProcessor where it works; the image-only processor where the video half cannot load."""
+    import transformers
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(source)
+    except (AttributeError, ImportError, OSError):
+        if model_type not in MERGED_GRID_TYPES:
+            raise
+    cls = getattr(transformers, _PROCESSOR_CLASSES[model_type])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    image_processor = transformers.AutoImageProcessor.from_pretrained(source)
+    return image_only_processor(cls)(image_processor=image_processor, tokenizer=tokenizer,
+                                     chat_template=_saved_chat_template(source) or tokenizer.chat_template)
+
+
+def _saved_chat_template(source: str) -> str | None:
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+        if path:
+            text = open(path, encoding="utf-8").read()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
+_PROCESSOR_CLASSES = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
+                      "qwen3_vl": "Qwen3VLProcessor", "glm4v": "Glm4vProcessor"}
+
+
+def _llava_resized_size(image_processor, W: int, H: int) -> tuple[float, float]:
+    """Size the image has after the processor's resize, before any centre crop."""
+    size = image_processor.size
+    if not getattr(image_processor, "do_resize", True):
+        return float(W), float(H)
+    if "height" in size and "width" in size:
+        return float(size["width"]), float(size["height"])
+    short = size["shortest_edge"]
+    if W <= H:
+        return float(short), float(int(short * H / W))
+    return float(int(short * W / H)), float(short)

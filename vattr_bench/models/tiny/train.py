@@ -1,0 +1,115 @@
+"""Train the embedded `vattr-tiny` thinking VLM on the five synthetic families.
+
+    python -m vattr_bench.models.tiny.train --output vattr_bench/models/tiny/checkpoint
+
+Seeded and CPU-only: fresh synthetic samples every step (split "train"), the loss only on the
+assistant's `<think> … </think> answer </s>`, periodic greedy accuracy on split "val", and the
+checkpoint with the best worst-family validation accuracy is kept. Split "test" is never seen here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ...benchmarks import FAMILIES, synthetic_sample
+from ..prompting import answer_from_trace, build_prompt, is_correct
+from .build import build_model, build_processor
+
+DEFAULT_OUTPUT = Path(__file__).parent / "checkpoint"
+
+
+def encode_batch(processor, samples, with_targets: bool):
+    """Prompt (+ gold trace) for each sample -> model inputs; labels cover only what the assistant says."""
+    prompts = [build_prompt(processor, s.prompt) for s in samples]
+    texts = [f"{p} {s.reference_trace} {processor.tokenizer.eos_token}" for p, s in zip(prompts, samples)] if with_targets else prompts
+    enc = processor(text=texts, images=[s.image for s in samples], padding=True, return_tensors="pt")
+    if with_targets:
+        labels = enc["input_ids"].clone()
+        assistant = processor.tokenizer.convert_tokens_to_ids("<|assistant|>")
+        start = (labels == assistant).int().argmax(dim=1)
+        positions = torch.arange(labels.shape[1]).unsqueeze(0)
+        labels[(positions <= start.unsqueeze(1)) | (enc["attention_mask"] == 0)] = -100
+        enc["labels"] = labels
+    return enc
+
+
+@torch.no_grad()
+def validation_accuracy(model, processor, n_per_family: int, seed: int, max_new_tokens: int = 48) -> dict[str, float]:
+    model.eval()
+    processor.tokenizer.padding_side = "left"
+    acc = {}
+    for family in FAMILIES:
+        samples = [synthetic_sample(family, i, "val", seed) for i in range(n_per_family)]
+        enc = encode_batch(processor, samples, with_targets=False)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        acc[family] = sum(is_correct(answer_from_trace(t), s.reference) for t, s in zip(texts, samples)) / n_per_family
+    processor.tokenizer.padding_side = "right"
+    model.train()
+    return acc
+
+
+def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_every: int, val_n: int,
+          max_minutes: float) -> dict:
+    torch.manual_seed(seed)
+    processor = build_processor()
+    model = build_model(processor.tokenizer, seed=seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    families = list(FAMILIES)
+    best, history, t0 = None, [], time.time()
+    bar = tqdm(range(steps), desc="train vattr-tiny")
+    for step in bar:
+        samples = [synthetic_sample(families[(step * batch_size + j) % len(families)], step * batch_size + j, "train", seed)
+                   for j in range(batch_size)]
+        loss = model(**encode_batch(processor, samples, with_targets=True)).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        out_of_time = (time.time() - t0) / 60 > max_minutes
+        if (step + 1) % eval_every == 0 or step + 1 == steps or out_of_time:
+            acc = validation_accuracy(model, processor, val_n, seed)
+            history.append({"step": step + 1, "loss": loss.item(), "minutes": (time.time() - t0) / 60, "val_acc": acc})
+            tqdm.write(json.dumps(history[-1]))
+            if best is None or min(acc.values()) >= min(best["val_acc"].values()):
+                best = history[-1]
+                model.save_pretrained(output)
+                processor.save_pretrained(output)
+            if out_of_time or min(acc.values()) == 1.0 and step + 1 >= steps // 2:
+                break
+    report = {"seed": seed, "steps_run": history[-1]["step"], "batch_size": batch_size, "lr": lr,
+              "minutes": (time.time() - t0) / 60, "best": best, "history": history}
+    (output / "training_report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=40)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--val-n", type=int, default=60, help="validation samples per family")
+    p.add_argument("--max-minutes", type=float, default=28.0, help="stop (and keep the best checkpoint) after this")
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    report = train(a.output, a.steps, a.batch_size, a.lr, a.seed, a.eval_every, a.val_n, a.max_minutes)
+    print(json.dumps(report["best"]))
+
+
+if __name__ == "__main__":
+    main()
