@@ -11,9 +11,14 @@ def _cmd_list(args) -> int:
     from .models import BUILTIN, PAPER_MODELS
     from .models.hf import SUPPORTED_MODEL_TYPES
 
-    print("benchmarks (synthetic twins; real sets they stand in for):")
+    from .benchmarks.real import REAL_SETS
+
+    print("benchmarks (synthetic twins; the paper's sets they stand in for):")
     for name, module in FAMILIES.items():
-        print(f"  {name:<9} {module.DESCRIPTION}  [{', '.join(module.REAL_SETS)}]")
+        print(f"  {name:<9} {module.DESCRIPTION}  [{', '.join(module.PAPER_SETS)}]")
+    print("real-set loaders (--source real --real-set NAME [--data PATH]):")
+    for name, spec in REAL_SETS.items():
+        print(f"  {name:<10} {spec.family:<9} {spec.hub_id} ({spec.split})")
     print("models:")
     for name, path in BUILTIN.items():
         state = "shipped" if (path / "config.json").is_file() else "missing: run python -m vattr_bench.models.tiny.train"
@@ -21,18 +26,68 @@ def _cmd_list(args) -> int:
     for name, arch in PAPER_MODELS.items():
         print(f"  {name:<30} {arch} (needs local weights)")
     print(f"  any local checkpoint or cached hub id of type: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    from .methods import available_methods
+    from .regions import OPERATORS, PROTOCOLS
+
+    print("methods:")
+    for name, origin in available_methods().items():
+        print(f"  {name:<22} {origin}")
+    print(f"region protocols: {', '.join(PROTOCOLS)} (default feature-ward)")
+    print(f"ablation operators: {', '.join(OPERATORS)} (default knockout)")
     return 0
 
 
 def _cmd_generate(args) -> int:
+    from .benchmarks import resolve_families
     from .generate import format_summary, generate_traces
     from .models import load_model
 
+    resolve_families(args.benchmark)  # fail on a bad name before the model loads
+    if args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     model = load_model(args.model, device=args.device)
     summary = generate_traces(model, args.benchmark, args.limit, Path(args.output_dir), split=args.split,
                               seed=args.seed, max_new_tokens=args.max_new_tokens)
     print(format_summary(summary))
     print(f"wrote {Path(args.output_dir) / 'generations.jsonl'}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(model=args.model, methods=[m for m in args.method.split(",") if m.strip()],
+                     benchmark=args.benchmark, limit=args.limit, output_dir=args.output_dir, regions=args.regions,
+                     k=args.k, ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, split=args.split,
+                     region_backbone=args.region_backbone, save_heatmaps=args.save_heatmaps, source=args.source,
+                     real_set=args.real_set, data=args.data)
+    evaluate(cfg)
+    return 0
+
+
+def _cmd_regions(args) -> int:
+    from .benchmarks import synthetic_sample
+    from .heatmaps import save_regions_png
+    from .images import load_image
+    from .models import load_model
+    from .regions import make_regions
+    from .types import Sample
+
+    model = load_model(args.model)
+    if args.image:
+        sample = Sample("user-image", "user", load_image(args.image), args.prompt)
+    else:
+        sample = synthetic_sample(args.benchmark, args.index, split=args.split, seed=args.seed)
+    prepared = model.prepare(sample.image, sample.prompt)
+    regions, note = make_regions(args.regions, model, prepared, k=args.k, sample=sample, backbone=args.region_backbone)
+    if note:
+        print(note)
+    sizes = regions.token_matrix.sum(1)
+    print(f"{sample.id}: {regions.k} {regions.protocol} regions over {prepared.n_visual_tokens} visual tokens "
+          f"(tokens per region {sizes.min()}–{sizes.max()}), params {regions.params}")
+    if args.save_png:
+        save_regions_png(Path(args.save_png), sample.image, regions)
+        print(f"wrote {args.save_png}")
     return 0
 
 
@@ -58,6 +113,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=_cmd_generate)
+
+    e = sub.add_parser("evaluate", help="score attribution methods against ablation on benchmark samples")
+    e.add_argument("--method", required=True, help="comma list: built-in names, plugin entry points, path/file.py:Class")
+    e.add_argument("--model", default="vattr-tiny")
+    e.add_argument("--benchmark", default="all")
+    e.add_argument("--limit", type=int, default=20, help="samples per benchmark")
+    e.add_argument("--output-dir", default="runs/evaluate")
+    e.add_argument("--source", default="synthetic", choices=["synthetic", "real"])
+    e.add_argument("--real-set", default=None, help="with --source real: MathVista, ScienceQA, AI2D, DocVQA, WebSight, RefCOCO")
+    e.add_argument("--data", default=None, help="with --source real: a local folder or parquet/json file in the set's schema")
+    e.add_argument("--regions", default="feature-ward", help="feature-ward | grid | superpixel | gt-boxes")
+    e.add_argument("--k", type=int, default=16, help="number of regions (16–128, clamped to the visual tokens)")
+    e.add_argument("--region-backbone", default=None, help="DINO path/id for feature-ward (default: the model's own features)")
+    e.add_argument("--ablation", default="knockout", help="knockout | mean-fill | blur")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-subsets", type=int, default=32, help="random region subsets for LDS")
+    e.add_argument("--split", default="test", choices=["train", "val", "estimator", "test"])
+    e.add_argument("--save-heatmaps", action="store_true", help="write PNG overlays per span")
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("regions", help="compute (and draw) the regions of a sample or an image")
+    r.add_argument("--model", default="vattr-tiny")
+    r.add_argument("--benchmark", default="general")
+    r.add_argument("--index", type=int, default=0)
+    r.add_argument("--split", default="test", choices=["train", "val", "estimator", "test"])
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--image", default=None, help="an image file instead of a benchmark sample")
+    r.add_argument("--prompt", default="describe the image .")
+    r.add_argument("--regions", default="feature-ward")
+    r.add_argument("--k", type=int, default=16)
+    r.add_argument("--region-backbone", default=None)
+    r.add_argument("--save-png", default=None)
+    r.set_defaults(func=_cmd_regions)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")
     t.add_argument("train_args", nargs=argparse.REMAINDER)

@@ -84,3 +84,28 @@ def validate_attribution(scores, n_spans: int, n_regions: int, method: str = "me
         bad = int(np.size(arr) - np.isfinite(arr).sum())
         raise ValueError(f"{method}: attribution has {bad} non-finite value(s) (NaN or inf)")
     return arr
+
+
+@dataclass
+class Regions:
+    """K image regions: pixel masks and the matching K×N matrix over the model's visual tokens.
+
+    Every visual token belongs to exactly one region (the one holding most of its pixels), so the
+    token matrix is a partition; ``protocol`` and ``params`` record how the regions were made.
+    """
+
+    pixel_masks: np.ndarray  # (K, H, W) bool
+    token_matrix: np.ndarray  # (K, N) bool
+    protocol: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.token_matrix.shape[0])
+
+    def label_map(self) -> np.ndarray:
+        """(H, W) int: the region index of each pixel (-1 where none)."""
+        labels = np.full(self.pixel_masks.shape[1:], -1, dtype=np.int64)
+        for k, mask in enumerate(self.pixel_masks):
+            labels[mask] = k
+        return labels

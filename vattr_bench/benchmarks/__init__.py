@@ -39,3 +39,18 @@ def synthetic_sample(family: str, index: int, split: str = "test", seed: int = 0
 
 def synthetic_samples(family: str, n: int, split: str = "test", seed: int = 0, start: int = 0) -> list[Sample]:
     return [synthetic_sample(family, i, split, seed) for i in range(start, start + n)]
+
+
+SOURCES = ("synthetic", "real")
+
+
+def load_samples(family: str, limit: int, source: str = "synthetic", split: str = "test", seed: int = 0,
+                 data: str | None = None, real_set: str | None = None) -> list[Sample]:
+    """The samples a run evaluates: the synthetic twin (default) or a real set through `datasets`."""
+    if source == "synthetic":
+        return synthetic_samples(family, limit, split=split, seed=seed)
+    if source != "real":
+        raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
+    from .real import DEFAULT_REAL_SET, load_real_samples
+
+    return load_real_samples(real_set or DEFAULT_REAL_SET[family], limit, data=data, family=family)

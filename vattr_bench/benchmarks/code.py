@@ -9,7 +9,7 @@ from ._draw import COLOURS, NUMBER_WORDS, canvas, clip_box, jitter, vary
 
 FAMILY = "code"
 DESCRIPTION = "screenshot to HTML: name each of three stacked blocks, write the tags"
-REAL_SETS = ("HuggingFaceM4/WebSight",)
+PAPER_SETS = ("WebSight",)  # the real sets this family stands in for
 
 BLOCKS = {"header": "<h1></h1>", "text": "<p></p>", "button": "<button></button>", "image": "<img/>"}
 

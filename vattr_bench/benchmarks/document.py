@@ -9,7 +9,7 @@ from ._draw import COLOURS, NUMBER_WORDS, canvas, clip_box, jitter, vary
 
 FAMILY = "document"
 DESCRIPTION = "chart to code: read three horizontal bars, write barh([...])"
-REAL_SETS = ("lmms-lab/DocVQA", "ChartMimic/ChartMimic")
+PAPER_SETS = ("DocVQA", "ChartMimic")  # the real sets this family stands in for
 
 
 def synthetic_sample(rng: np.random.Generator, sample_id: str) -> Sample:

@@ -9,7 +9,7 @@ from ._draw import NUMBER_WORDS, canvas, clip_box, jitter, vary
 
 FAMILY = "math"
 DESCRIPTION = "bar figure arithmetic: read three bars, answer their sum or maximum"
-REAL_SETS = ("AI4Math/MathVista", "AI4Math/MathVerse", "Hothan/OlympiadBench")
+PAPER_SETS = ("MathVista", "MathVerse", "OlympiadBench")  # the real sets this family stands in for
 
 _OPS = {
     "what is the sum of the bars ?": sum,

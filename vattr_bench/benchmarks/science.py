@@ -1,5 +1,5 @@
-"""Science family (ScienceQA, AI2D in spirit): a labelled diagram of parts joined by links; count the
-parts of one kind. Each step names the shape of one part."""
+"""Science family (ScienceQA, AI2D in spirit): a labelled diagram of parts joined by links; is a part of
+the asked kind present? Each step names the shape of one part."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +8,10 @@ from ..types import EvidenceStep, Sample
 from ._draw import SHAPES, canvas, clip_box, draw_shape, jitter
 
 FAMILY = "science"
-DESCRIPTION = "diagram: name the shape of each of three linked parts, count one kind"
-REAL_SETS = ("derek-thomas/ScienceQA", "lmms-lab/ai2d")
+DESCRIPTION = "diagram: name the shape of each of three linked parts, answer whether a kind is present"
+PAPER_SETS = ("ScienceQA", "AI2D")  # the real sets this family stands in for
 
 _NODES = (("top", (32, 13)), ("left", (13, 49)), ("right", (51, 49)))
-_PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 
 
 def synthetic_sample(rng: np.random.Generator, sample_id: str) -> Sample:
@@ -23,10 +22,10 @@ def synthetic_sample(rng: np.random.Generator, sample_id: str) -> Sample:
     shapes = [SHAPES[int(i)] for i in rng.integers(len(SHAPES), size=3)]
     steps = []
     for (name, _), (cx, cy), shape in zip(_NODES, centres, shapes):
-        r = 8 + int(rng.integers(0, 2))
+        r = 9 + int(rng.integers(0, 2))
         box = (cx - r, cy - r, cx + r, cy + r)
         draw_shape(draw, shape, box, fill=(255, 255, 255), outline=(0, 0, 0), width=2)
         steps.append(EvidenceStep(f"the {name} part is a {shape}", clip_box((box[0], box[1], box[2] + 1, box[3] + 1))))
     target = SHAPES[int(rng.integers(len(SHAPES)))]
-    prompt = f"how many {_PLURAL[target]} are in the diagram ?"
-    return Sample(sample_id, FAMILY, img, prompt, str(shapes.count(target)), steps)
+    prompt = f"is there a {target} in the diagram ?"
+    return Sample(sample_id, FAMILY, img, prompt, "yes" if target in shapes else "no", steps)

@@ -63,3 +63,15 @@ class VisionLanguageModel(ABC):
     @abstractmethod
     def attention_to_visual(self, prepared: PreparedInput, trace_ids) -> np.ndarray:
         """(L, H, T, N) attention weights from each trace token to each visual token, every layer and head."""
+
+    @abstractmethod
+    def attention_matrices(self, prepared: PreparedInput, trace_ids) -> np.ndarray:
+        """(L, H, S, S) full decoder attention over prompt + trace."""
+
+    @abstractmethod
+    def visual_features(self, prepared: PreparedInput) -> np.ndarray:
+        """(N, D) the visual-token embeddings the decoder receives."""
+
+    @abstractmethod
+    def logprobs_from_visual_embeddings(self, prepared: PreparedInput, trace_ids, visual_embeds):
+        """Differentiable (B, T) trace log-probs with the visual embeddings replaced by (B, N, D)."""

@@ -94,7 +94,9 @@ class HFVisionLanguageModel(VisionLanguageModel):
     # -- generation ----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prepared: PreparedInput, max_new_tokens: int = 256) -> Trace:
-        out = self.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        # an image placeholder is never a valid output token (teacher forcing would read it as an image slot)
+        out = self.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                  suppress_tokens=[self.image_token_id])
         ids = out[0, prepared.prompt_length:].tolist()
         for i, t in enumerate(ids):  # the trace ends before the first end-of-sequence token
             if t in self.eos_ids:
@@ -112,31 +114,43 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     # -- teacher forcing -----------------------------------------------------------------------------
     def _forward(self, prepared: PreparedInput, trace_ids, image=None, knockout=None, **kwargs):
-        trace = torch.as_tensor(list(trace_ids), dtype=torch.long, device=self.device).unsqueeze(0)
-        inputs = dict(prepared.inputs)
-        for key, fill in _SEQUENCE_KEYS.items():
-            if key in inputs:
-                tail = trace if fill is None else torch.full_like(trace, fill, dtype=inputs[key].dtype)
-                inputs[key] = torch.cat([inputs[key], tail.to(inputs[key].dtype)], dim=1)
-        if image is not None:
-            inputs.update(self._pixels_for(prepared, check_image(image)))
+        """One teacher-forced pass over prompt + trace, batched when ``image`` is a list of images or
+        ``knockout`` a (B, N) mask: row b sees image[b] and/or has knockout[b] removed."""
+        images = image if isinstance(image, (list, tuple)) else None if image is None else [image]
         if knockout is not None:
             knockout = np.asarray(knockout, dtype=bool)
-            if knockout.shape != (prepared.n_visual_tokens,):
-                raise ValueError(f"knockout mask has shape {knockout.shape}, expected ({prepared.n_visual_tokens},)")
+            knockout = knockout[None] if knockout.ndim == 1 else knockout
+            if knockout.shape[1:] != (prepared.n_visual_tokens,):
+                raise ValueError(f"knockout mask has shape {knockout.shape}, expected (B, {prepared.n_visual_tokens})")
+        batch = max(len(images) if images else 1, len(knockout) if knockout is not None else 1)
+        trace = torch.as_tensor(list(trace_ids), dtype=torch.long, device=self.device).reshape(1, -1)
+        inputs = {}
+        for key, value in prepared.inputs.items():
+            if key in _SEQUENCE_KEYS:
+                fill = _SEQUENCE_KEYS[key]
+                tail = trace if fill is None else torch.full_like(trace, fill)
+                value = torch.cat([value, tail.to(value.dtype)], dim=1)
+            # every per-image tensor (Llava pixels (1,3,H,W); Qwen patches (n,C), grid (1,3)) repeats along dim 0
+            inputs[key] = value.repeat(batch, *[1] * (value.dim() - 1)) if torch.is_tensor(value) else value
+        if images:
+            pixels = self._pixels_for(prepared, [check_image(im) for im in images])
+            inputs.update({k: v.repeat(batch // len(images), *[1] * (v.dim() - 1)) for k, v in pixels.items()})
+        if knockout is not None:
             if self.model_type in MERGED_GRID_TYPES:
                 # M-RoPE positions are derived from the attention mask: fix them from the full mask first,
                 # so knocking tokens out removes them from attention without shifting anyone's position.
                 inputs["position_ids"] = self._rope_positions(inputs)
             mask = inputs["attention_mask"].clone()
-            mask[0, torch.as_tensor(prepared.visual_positions[knockout], device=self.device)] = 0
+            rows, cols = np.nonzero(knockout if len(knockout) == batch else np.repeat(knockout, batch, 0))
+            mask[torch.as_tensor(rows), torch.as_tensor(prepared.visual_positions[cols])] = 0
             inputs["attention_mask"] = mask
         return self.model(**inputs, use_cache=False, **kwargs)
 
-    def _pixels_for(self, prepared: PreparedInput, image: Image.Image) -> dict:
-        if image.size != prepared.image.size:
-            raise ValueError(f"ablated image is {image.size}, the prepared one {prepared.image.size}: they must match")
-        pix = self.processor.image_processor(images=[image], return_tensors="pt")
+    def _pixels_for(self, prepared: PreparedInput, images: list) -> dict:
+        for im in images:
+            if im.size != prepared.image.size:
+                raise ValueError(f"ablated image is {im.size}, the prepared one {prepared.image.size}: they must match")
+        pix = self.processor.image_processor(images=images, return_tensors="pt")
         return {k: v.to(self.device) for k, v in pix.items() if k in prepared.inputs}
 
     def _rope_positions(self, inputs) -> torch.Tensor:
@@ -146,16 +160,32 @@ class HFVisionLanguageModel(VisionLanguageModel):
         return position_ids
 
     @torch.no_grad()
-    def token_logprobs(self, prepared, trace_ids, image=None, knockout=None) -> np.ndarray:
+    def token_logprobs(self, prepared, trace_ids, image=None, knockout=None, max_batch: int = 16) -> np.ndarray:
+        """(T,) log-probs; (B, T) when ``image`` is a list or ``knockout`` is (B, N), run in chunks of
+        ``max_batch`` rows so that a big model does not run out of memory."""
         trace_ids = list(trace_ids)
+        images = image if isinstance(image, (list, tuple)) else None
+        masks = np.asarray(knockout, dtype=bool) if knockout is not None and np.ndim(knockout) == 2 else None
+        if images is None and masks is None:
+            return self._logprobs(prepared, trace_ids, image, knockout)[0]
+        if images is not None and masks is not None and len(images) != len(masks):
+            raise ValueError(f"{len(images)} images but {len(masks)} knockout masks")
+        n = len(images) if images is not None else len(masks)
+        rows = [self._logprobs(prepared, trace_ids,
+                               images[i:i + max_batch] if images is not None else image,
+                               masks[i:i + max_batch] if masks is not None else knockout)
+                for i in range(0, n, max_batch)]
+        return np.concatenate(rows) if rows else np.zeros((0, len(trace_ids)))
+
+    def _logprobs(self, prepared, trace_ids, image, knockout) -> np.ndarray:
         if not trace_ids:
-            return np.zeros(0)
-        logits = self._forward(prepared, trace_ids, image, knockout).logits[0]
+            return np.zeros((len(image) if isinstance(image, (list, tuple)) else 1, 0))
+        logits = self._forward(prepared, trace_ids, image, knockout).logits
         P = prepared.prompt_length
         # logits at position P-1+t predict trace token t
-        logp = torch.log_softmax(logits[P - 1:P - 1 + len(trace_ids)].float(), dim=-1)
-        target = torch.as_tensor(trace_ids, device=logp.device).unsqueeze(1)
-        return logp.gather(1, target).squeeze(1).cpu().numpy().astype(np.float64)
+        logp = torch.log_softmax(logits[:, P - 1:P - 1 + len(trace_ids)].float(), dim=-1)
+        target = torch.as_tensor(trace_ids, device=logp.device).expand(logp.shape[0], -1).unsqueeze(-1)
+        return logp.gather(2, target).squeeze(-1).cpu().numpy().astype(np.float64)
 
     # -- attention -----------------------------------------------------------------------------------
     @contextmanager
@@ -170,17 +200,67 @@ class HFVisionLanguageModel(VisionLanguageModel):
             if previous != "eager":
                 self.model.set_attn_implementation(previous)
 
+    def _attentions(self, prepared, trace_ids):
+        with self._eager_attention():
+            return self._forward(prepared, list(trace_ids), output_attentions=True).attentions
+
     @torch.no_grad()
     def attention_to_visual(self, prepared, trace_ids) -> np.ndarray:
         """Row t is the attention of the query that *predicts* trace token t (position P-1+t): the
         attention that produced y_t, available the moment y_t is generated."""
-        trace_ids = list(trace_ids)
-        with self._eager_attention():
-            attentions = self._forward(prepared, trace_ids, output_attentions=True).attentions
-        P, T = prepared.prompt_length, len(trace_ids)
+        P, T = prepared.prompt_length, len(list(trace_ids))
         vis = torch.as_tensor(prepared.visual_positions, device=self.device)
-        stacked = torch.stack([a[0, :, P - 1:P - 1 + T][:, :, vis] for a in attentions])  # (L, H, T, N)
-        return stacked.float().cpu().numpy()
+        stacked = torch.stack([a[0, :, P - 1:P - 1 + T][:, :, vis] for a in self._attentions(prepared, trace_ids)])
+        return stacked.float().cpu().numpy()  # (L, H, T, N)
+
+    @torch.no_grad()
+    def attention_matrices(self, prepared, trace_ids) -> np.ndarray:
+        """(L, H, S, S) full decoder attention over prompt + trace (for rollout-style methods)."""
+        return torch.stack([a[0] for a in self._attentions(prepared, trace_ids)]).float().cpu().numpy()
+
+    # -- visual embeddings ---------------------------------------------------------------------------
+    @contextmanager
+    def _visual_rows_hook(self, prepared, replace=None, capture=None):
+        """Hook the decoder's input: read (capture) or overwrite (replace) the rows of the visual tokens.
+        The model's own forward still builds positions, masks and everything else."""
+        positions = torch.as_tensor(prepared.visual_positions, device=self.device)
+
+        def hook(module, args, kwargs):
+            embeds = kwargs["inputs_embeds"]
+            if capture is not None:
+                capture.append(embeds[0, positions])
+            if replace is not None:
+                embeds = embeds.clone()
+                embeds[0, positions] = replace.to(embeds.dtype)
+                kwargs["inputs_embeds"] = embeds
+            return args, kwargs
+
+        handle = self.model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def visual_features(self, prepared) -> np.ndarray:
+        """(N, D) the visual-token embeddings the decoder receives, in visual-token order."""
+        captured = []
+        with self._visual_rows_hook(prepared, capture=captured):
+            self._forward(prepared, [])
+        return captured[0].float().cpu().numpy()
+
+    def logprobs_from_visual_embeddings(self, prepared, trace_ids, visual_embeds: torch.Tensor) -> torch.Tensor:
+        """Differentiable (B, T) trace log-probs with the visual-token embeddings replaced by
+        ``visual_embeds`` (B, N, D) — the input gradient methods attribute to. (Qwen3-VL also feeds
+        deepstack features to deeper layers; those stay the real image's.)"""
+        P, T = prepared.prompt_length, len(list(trace_ids))
+        target = torch.as_tensor(list(trace_ids), device=self.device).unsqueeze(1)
+        rows = []
+        for embeds in visual_embeds:
+            with self._visual_rows_hook(prepared, replace=embeds):
+                logits = self._forward(prepared, trace_ids).logits[0, P - 1:P - 1 + T]
+            rows.append(torch.log_softmax(logits.float(), -1).gather(1, target).squeeze(1))
+        return torch.stack(rows)
 
 
 def image_only_processor(processor_cls):

@@ -76,8 +76,8 @@ def build_model(tokenizer, seed: int = 0) -> LlavaForConditionalGeneration:
 
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=64,
+        hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=96,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,

@@ -18,10 +18,23 @@ import torch
 from tqdm.auto import tqdm
 
 from ...benchmarks import FAMILIES, synthetic_sample
+from ...types import THINK_CLOSE
 from ..prompting import answer_from_trace, build_prompt, is_correct
 from .build import build_model, build_processor
 
 DEFAULT_OUTPUT = Path(__file__).parent / "checkpoint"
+
+
+ANSWER_WEIGHT = 4.0  # the answer is one token of ~30 but needs the whole chain of steps: weight it up
+
+
+def weighted_loss(logits, labels, answer_from):
+    """Token cross-entropy with the tokens after `</think>` weighted by ANSWER_WEIGHT."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    positions = torch.arange(labels.shape[1], device=labels.device).unsqueeze(0)
+    weight = torch.where(positions >= answer_from.unsqueeze(1), ANSWER_WEIGHT, 1.0) * (labels != -100)
+    return (ce * weight).sum() / weight.sum()
 
 
 def encode_batch(processor, samples, with_targets: bool):
@@ -71,7 +84,11 @@ def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_
     for step in bar:
         samples = [synthetic_sample(families[(step * batch_size + j) % len(families)], step * batch_size + j, "train", seed)
                    for j in range(batch_size)]
-        loss = model(**encode_batch(processor, samples, with_targets=True)).loss
+        enc = encode_batch(processor, samples, with_targets=True)
+        labels = enc.pop("labels")
+        think_close = processor.tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+        answer_from = (labels[:, 1:] == think_close).int().argmax(dim=1) + 1  # shifted-label index of the answer
+        loss = weighted_loss(model(**enc).logits, labels, answer_from)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -98,8 +115,8 @@ def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=40)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=250)

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from vattr_bench.cli import main
+from vattr_bench.images import load_image
+
+
+def test_list_names_families_and_models(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("math", "science", "document", "code", "general", "vattr-tiny", "Qwen/Qwen3-VL-8B-Thinking"):
+        assert name in out
+
+
+def test_generate_writes_scored_traces(tmp_path, capsys):
+    assert main(["generate", "--model", "vattr-tiny", "--benchmark", "math,code", "--limit", "3",
+                 "--output-dir", str(tmp_path), "--max-new-tokens", "64"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert [r["benchmark"] for r in records] == ["math"] * 3 + ["code"] * 3
+    for r in records:
+        assert {"benchmark", "sample_id", "prompt", "trace", "answer", "reference", "correct"} <= set(r)
+        assert r["trace"].startswith("<think>") and r["correct"] == (r["answer"] == r["reference"])
+    table = capsys.readouterr().out
+    assert "accuracy" in table and "math" in table and "code" in table
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--benchmark", "chemistry", "--limit", "1"], "unknown benchmark 'chemistry'"),
+    (["generate", "--model", "nobody/nothing", "--limit", "1"], "cannot load model 'nobody/nothing'"),
+    (["generate", "--limit", "0"], "--limit must be at least 1"),
+])
+def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
+    assert main(argv + ["--output-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_image_is_named(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        load_image(bad)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_image(tmp_path / "missing.png")

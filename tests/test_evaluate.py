@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+
+from vattr_bench.cli import main
+from vattr_bench.evaluate import EvalConfig, evaluate
+from vattr_bench.results import read_records
+
+BAD_PLUGINS = '''
+import numpy as np
+
+class Raises:
+    name = "raises"
+    def attribute(self, ctx):
+        raise RuntimeError("plugin bug")
+
+class NaNs:
+    name = "nans"
+    def attribute(self, ctx):
+        return np.full((ctx.n_spans, ctx.regions.k), np.nan)
+
+class WrongShape:
+    name = "wrong_shape"
+    def attribute(self, ctx):
+        return np.zeros((ctx.n_spans + 1, 3))
+'''
+REQUIRED = {"r2", "pearson", "lds", "deletion_auc", "insertion_auc", "topk_drop", "pointing_game", "sec_per_token",
+            "peak_mem_mb", "n_samples", "n_spans"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    plugin = out / "bad.py"
+    plugin.write_text(BAD_PLUGINS)
+    cfg = EvalConfig(methods=["ablation", "attention", "random", f"{plugin}:Raises", f"{plugin}:NaNs",
+                              f"{plugin}:WrongShape", "no_such_method"],
+                     benchmark="math,general", limit=2, output_dir=str(out), regions="grid", n_subsets=16,
+                     save_heatmaps=True)
+    logs = []
+    results = evaluate(cfg, log=logs.append)
+    return cfg, out, results, logs
+
+
+def test_results_follow_the_schema(run):
+    cfg, out, results, _ = run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["schema_version"] == 1 and saved["model"] == "vattr-tiny"
+    assert saved["config"]["regions"] == "grid" and saved["config"]["ablation"] == "knockout"
+    assert {"versions", "git_hash", "date", "higher_is_better", "results"} <= set(saved)
+    for bench in ("math", "general"):
+        for method in ("ablation", "attention", "random"):
+            entry = saved["results"][bench][method]
+            assert REQUIRED <= set(entry) and entry["n_samples"] == 2
+        assert saved["results"][bench]["ablation"]["r2"] == pytest.approx(1.0)
+        assert saved["results"][bench]["ablation"]["r2"] > saved["results"][bench]["random"]["r2"]
+    assert saved["higher_is_better"]["deletion_auc"] is False and saved["higher_is_better"]["lds"] is True
+    assert list((out / "heatmaps" / "math").glob("*-attention.png"))
+
+
+def test_bad_plugins_are_reported_and_others_kept(run):
+    cfg, out, results, logs = run
+    records = read_records(out / "samples.jsonl")
+    errors = {r["method"]: r["error"] for r in records if "error" in r}
+    assert "plugin bug" in errors["raises"]
+    assert "non-finite" in errors["nans"]
+    assert "expected (" in errors["wrong_shape"]
+    assert "no_such_method" in json.loads((out / "results.json").read_text())["config"]["method_errors"]
+    assert results["results"]["math"]["raises"]["n_failed"] == 2
+    assert any("raises failed" in line for line in logs)
+
+
+def test_resume_skips_what_is_done_and_redoes_a_torn_line(run):
+    cfg, out, _, _ = run
+    path = out / "samples.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # a kill mid-write
+    evaluate(cfg, log=lambda *_: None)
+    again = read_records(path)
+    assert len(again) == len(lines)  # only the torn record was recomputed
+    assert len({(r["benchmark"], r["sample_id"], r["method"]) for r in again}) == len(lines)
+
+
+def test_ablation_beats_random_per_span(run):
+    _, out, _, _ = run
+    records = [r for r in read_records(out / "samples.jsonl") if r["method"] in ("ablation", "random")]
+    for metric in ("topk_drop", "insertion_auc"):
+        by = {m: np.nanmean([v for r in records if r["method"] == m for v in r["span_metrics"][metric] if v is not None])
+              for m in ("ablation", "random")}
+        assert by["ablation"] > by["random"], metric
+
+
+def test_cli_evaluate_errors(tmp_path, capsys):
+    assert main(["evaluate", "--method", "attention", "--ablation", "erase", "--output-dir", str(tmp_path)]) == 2
+    assert "unknown ablation operator 'erase'" in capsys.readouterr().err
+    assert main(["evaluate", "--method", "attention", "--k", "4", "--output-dir", str(tmp_path)]) == 2
+    assert "outside 16–128" in capsys.readouterr().err

@@ -1,0 +1,46 @@
+"""The shipped vattr-tiny: small, loadable through the HF path, and reasoning over the image."""
+from pathlib import Path
+
+import pytest
+
+from vattr_bench.benchmarks import FAMILIES, synthetic_samples
+from vattr_bench.models import TINY_CHECKPOINT, load_model
+from vattr_bench.models.prompting import is_correct
+
+
+def test_checkpoint_is_small_and_a_real_llava():
+    size = sum(f.stat().st_size for f in Path(TINY_CHECKPOINT).iterdir())
+    assert size <= 20 * 1024 * 1024
+    tiny = load_model(str(TINY_CHECKPOINT))  # the same checkpoint, loaded by path
+    assert tiny.model_type == "llava" and type(tiny.model).__name__ == "LlavaForConditionalGeneration"
+    assert type(tiny.processor).__name__ == "LlavaProcessor"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_held_out_traces_are_right_and_step_by_step(tiny, family):
+    samples = synthetic_samples(family, 8, split="test", start=1000)
+    correct = 0
+    for s in samples:
+        trace = tiny.generate(tiny.prepare(s.image, s.prompt), max_new_tokens=64)
+        correct += bool(is_correct(trace.answer, s.reference))
+        assert trace.n_thinking_steps >= 3
+        assert trace.spans[-1].is_answer and trace.spans[-1].text == trace.answer
+    assert correct >= 7, f"{family}: {correct}/8 correct"
+
+
+def test_steps_depend_on_the_image(tiny):
+    """Knock out the visual tokens under one step's evidence box: that step's tokens lose the most."""
+    import numpy as np
+
+    s = synthetic_samples("general", 1, split="test", start=2000)[0]
+    prepared = tiny.prepare(s.image, s.prompt)
+    trace = tiny.trace_from_ids(prepared, tiny.tokenizer.convert_tokens_to_ids(s.reference_trace.split()))
+    boxes = tiny.visual_token_boxes(prepared)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    thinking = [sp for sp in trace.spans if not sp.is_answer]
+    for k, step in enumerate(s.steps):
+        x0, y0, x1, y1 = step.box
+        inside = (centres[:, 0] >= x0) & (centres[:, 0] < x1) & (centres[:, 1] >= y0) & (centres[:, 1] < y1)
+        drop = trace.logprobs - tiny.token_logprobs(prepared, trace.token_ids, knockout=inside)
+        per_span = [drop[sp.start:sp.end].sum() for sp in thinking]
+        assert int(np.argmax(per_span)) == k, (k, per_span)

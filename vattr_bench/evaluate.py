@@ -1,0 +1,188 @@
+"""`vattr-bench evaluate`: run attribution methods on the same samples, score them against ablation.
+
+Per sample: the model's own greedy trace, the regions, and the ablation ground truth — exhaustive
+single-region Δ (n_spans, K) and Δ(S, v) for random subsets v — are computed once and cached on disk
+(keyed by model, protocol, operator and seed), so every method, and every resumed run, shares them.
+Each (sample, method) result is appended to ``samples.jsonl`` as soon as it exists; a rerun after a
+kill skips what is there. A method that raises or returns a bad array is recorded as failed for that
+sample, and the other methods go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .benchmarks import SOURCES, SPLITS, load_samples, resolve_families
+from .heatmaps import save_heatmap_png
+from .methods import AttributionContext, load_method
+from .metrics import deletion_insertion_auc, lds, pearson_per_span, pointing_game, topk_drop
+from .metrics.cost import PeakMemory
+from .models import load_model
+from .regions import OPERATORS, PROTOCOLS, make_regions, random_subsets, single_region_effects, subset_effects
+from .regions.protocols import K_RANGE
+from .results import build_results, format_table, read_records
+from .types import validate_attribution
+
+
+@dataclass
+class EvalConfig:
+    model: str = "vattr-tiny"
+    methods: list[str] = field(default_factory=lambda: ["attention", "random"])
+    benchmark: str = "all"
+    limit: int = 20
+    output_dir: str = "runs/evaluate"
+    regions: str = "feature-ward"
+    k: int = 16
+    ablation: str = "knockout"
+    seed: int = 0
+    n_subsets: int = 32
+    split: str = "test"
+    region_backbone: str | None = None
+    save_heatmaps: bool = False
+    max_new_tokens: int = 128
+    source: str = "synthetic"
+    real_set: str | None = None
+    data: str | None = None
+
+    def validate(self) -> list[str]:
+        families = resolve_families(self.benchmark)
+        if self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit}")
+        if self.regions not in PROTOCOLS:
+            raise ValueError(f"unknown region protocol {self.regions!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.ablation not in OPERATORS:
+            raise ValueError(f"unknown ablation operator {self.ablation!r}; choose from {', '.join(OPERATORS)}")
+        if not K_RANGE[0] <= self.k <= K_RANGE[1]:
+            raise ValueError(f"--k {self.k} is outside {K_RANGE[0]}–{K_RANGE[1]}")
+        if self.n_subsets < 2:
+            raise ValueError("--n-subsets must be at least 2 (LDS is a rank correlation over subsets)")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}")
+        if not self.methods:
+            raise ValueError("no method given")
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown source {self.source!r}; choose from {', '.join(SOURCES)}")
+        if self.source == "real" and (self.data or self.real_set) and len(families) != 1:
+            raise ValueError("--data / --real-set name one set: give a single --benchmark with them")
+        return families
+
+    def ground_truth_key(self) -> str:
+        """What the cached traces, regions and ablation effects depend on."""
+        key = {k: getattr(self, k) for k in ("model", "regions", "k", "ablation", "seed", "n_subsets", "split",
+                                             "region_backbone", "max_new_tokens", "source", "real_set", "data")}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def evaluate(cfg: EvalConfig, log=print) -> dict:
+    families = cfg.validate()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods, method_errors = [], {}
+    for spec in cfg.methods:
+        try:
+            methods.append(load_method(spec))
+        except ValueError as e:
+            method_errors[spec] = str(e)
+            log(f"warning: method {spec!r} skipped: {e}")
+    if not methods:
+        raise ValueError("no usable method: " + "; ".join(method_errors.values()))
+    model = load_model(cfg.model)
+    samples_path = out / "samples.jsonl"
+    previous = read_records(samples_path)
+    if samples_path.is_file():  # drop a line torn by a killed run, so appends start on a clean line
+        samples_path.write_text("".join(json.dumps(r) + "\n" for r in previous), encoding="utf-8")
+    done = {(r["benchmark"], r["sample_id"], r["method"]) for r in previous}
+    cache_dir = out / "cache" / cfg.ground_truth_key()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(samples_path, "a", encoding="utf-8") as sink:
+        for family in families:
+            samples = load_samples(family, cfg.limit, cfg.source, cfg.split, cfg.seed, cfg.data, cfg.real_set)
+            for sample in tqdm(samples, desc=f"evaluate {family}", unit="sample"):
+                todo = [m for m in methods if (family, sample.id, m.name) not in done]
+                if not todo:
+                    continue
+                shared = _sample_context(model, sample, cfg, cache_dir)
+                for method in todo:
+                    record = _run_method(method, shared, family, log)
+                    sink.write(json.dumps(record) + "\n")
+                    sink.flush()
+                    if cfg.save_heatmaps and "error" not in record:
+                        save_heatmap_png(out / "heatmaps" / family / f"{sample.id}-{method.name}.png", sample.image,
+                                         shared.ctx.regions, np.array(record["scores"]), [s.text for s in shared.ctx.trace.spans],
+                                         f"{method.name} on {sample.id}: {sample.prompt}")
+    config = {**asdict(cfg), "methods": [m.name for m in methods], "r2": "squared Pearson correlation",
+              "method_errors": method_errors}
+    results = build_results(cfg.model, config, read_records(samples_path))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    log(format_table(results))
+    log(f"wrote {out / 'results.json'} and {samples_path}")
+    return results
+
+
+@dataclass
+class _Shared:
+    ctx: AttributionContext
+    masks: np.ndarray  # (n_subsets, K) random region subsets
+    subset_effects: np.ndarray  # (n_subsets, n_spans)
+    ablation_seconds: float
+    region_note: str | None
+
+
+def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
+    """Trace, regions and ablation ground truth of one sample, from the cache when there."""
+    prepared = model.prepare(sample.image, sample.prompt)
+    cached_path = cache_dir / f"{sample.id}.npz"
+    cached = dict(np.load(cached_path)) if cached_path.is_file() else None
+    if cached is not None:
+        trace = model.trace_from_ids(prepared, cached["token_ids"].tolist())
+    else:
+        trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
+    regions, note = make_regions(cfg.regions, model, prepared, k=cfg.k, sample=sample, backbone=cfg.region_backbone)
+    ctx = AttributionContext(model, sample, prepared, trace, regions, cfg.ablation, cfg.seed)
+    if cached is None:
+        start = time.perf_counter()
+        effects = single_region_effects(model, prepared, trace, regions, cfg.ablation)
+        ablation_seconds = time.perf_counter() - start
+        masks = random_subsets(regions.k, cfg.n_subsets, seed=cfg.seed)
+        sub = subset_effects(model, prepared, trace, regions, masks, cfg.ablation)
+        np.savez(cached_path, token_ids=np.array(trace.token_ids), effects=effects, masks=masks, subset_effects=sub,
+                 ablation_seconds=ablation_seconds)
+    else:
+        effects, masks, sub = cached["effects"], cached["masks"], cached["subset_effects"]
+        ablation_seconds = float(cached["ablation_seconds"])
+    ctx.cache["single_region_effects"] = effects
+    return _Shared(ctx, masks, sub, ablation_seconds, note)
+
+
+def _run_method(method, shared: _Shared, family: str, log) -> dict:
+    ctx = shared.ctx
+    name = getattr(method, "name", type(method).__name__)
+    base = {"benchmark": family, "sample_id": ctx.sample.id, "method": name, "n_spans": ctx.n_spans,
+            "n_tokens": len(ctx.trace.token_ids), "k": ctx.regions.k, "region_note": shared.region_note}
+    try:
+        with PeakMemory() as cost:
+            raw = method.attribute(ctx)
+        scores = validate_attribution(raw, ctx.n_spans, ctx.regions.k, name)
+    except Exception as e:  # a plugin may fail any way it likes: record it, keep the other methods going
+        log(f"warning: {name} failed on {ctx.sample.id}: {type(e).__name__}: {e}")
+        return {**base, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
+    # a method that reads the cached ablation effects costs what computing them cost
+    seconds = shared.ablation_seconds if getattr(method, "uses_ablation", False) else cost.seconds
+    effects = ctx.ablation_effects()
+    pearson = pearson_per_span(scores, effects)
+    deletion, insertion = deletion_insertion_auc(ctx, scores)
+    span_metrics = {
+        "r2": pearson ** 2, "pearson": pearson, "lds": lds(scores, shared.masks, shared.subset_effects),
+        "deletion_auc": deletion, "insertion_auc": insertion, "topk_drop": topk_drop(ctx, scores),
+        "pointing_game": pointing_game(scores, ctx.trace, ctx.sample, ctx.regions),
+    }
+    return {**base, "sec_per_token": seconds / max(1, len(ctx.trace.token_ids)), "peak_mem_mb": cost.peak_mb,
+            "span_metrics": {k: [None if not np.isfinite(v) else float(v) for v in vals] for k, vals in span_metrics.items()},
+            "scores": scores.tolist()}

@@ -1,0 +1,62 @@
+"""Pictures: region maps over an image, and per-span attribution heatmaps."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from .types import Regions
+
+
+def save_regions_png(path: Path, image, regions: Regions, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import mark_boundaries
+
+    labels = regions.label_map()
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
+    axes[0].imshow(image)
+    axes[0].set_title("image")
+    axes[1].imshow(mark_boundaries(np.asarray(image) / 255.0, labels, color=(1, 0, 0), mode="inner"))
+    for k in range(regions.k):
+        ys, xs = np.nonzero(regions.pixel_masks[k])
+        if len(xs):
+            axes[1].text(xs.mean(), ys.mean(), str(k), color="black", fontsize=6, ha="center", va="center")
+    axes[1].set_title(title or f"{regions.protocol}, K={regions.k}")
+    for ax in axes:
+        ax.axis("off")
+    _save(fig, path)
+
+
+def save_heatmap_png(path: Path, image, regions: Regions, scores: np.ndarray, span_texts: list[str], title: str) -> None:
+    """One panel per span: the image with each region tinted by the span's score (normalised per span)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(span_texts)
+    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.9), squeeze=False)
+    labels = regions.label_map()
+    for ax, span_scores, text in zip(axes[0], scores, span_texts):
+        lo, hi = span_scores.min(), span_scores.max()
+        norm = (span_scores - lo) / (hi - lo) if hi > lo else np.zeros_like(span_scores)
+        heat = np.where(labels >= 0, norm[np.clip(labels, 0, None)], np.nan)
+        ax.imshow(image)
+        ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+        ax.set_title("\n".join(textwrap.wrap(text, 22)[:3]), fontsize=7)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,82 @@
+"""Ablation operators and the ground truth they give (shared/DESIGN.md §1).
+
+Δ_k(S) = Σ_{t∈S} [log p(y_t | x, y<t) − log p(y_t | ablate(x, R_k), y<t)], teacher-forced on the
+model's own trace: one pass per region, all spans at once. For a subset v of regions, Δ(S, v) removes
+all regions of v together.
+
+Operators: ``knockout`` (default, the paper's: no text token may attend to the region's visual
+tokens), ``mean-fill`` (the region's pixels become the image's mean colour), ``blur`` (the region's
+pixels become a Gaussian blur of the image).
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from ..models.adapter import PreparedInput, VisionLanguageModel
+from ..types import Regions, Trace
+
+OPERATORS = ("knockout", "mean-fill", "blur")
+BLUR_RADIUS = 4
+
+
+def ablate_image(image: Image.Image, pixel_mask: np.ndarray, operator: str) -> Image.Image:
+    pixels = np.asarray(image).copy()
+    if operator == "mean-fill":
+        fill = np.round(pixels.reshape(-1, 3).mean(0))  # rounded like Captum's RGB baseline
+    elif operator == "blur":
+        fill = np.asarray(image.filter(ImageFilter.GaussianBlur(BLUR_RADIUS)))[pixel_mask]
+    else:
+        raise ValueError(f"unknown pixel ablation operator {operator!r}; choose from {', '.join(OPERATORS)}")
+    pixels[pixel_mask] = fill
+    return Image.fromarray(pixels)
+
+
+def logprobs_without(model: VisionLanguageModel, prepared: PreparedInput, trace: Trace, regions: Regions,
+                     removed: np.ndarray, operator: str) -> np.ndarray:
+    """Teacher-forced log-probs of the trace, (B, T), row b with the regions flagged in removed[b] ablated.
+    ``removed`` is (B, K) bool; the rows go through the model as batches."""
+    removed = np.atleast_2d(np.asarray(removed, dtype=bool))
+    if operator == "knockout":
+        tokens = (removed.astype(np.int64) @ regions.token_matrix.astype(np.int64)) > 0  # (B, N)
+        return model.token_logprobs(prepared, trace.token_ids, knockout=tokens)
+    if operator not in OPERATORS:
+        raise ValueError(f"unknown ablation operator {operator!r}; choose from {', '.join(OPERATORS)}")
+    images = [ablate_image(prepared.image, regions.pixel_masks[row].any(0), operator) for row in removed]
+    return model.token_logprobs(prepared, trace.token_ids, image=images)
+
+
+def span_matrix(trace: Trace) -> np.ndarray:
+    """(T, n_spans) indicator: which tokens each span holds."""
+    m = np.zeros((len(trace.token_ids), len(trace.spans)))
+    for j, s in enumerate(trace.spans):
+        m[s.start:s.end, j] = 1.0
+    return m
+
+
+def span_logprob_drop(model, prepared, trace, regions, removed, operator) -> np.ndarray:
+    """(B, n_spans) log-prob each span loses with removed[b] ablated; (n_spans,) for a single (K,) mask."""
+    single = np.ndim(removed) == 1
+    ablated = logprobs_without(model, prepared, trace, regions, removed, operator)
+    drop = (trace.logprobs[None, :] - ablated) @ span_matrix(trace)
+    return drop[0] if single else drop
+
+
+def single_region_effects(model, prepared, trace, regions: Regions, operator: str = "knockout") -> np.ndarray:
+    """Δ, shape (n_spans, K): exhaustive single-region ablation, K teacher-forced passes (batched)."""
+    return span_logprob_drop(model, prepared, trace, regions, np.eye(regions.k, dtype=bool), operator).T
+
+
+def random_subsets(k: int, n: int, seed: int, p: float = 0.5) -> np.ndarray:
+    """(n, K) bool masks, each region removed with probability p (no empty or full mask)."""
+    rng = np.random.default_rng(seed)
+    masks = rng.random((n, k)) < p
+    for row in masks:
+        if row.all() or not row.any():
+            row[rng.integers(k)] ^= True
+    return masks
+
+
+def subset_effects(model, prepared, trace, regions: Regions, masks: np.ndarray, operator: str = "knockout") -> np.ndarray:
+    """Δ(S, v) for every mask v: shape (n_masks, n_spans)."""
+    return span_logprob_drop(model, prepared, trace, regions, masks, operator)
