@@ -42,3 +42,13 @@ def test_unreadable_image_is_named(tmp_path):
         load_image(bad)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         load_image(tmp_path / "missing.png")
+
+
+def test_regions_command_draws_the_regions(tmp_path, capsys):
+    png = tmp_path / "regions.png"
+    assert main(["regions", "--benchmark", "general", "--index", "0", "--regions", "feature-ward", "--k", "16",
+                 "--save-png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "16 feature-ward regions over 64 visual tokens" in out and png.stat().st_size > 1000
+    assert main(["regions", "--regions", "grid", "--k", "128"]) == 0
+    assert "K=128 clamped to 64" in capsys.readouterr().out

@@ -96,3 +96,10 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     assert "unknown ablation operator 'erase'" in capsys.readouterr().err
     assert main(["evaluate", "--method", "attention", "--k", "4", "--output-dir", str(tmp_path)]) == 2
     assert "outside 16–128" in capsys.readouterr().err
+
+
+def test_a_folder_keeps_one_configuration(run):
+    cfg, out, _, _ = run
+    other = EvalConfig(**{**cfg.__dict__, "regions": "superpixel"})
+    with pytest.raises(ValueError, match="another configuration"):
+        evaluate(other, log=lambda *_: None)

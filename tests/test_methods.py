@@ -100,3 +100,13 @@ def test_random_is_seeded_per_sample():
     s = Sample("a", "math", model.prepared.image, "q")
     ctx = AttributionContext(model, s, model.prepared, model.trace, one_token_per_region(16), seed=3)
     assert np.array_equal(load_method("random").attribute(ctx), load_method("random").attribute(ctx))
+
+
+def test_the_shipped_example_plugin_runs(tiny_ctx):
+    from pathlib import Path
+
+    plugin = Path(__file__).parents[1] / "submissions" / "example_method.py"
+    method = load_method(f"{plugin}:MaxHeadAttention")
+    scores = method.attribute(tiny_ctx)
+    assert method.name == "max_head_attention" and scores.shape == (tiny_ctx.n_spans, tiny_ctx.regions.k)
+    assert np.all(scores >= 0) and np.all(scores.sum(1) <= 1 + 1e-6)  # one head's attention mass

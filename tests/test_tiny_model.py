@@ -18,14 +18,15 @@ def test_checkpoint_is_small_and_a_real_llava():
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_held_out_traces_are_right_and_step_by_step(tiny, family):
-    samples = synthetic_samples(family, 8, split="test", start=1000)
+    # a regression guard on 40 held-out samples; the accuracy table in README comes from `generate --limit 100`
+    samples = synthetic_samples(family, 40, split="test", start=1000)
     correct = 0
     for s in samples:
         trace = tiny.generate(tiny.prepare(s.image, s.prompt), max_new_tokens=64)
         correct += bool(is_correct(trace.answer, s.reference))
         assert trace.n_thinking_steps >= 3
         assert trace.spans[-1].is_answer and trace.spans[-1].text == trace.answer
-    assert correct >= 7, f"{family}: {correct}/8 correct"
+    assert correct >= 32, f"{family}: {correct}/40 correct"  # 80%: general measures 93.6% on n=500
 
 
 def test_steps_depend_on_the_image(tiny):

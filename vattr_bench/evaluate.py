@@ -94,6 +94,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     if not methods:
         raise ValueError("no usable method: " + "; ".join(method_errors.values()))
     model = load_model(cfg.model)
+    _claim_output_dir(out, cfg)
     samples_path = out / "samples.jsonl"
     previous = read_records(samples_path)
     if samples_path.is_file():  # drop a line torn by a killed run, so appends start on a clean line
@@ -108,7 +109,15 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                 todo = [m for m in methods if (family, sample.id, m.name) not in done]
                 if not todo:
                     continue
-                shared = _sample_context(model, sample, cfg, cache_dir)
+                try:
+                    shared = _sample_context(model, sample, cfg, cache_dir)
+                except Exception as e:  # an unusable sample is recorded for every method, and the run goes on
+                    log(f"warning: sample {sample.id} skipped: {type(e).__name__}: {e}")
+                    for method in todo:
+                        sink.write(json.dumps({"benchmark": family, "sample_id": sample.id, "method": method.name,
+                                               "n_spans": 0, "error": f"sample: {type(e).__name__}: {e}"}) + "\n")
+                    sink.flush()
+                    continue
                 for method in todo:
                     record = _run_method(method, shared, family, log)
                     sink.write(json.dumps(record) + "\n")
@@ -124,6 +133,19 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     log(format_table(results))
     log(f"wrote {out / 'results.json'} and {samples_path}")
     return results
+
+
+def _claim_output_dir(out: Path, cfg: EvalConfig) -> None:
+    """A resumed run must use the same protocol as what is already in the folder."""
+    marker = out / "run.json"
+    key = cfg.ground_truth_key()
+    if marker.is_file():
+        previous = json.loads(marker.read_text())
+        if previous.get("ground_truth_key") != key:
+            raise ValueError(f"{out} holds a run made under another configuration ({previous.get('config')}); "
+                             "use a new --output-dir to compare configurations")
+    else:
+        marker.write_text(json.dumps({"ground_truth_key": key, "config": asdict(cfg)}, indent=1))
 
 
 @dataclass
@@ -144,6 +166,8 @@ def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
         trace = model.trace_from_ids(prepared, cached["token_ids"].tolist())
     else:
         trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
+    if not trace.spans:
+        raise ValueError(f"the model wrote no span to attribute (trace: {trace.text!r})")
     regions, note = make_regions(cfg.regions, model, prepared, k=cfg.k, sample=sample, backbone=cfg.region_backbone)
     ctx = AttributionContext(model, sample, prepared, trace, regions, cfg.ablation, cfg.seed)
     if cached is None:

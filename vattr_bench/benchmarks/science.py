@@ -1,5 +1,5 @@
-"""Science family (ScienceQA, AI2D in spirit): a labelled diagram of parts joined by links; is a part of
-the asked kind present? Each step names the shape of one part."""
+"""Science family (ScienceQA, AI2D in spirit): a labelled diagram of parts joined by links; how many
+different shapes does it use? Each step names the shape of one part."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from ..types import EvidenceStep, Sample
 from ._draw import SHAPES, canvas, clip_box, draw_shape, jitter
 
 FAMILY = "science"
-DESCRIPTION = "diagram: name the shape of each of three linked parts, answer whether a kind is present"
+DESCRIPTION = "diagram: name the shape of each of three linked parts, count the different shapes"
 PAPER_SETS = ("ScienceQA", "AI2D")  # the real sets this family stands in for
 
 _NODES = (("top", (32, 13)), ("left", (13, 49)), ("right", (51, 49)))
@@ -26,6 +26,4 @@ def synthetic_sample(rng: np.random.Generator, sample_id: str) -> Sample:
         box = (cx - r, cy - r, cx + r, cy + r)
         draw_shape(draw, shape, box, fill=(255, 255, 255), outline=(0, 0, 0), width=2)
         steps.append(EvidenceStep(f"the {name} part is a {shape}", clip_box((box[0], box[1], box[2] + 1, box[3] + 1))))
-    target = SHAPES[int(rng.integers(len(SHAPES)))]
-    prompt = f"is there a {target} in the diagram ?"
-    return Sample(sample_id, FAMILY, img, prompt, "yes" if target in shapes else "no", steps)
+    return Sample(sample_id, FAMILY, img, "how many different shapes are in the diagram ?", str(len(set(shapes))), steps)

@@ -113,7 +113,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         return Trace(ids, text, split_spans(ids, self.decode), self.token_logprobs(prepared, ids), answer_from_trace(text))
 
     # -- teacher forcing -----------------------------------------------------------------------------
-    def _forward(self, prepared: PreparedInput, trace_ids, image=None, knockout=None, **kwargs):
+    def _forward(self, prepared: PreparedInput, trace_ids, image=None, knockout=None, batch: int = 1, **kwargs):
         """One teacher-forced pass over prompt + trace, batched when ``image`` is a list of images or
         ``knockout`` a (B, N) mask: row b sees image[b] and/or has knockout[b] removed."""
         images = image if isinstance(image, (list, tuple)) else None if image is None else [image]
@@ -122,7 +122,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
             knockout = knockout[None] if knockout.ndim == 1 else knockout
             if knockout.shape[1:] != (prepared.n_visual_tokens,):
                 raise ValueError(f"knockout mask has shape {knockout.shape}, expected (B, {prepared.n_visual_tokens})")
-        batch = max(len(images) if images else 1, len(knockout) if knockout is not None else 1)
+        batch = max(batch, len(images) if images else 1, len(knockout) if knockout is not None else 1)
         trace = torch.as_tensor(list(trace_ids), dtype=torch.long, device=self.device).reshape(1, -1)
         inputs = {}
         for key, value in prepared.inputs.items():
@@ -229,9 +229,9 @@ class HFVisionLanguageModel(VisionLanguageModel):
             embeds = kwargs["inputs_embeds"]
             if capture is not None:
                 capture.append(embeds[0, positions])
-            if replace is not None:
+            if replace is not None:  # (B, N, D) onto a batch of B identical rows
                 embeds = embeds.clone()
-                embeds[0, positions] = replace.to(embeds.dtype)
+                embeds[:, positions] = replace.to(embeds.dtype)
                 kwargs["inputs_embeds"] = embeds
             return args, kwargs
 
@@ -254,13 +254,10 @@ class HFVisionLanguageModel(VisionLanguageModel):
         ``visual_embeds`` (B, N, D) — the input gradient methods attribute to. (Qwen3-VL also feeds
         deepstack features to deeper layers; those stay the real image's.)"""
         P, T = prepared.prompt_length, len(list(trace_ids))
-        target = torch.as_tensor(list(trace_ids), device=self.device).unsqueeze(1)
-        rows = []
-        for embeds in visual_embeds:
-            with self._visual_rows_hook(prepared, replace=embeds):
-                logits = self._forward(prepared, trace_ids).logits[0, P - 1:P - 1 + T]
-            rows.append(torch.log_softmax(logits.float(), -1).gather(1, target).squeeze(1))
-        return torch.stack(rows)
+        with self._visual_rows_hook(prepared, replace=visual_embeds):
+            logits = self._forward(prepared, trace_ids, batch=len(visual_embeds)).logits[:, P - 1:P - 1 + T]
+        target = torch.as_tensor(list(trace_ids), device=self.device).expand(len(visual_embeds), -1).unsqueeze(-1)
+        return torch.log_softmax(logits.float(), -1).gather(2, target).squeeze(-1)
 
 
 def image_only_processor(processor_cls):

@@ -69,10 +69,15 @@ def validation_accuracy(model, processor, n_per_family: int, seed: int, max_new_
 
 
 def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_every: int, val_n: int,
-          max_minutes: float) -> dict:
+          max_minutes: float, init_from: Path | None = None, step_offset: int = 0) -> dict:
     torch.manual_seed(seed)
     processor = build_processor()
-    model = build_model(processor.tokenizer, seed=seed)
+    if init_from:  # continue an earlier run (its checkpoint), on samples it has not seen
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(init_from)
+    else:
+        model = build_model(processor.tokenizer, seed=seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -82,8 +87,8 @@ def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_
     best, history, t0 = None, [], time.time()
     bar = tqdm(range(steps), desc="train vattr-tiny")
     for step in bar:
-        samples = [synthetic_sample(families[(step * batch_size + j) % len(families)], step * batch_size + j, "train", seed)
-                   for j in range(batch_size)]
+        first = (step_offset + step) * batch_size
+        samples = [synthetic_sample(families[(first + j) % len(families)], first + j, "train", seed) for j in range(batch_size)]
         enc = encode_batch(processor, samples, with_targets=True)
         labels = enc.pop("labels")
         think_close = processor.tokenizer.convert_tokens_to_ids(THINK_CLOSE)
@@ -107,6 +112,7 @@ def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_
             if out_of_time or min(acc.values()) == 1.0 and step + 1 >= steps // 2:
                 break
     report = {"seed": seed, "steps_run": history[-1]["step"], "batch_size": batch_size, "lr": lr,
+              "init_from": str(init_from) if init_from else None, "step_offset": step_offset,
               "minutes": (time.time() - t0) / 60, "best": best, "history": history}
     (output / "training_report.json").write_text(json.dumps(report, indent=1))
     return report
@@ -122,9 +128,12 @@ def main(argv=None) -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--val-n", type=int, default=60, help="validation samples per family")
     p.add_argument("--max-minutes", type=float, default=28.0, help="stop (and keep the best checkpoint) after this")
+    p.add_argument("--init-from", type=Path, default=None, help="continue from this checkpoint instead of a fresh model")
+    p.add_argument("--step-offset", type=int, default=0, help="skip the training samples an earlier run used")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    report = train(a.output, a.steps, a.batch_size, a.lr, a.seed, a.eval_every, a.val_n, a.max_minutes)
+    report = train(a.output, a.steps, a.batch_size, a.lr, a.seed, a.eval_every, a.val_n, a.max_minutes,
+                   a.init_from, a.step_offset)
     print(json.dumps(report["best"]))
 
 
