@@ -22,7 +22,7 @@ class _CaptumOnVisualEmbeddings(AttributionMethod):
         return {}
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
-        embeds = torch.as_tensor(ctx.model.visual_features(ctx.prepared)).unsqueeze(0)  # (1, N, D)
+        embeds = torch.as_tensor(ctx.model.visual_features(ctx.prepared)).unsqueeze(0).requires_grad_(True)  # (1, N, D)
         ids = ctx.trace.token_ids
         token_scores = []
         for span in ctx.trace.spans:
@@ -70,4 +70,4 @@ class IntegratedGradientsMethod(_CaptumOnVisualEmbeddings):
         return IntegratedGradients(forward)
 
     def _attribute_kwargs(self, embeds):
-        return {"baselines": torch.zeros_like(embeds), "n_steps": self.n_steps, "internal_batch_size": self.n_steps}
+        return {"baselines": torch.zeros_like(embeds.detach()), "n_steps": self.n_steps, "internal_batch_size": self.n_steps}
