@@ -19,7 +19,7 @@ class Echo:
 
 
 def test_builtins_and_plugin_files_load(tmp_path):
-    assert set(BUILTIN) == {"ablation", "attention", "attention_last", "rollout", "saliency", "input_x_gradient",
+    assert set(BUILTIN) == {"amortized", "ablation", "attention", "attention_last", "rollout", "saliency", "input_x_gradient",
                             "integrated_gradients", "captum_ablation", "random"}
     plugin = tmp_path / "echo.py"
     plugin.write_text(PLUGIN)
@@ -53,7 +53,7 @@ def tiny_ctx(tiny):
     s = synthetic_sample("math", 3)
     prepared = tiny.prepare(s.image, s.prompt)
     trace = tiny.trace_from_ids(prepared, tiny.tokenizer.convert_tokens_to_ids(s.reference_trace.split()))
-    regions, _ = make_regions("grid", tiny, prepared, k=16)
+    regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
     return AttributionContext(tiny, s, prepared, trace, regions, "knockout")
 
 

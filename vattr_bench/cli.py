@@ -91,6 +91,20 @@ def _cmd_regions(args) -> int:
     return 0
 
 
+def _cmd_train_estimator(args) -> int:
+    from .amortized.train import run
+    from .benchmarks import resolve_families
+    from .models import load_model
+
+    resolve_families(args.benchmark)
+    if args.n_train < 2:
+        raise ValueError("--n-train must be at least 2 (one sample is held out)")
+    model = load_model(args.model)
+    run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
+        ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool)
+    return 0
+
+
 def _cmd_train_model(args) -> int:
     from .models.tiny import train
 
@@ -146,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--region-backbone", default=None)
     r.add_argument("--save-png", default=None)
     r.set_defaults(func=_cmd_regions)
+
+    te = sub.add_parser("train-estimator", help="train the amortized attributor's linear estimator for a model")
+    te.add_argument("--model", default="vattr-tiny")
+    te.add_argument("--benchmark", default="all")
+    te.add_argument("--n-train", type=int, default=200, help="samples (split 'estimator'), 20%% of them held out")
+    te.add_argument("--output", required=True)
+    te.add_argument("--regions", default="feature-ward")
+    te.add_argument("--k", type=int, default=16)
+    te.add_argument("--ablation", default="knockout")
+    te.add_argument("--n-subsets", type=int, default=32)
+    te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
+    te.add_argument("--seed", type=int, default=0)
+    te.set_defaults(func=_cmd_train_estimator)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")
     t.add_argument("train_args", nargs=argparse.REMAINDER)

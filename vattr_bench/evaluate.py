@@ -190,6 +190,7 @@ def _run_method(method, shared: _Shared, family: str, log) -> dict:
     name = getattr(method, "name", type(method).__name__)
     base = {"benchmark": family, "sample_id": ctx.sample.id, "method": name, "n_spans": ctx.n_spans,
             "n_tokens": len(ctx.trace.token_ids), "k": ctx.regions.k, "region_note": shared.region_note}
+    ctx.cache.pop("attention_to_visual", None)  # each method pays for the attention it reads
     try:
         with PeakMemory() as cost:
             raw = method.attribute(ctx)

@@ -9,12 +9,13 @@ import importlib.util
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from .amortized import Amortized
 from .base import AttributionContext, AttributionMethod
 from .baselines import Ablation, Attention, AttentionLast, Random, Rollout
 from .captum_ablation import CaptumAblation
 from .gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
 
-BUILTIN = {cls.name: cls for cls in (Ablation, Attention, AttentionLast, Rollout, SaliencyMethod,
+BUILTIN = {cls.name: cls for cls in (Amortized, Ablation, Attention, AttentionLast, Rollout, SaliencyMethod,
                                       InputXGradientMethod, IntegratedGradientsMethod, CaptumAblation, Random)}
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
 ENTRY_POINT_GROUP = "vattr_bench.methods"

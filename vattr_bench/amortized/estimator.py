@@ -1,0 +1,96 @@
+"""The linear estimator Δ̂_k(S) = w·f_{S,k} + b, trained once per model with a Pearson-correlation loss.
+
+Training recipe (AT2, carried to images): per example, random region masks v (each region removed with
+probability 0.5) and the true subset effect Δ(S, v) of every span; the prediction for a mask is
+Σ_k v_k Δ̂_k(S), and the loss is −Pearson(prediction, truth) across the masks of a span, averaged over
+spans. Pearson is scale- and shift-free, so w is learned up to scale and the bias cancels; it is kept
+for the saved format's sake (and is 0).
+
+Saved format (JSON, documented in README): {"format": "vattr-bench/linear-estimator", "version": 1,
+"weights": [L·H floats, layer-major], "bias": float, "meta": {model, num_layers, num_heads, regions, k,
+ablation, region_pool, n_train, seed, heldout}}.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "vattr-bench/linear-estimator"
+# what a model/protocol must match for an estimator to apply to it
+MATCH_KEYS = ("model", "num_layers", "num_heads", "regions", "ablation", "region_pool")
+
+
+@dataclass
+class LinearEstimator:
+    weights: np.ndarray  # (L·H,)
+    bias: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(n_spans, K, L·H) -> (n_spans, K) estimated single-region effects."""
+        if features.shape[-1] != len(self.weights):
+            raise ValueError(f"features have {features.shape[-1]} dims, the estimator {len(self.weights)} (L·H)")
+        return features @ self.weights + self.bias
+
+    def save(self, path: Path) -> None:
+        payload = {"format": FORMAT, "version": 1, "weights": [float(w) for w in self.weights],
+                   "bias": float(self.bias), "meta": self.meta}
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+    @classmethod
+    def load(cls, path: Path, expect: dict | None = None) -> "LinearEstimator":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no estimator at {path}; train one with `vattr-bench train-estimator`")
+        payload = json.loads(path.read_text())
+        if payload.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a vattr-bench linear estimator")
+        est = cls(np.asarray(payload["weights"], dtype=np.float64), float(payload["bias"]), payload["meta"])
+        if expect:
+            wrong = {k: (est.meta.get(k), v) for k, v in expect.items() if k in MATCH_KEYS and est.meta.get(k) != v}
+            if wrong:
+                detail = ", ".join(f"{k}: trained {a!r}, now {b!r}" for k, (a, b) in wrong.items())
+                raise ValueError(f"estimator {path} does not fit this run ({detail}); train one for it with "
+                                 "`vattr-bench train-estimator`")
+        return est
+
+
+def _pearson_rows(pred, target, torch):
+    pred = pred - pred.mean(-1, keepdim=True)
+    target = target - target.mean(-1, keepdim=True)
+    return (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1) + 1e-8)
+
+
+def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, seed: int = 0) -> np.ndarray:
+    """``examples``: dicts with "features" (S, K, F), "masks" (M, K) bool, "subset_effects" (M, S).
+    Returns w (F,) maximising the mean per-span Pearson between Σ_k v_k w·f_{S,k} and Δ(S, v)."""
+    import torch
+
+    torch.manual_seed(seed)
+    # per span: X_s = masks @ features[s] -> (M, F): the summed features of the removed regions
+    xs, ys = [], []
+    for ex in examples:
+        masks = torch.as_tensor(ex["masks"], dtype=torch.float64)
+        feats = torch.as_tensor(ex["features"], dtype=torch.float64)
+        effects = torch.as_tensor(ex["subset_effects"], dtype=torch.float64)
+        for s in range(feats.shape[0]):
+            if effects[:, s].std() > 1e-9:  # a span no ablation moves teaches nothing
+                xs.append(masks @ feats[s])
+                ys.append(effects[:, s])
+    if not xs:
+        raise ValueError("no training span has any ablation effect")
+    X, Y = torch.stack(xs), torch.stack(ys)  # (n, M, F), (n, M)
+    scale = X.reshape(-1, X.shape[-1]).std(0) + 1e-12  # standardise features for the optimiser
+    w = torch.zeros(X.shape[-1], dtype=torch.float64)
+    w.data.normal_(0, 0.01)
+    w.requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for _ in range(epochs):
+        loss = -_pearson_rows((X / scale) @ w, Y, torch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (w.detach() / scale).numpy()

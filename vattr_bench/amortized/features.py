@@ -1,0 +1,25 @@
+"""Attention features f_{S,k} ∈ R^(L·H): attention from span S's tokens to region k's visual tokens,
+for every layer and head.
+
+Pooling is explicit: over the span's tokens always the **mean** (spans differ in length); over the
+region's tokens the **sum** by default (AT2: a source's attention mass, so bigger regions can matter
+more) or the mean (``region_pool="mean"``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+REGION_POOLS = ("sum", "mean")
+
+
+def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:
+    """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H)."""
+    if region_pool not in REGION_POOLS:
+        raise ValueError(f"unknown region pooling {region_pool!r}; choose from {REGION_POOLS}")
+    L, H = attention.shape[:2]
+    pool = token_matrix.astype(np.float64)  # (K, N)
+    if region_pool == "mean":
+        pool = pool / pool.sum(1, keepdims=True)
+    per_span = np.stack([attention[:, :, s.start:s.end].mean(2) for s in spans])  # (S, L, H, N)
+    feats = np.einsum("slhn,kn->sklh", per_span, pool)  # (S, K, L, H)
+    return feats.reshape(len(spans), pool.shape[0], L * H)

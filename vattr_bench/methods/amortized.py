@@ -1,0 +1,42 @@
+"""The package's own method: pooled attention features through a trained linear estimator."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..amortized import LinearEstimator, span_region_features
+from .base import AttributionContext, AttributionMethod
+
+SHIPPED = {"vattr-tiny": Path(__file__).parents[1] / "amortized" / "vattr-tiny.estimator.json"}
+
+
+class Amortized(AttributionMethod):
+    """Δ̂_k(S) = w·f_{S,k}: one attention pass, no ablation, no gradient. The estimator comes from
+    $VATTR_ESTIMATOR, else the one shipped for the model; it must have been trained for the same model,
+    region protocol and ablation operator (checked on load)."""
+
+    name = "amortized"
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self._loaded: dict = {}
+
+    def estimator_for(self, ctx: AttributionContext) -> LinearEstimator:
+        path = self.path or os.environ.get("VATTR_ESTIMATOR") or SHIPPED.get(ctx.model.name)
+        if path is None:
+            raise ValueError(f"no estimator for model {ctx.model.name!r}: train one with `vattr-bench train-estimator` "
+                             "and set VATTR_ESTIMATOR to its path")
+        expect = {"model": ctx.model.name, "num_layers": ctx.model.num_layers, "num_heads": ctx.model.num_heads,
+                  "regions": ctx.regions.protocol, "ablation": ctx.operator}
+        key = (str(path), tuple(sorted(expect.items())))
+        if key not in self._loaded:
+            self._loaded[key] = LinearEstimator.load(Path(path), expect)
+        return self._loaded[key]
+
+    def attribute(self, ctx: AttributionContext) -> np.ndarray:
+        est = self.estimator_for(ctx)
+        feats = span_region_features(ctx.attention_to_visual(), ctx.trace.spans, ctx.regions.token_matrix,
+                                     est.meta.get("region_pool", "sum"))
+        return est.predict(feats)
