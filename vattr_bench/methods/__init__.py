@@ -17,7 +17,6 @@ from .gradients import InputXGradientMethod, IntegratedGradientsMethod, Saliency
 
 BUILTIN = {cls.name: cls for cls in (Amortized, Ablation, Attention, AttentionLast, Rollout, SaliencyMethod,
                                       InputXGradientMethod, IntegratedGradientsMethod, CaptumAblation, Random)}
-GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
 ENTRY_POINT_GROUP = "vattr_bench.methods"
 
 
@@ -65,4 +64,4 @@ def _class_from_file(path: str, class_name: str):
     return getattr(module, class_name)
 
 
-__all__ = ["AttributionContext", "AttributionMethod", "BUILTIN", "GRADIENT_METHODS", "available_methods", "load_method"]
+__all__ = ["AttributionContext", "AttributionMethod", "BUILTIN", "available_methods", "load_method"]
