@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def _cmd_list(args) -> int:
     from .benchmarks import FAMILIES
@@ -105,6 +107,29 @@ def _cmd_train_estimator(args) -> int:
     return 0
 
 
+def _cmd_stream(args) -> int:
+    from .images import load_image
+    from .methods.amortized import Amortized
+    from .models import load_model
+    from .regions import make_regions
+    from .streaming import stream_attributions
+
+    image = load_image(args.image)
+    model = load_model(args.model)
+    prepared = model.prepare(image, args.prompt)
+    regions, note = make_regions(args.regions, model, prepared, k=args.k)
+    if note:
+        print(note)
+    estimator = Amortized(args.estimator).load_for(model, regions.protocol, args.ablation)
+    print(f"{regions.k} {regions.protocol} regions; streaming attributions as the model thinks:")
+    for event in stream_attributions(model, prepared, regions, estimator, max_new_tokens=args.max_new_tokens):
+        top = np.argsort(-event.scores)[:3]
+        label = "answer" if event.is_answer else f"span {event.index}"
+        print(f"[{event.emitted_s:6.2f}s] {label}: {event.text!r}  top regions "
+              + ", ".join(f"{k}:{event.scores[k]:+.2f}" for k in top), flush=True)
+    return 0
+
+
 def _cmd_train_model(args) -> int:
     from .models.tiny import train
 
@@ -173,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
     te.add_argument("--seed", type=int, default=0)
     te.set_defaults(func=_cmd_train_estimator)
+
+    st = sub.add_parser("stream", help="generate on your image and stream per-span attributions (amortized)")
+    st.add_argument("--model", default="vattr-tiny")
+    st.add_argument("--image", required=True)
+    st.add_argument("--prompt", required=True)
+    st.add_argument("--regions", default="feature-ward")
+    st.add_argument("--k", type=int, default=16)
+    st.add_argument("--ablation", default="knockout", help="the operator the estimator was trained under")
+    st.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR)")
+    st.add_argument("--max-new-tokens", type=int, default=256)
+    st.set_defaults(func=_cmd_stream)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")
     t.add_argument("train_args", nargs=argparse.REMAINDER)

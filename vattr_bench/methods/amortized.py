@@ -23,17 +23,21 @@ class Amortized(AttributionMethod):
         self.path = path
         self._loaded: dict = {}
 
-    def estimator_for(self, ctx: AttributionContext) -> LinearEstimator:
-        path = self.path or os.environ.get("VATTR_ESTIMATOR") or SHIPPED.get(ctx.model.name)
+    def load_for(self, model, protocol: str, operator: str) -> LinearEstimator:
+        """The estimator for this model, region protocol and ablation operator (checked on load)."""
+        path = self.path or os.environ.get("VATTR_ESTIMATOR") or SHIPPED.get(model.name)
         if path is None:
-            raise ValueError(f"no estimator for model {ctx.model.name!r}: train one with `vattr-bench train-estimator` "
+            raise ValueError(f"no estimator for model {model.name!r}: train one with `vattr-bench train-estimator` "
                              "and set VATTR_ESTIMATOR to its path")
-        expect = {"model": ctx.model.name, "num_layers": ctx.model.num_layers, "num_heads": ctx.model.num_heads,
-                  "regions": ctx.regions.protocol, "ablation": ctx.operator}
+        expect = {"model": model.name, "num_layers": model.num_layers, "num_heads": model.num_heads,
+                  "regions": protocol, "ablation": operator}
         key = (str(path), tuple(sorted(expect.items())))
         if key not in self._loaded:
             self._loaded[key] = LinearEstimator.load(Path(path), expect)
         return self._loaded[key]
+
+    def estimator_for(self, ctx: AttributionContext) -> LinearEstimator:
+        return self.load_for(ctx.model, ctx.regions.protocol, ctx.operator)
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
         est = self.estimator_for(ctx)

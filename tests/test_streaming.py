@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from vattr_bench.benchmarks import synthetic_sample
+from vattr_bench.cli import main
+from vattr_bench.methods import AttributionContext, load_method
+from vattr_bench.regions import make_regions
+from vattr_bench.streaming import stream_attributions
+
+
+@pytest.mark.parametrize("family", ["general", "math"])
+def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
+    s = synthetic_sample(family, 7)
+    prepared = tiny.prepare(s.image, s.prompt)
+    regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
+    method = load_method("amortized")
+    trace = tiny.generate(prepared, max_new_tokens=128)
+    ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
+    events = list(stream_attributions(tiny, prepared, regions, method.estimator_for(ctx), max_new_tokens=128))
+    # complete and in order: one event per span of the offline trace, same token ranges and text
+    assert [(e.start, e.end, e.text, e.is_answer) for e in events] == [(sp.start, sp.end, sp.text, sp.is_answer) for sp in trace.spans]
+    assert [e.index for e in events] == list(range(len(events)))
+    assert all(a.emitted_s <= b.emitted_s for a, b in zip(events, events[1:]))
+    # emitted while generating: a thinking span's event comes before the answer is written
+    assert events[0].tokens_generated < events[-1].end
+    np.testing.assert_allclose(np.stack([e.scores for e in events]), method.attribute(ctx), atol=1e-5)
+
+
+def test_stream_cli_prints_events(tmp_path, capsys):
+    img = tmp_path / "scene.png"
+    synthetic_sample("general", 2).image.save(img)
+    assert main(["stream", "--image", str(img), "--prompt", "describe the scene ."]) == 0
+    out = capsys.readouterr().out
+    assert out.count("span ") == 4 and "answer:" in out and "top regions" in out
+    assert main(["stream", "--image", str(tmp_path / "none.png"), "--prompt", "x"]) == 2
+    assert "image file not found" in capsys.readouterr().err
