@@ -67,3 +67,16 @@ def test_pixel_operators_touch_only_the_region(operator):
     assert np.array_equal(out[~mask], before[~mask]) and not np.array_equal(out[mask], before[mask])
     with pytest.raises(ValueError, match="unknown pixel ablation operator"):
         ablate_image(img, mask, "erase")
+
+
+def test_feature_ward_on_a_dino_backbone_folder(tiny, sample_and_prepared, tmp_path):
+    """A DINO backbone given by path (a tiny random Dinov2 saved here: no downloads) drives the clustering."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             patch_size=8, image_size=64)).save_pretrained(tmp_path)
+    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    sample, prepared = sample_and_prepared
+    regions, _ = make_regions("feature-ward", tiny, prepared, k=16, backbone=str(tmp_path))
+    assert regions.k == 16 and regions.params["features"] == str(tmp_path)
+    assert np.all(regions.token_matrix.sum(0) == 1)
