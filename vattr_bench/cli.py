@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .benchmarks import SPLITS
+
 
 def _cmd_list(args) -> int:
     from .benchmarks import FAMILIES
@@ -147,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--benchmark", default="all", help="'all' or a comma list of families")
     g.add_argument("--limit", type=int, default=20, help="samples per benchmark")
     g.add_argument("--output-dir", default="runs/generate")
-    g.add_argument("--split", default="test", choices=["train", "val", "estimator", "test"])
+    g.add_argument("--split", default="test", choices=SPLITS)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--device", default="cpu")
@@ -168,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ablation", default="knockout", help="knockout | mean-fill | blur")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--n-subsets", type=int, default=32, help="random region subsets for LDS")
-    e.add_argument("--split", default="test", choices=["train", "val", "estimator", "test"])
+    e.add_argument("--split", default="test", choices=SPLITS)
     e.add_argument("--save-heatmaps", action="store_true", help="write PNG overlays per span")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -176,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="vattr-tiny")
     r.add_argument("--benchmark", default="general")
     r.add_argument("--index", type=int, default=0)
-    r.add_argument("--split", default="test", choices=["train", "val", "estimator", "test"])
+    r.add_argument("--split", default="test", choices=SPLITS)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--image", default=None, help="an image file instead of a benchmark sample")
     r.add_argument("--prompt", default="describe the image .")

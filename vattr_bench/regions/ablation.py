@@ -57,7 +57,9 @@ def span_matrix(trace: Trace) -> np.ndarray:
 def span_logprob_drop(model, prepared, trace, regions, removed, operator) -> np.ndarray:
     """(B, n_spans) log-prob each span loses with removed[b] ablated; (n_spans,) for a single (K,) mask."""
     single = np.ndim(removed) == 1
-    ablated = logprobs_without(model, prepared, trace, regions, removed, operator)
+    # metrics ask for the same mask many times (e.g. "all removed" once per span): run each one once
+    unique, inverse = np.unique(np.atleast_2d(np.asarray(removed, dtype=bool)), axis=0, return_inverse=True)
+    ablated = logprobs_without(model, prepared, trace, regions, unique, operator)[inverse.reshape(-1)]
     drop = (trace.logprobs[None, :] - ablated) @ span_matrix(trace)
     return drop[0] if single else drop
 
