@@ -105,12 +105,25 @@ def test_knocking_out_every_visual_token_removes_the_image(model, image):
         model.token_logprobs(prepared, trace, knockout=everything[:-1])
 
 
-def test_attention_to_visual_tokens(model, image):
+def test_attention_capture_equals_eager_attention(model, image):
     prepared = model.prepare(image, "what color is the circle ?")
-    attn = model.attention_to_visual(prepared, _trace(model, "the circle is"))
-    assert attn.shape == (model.num_layers, model.num_heads, 3, prepared.n_visual_tokens)
-    assert np.all(attn >= 0) and np.all(attn.sum(-1) <= 1 + 1e-5) and attn.sum() > 0
-    assert model.model.config._attn_implementation != "eager" or model.model_type == "llava"
+    trace = _trace(model, "the circle is red .")
+    before = model.model.config._attn_implementation
+    fast = model.attention_to_visual(prepared, trace)
+    eager = model.attention_to_visual(prepared, trace, eager=True)
+    assert fast.shape == eager.shape == (model.num_layers, model.num_heads, len(trace), prepared.n_visual_tokens)
+    np.testing.assert_allclose(fast, eager, atol=1e-5)
+    assert np.all(fast >= 0) and np.all(fast.sum(-1) <= 1 + 1e-5) and fast.sum() > 0.01
+    assert model.model.config._attn_implementation == before  # switched for the call only
+
+
+def test_attention_captured_during_generation_equals_teacher_forced(model, image):
+    """Decode steps (one query over the KV cache) capture the same rows as one teacher-forced pass."""
+    prepared = model.prepare(image, "what color is the circle ?")
+    with model.capture_visual_attention(prepared) as capture:
+        ids = model.generate_ids(prepared, max_new_tokens=6)
+    during = capture.attention(len(ids))
+    np.testing.assert_allclose(during, model.attention_to_visual(prepared, ids, eager=True), atol=1e-5)
 
 
 def test_save_and_reload_through_load_model(tmp_path):

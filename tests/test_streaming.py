@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -34,3 +36,21 @@ def test_stream_cli_prints_events(tmp_path, capsys):
     assert out.count("span ") == 4 and "answer:" in out and "top regions" in out
     assert main(["stream", "--image", str(tmp_path / "none.png"), "--prompt", "x"]) == 2
     assert "image file not found" in capsys.readouterr().err
+
+
+def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
+    """Behaviour only (the numbers are the benchmark's business): every row and key is there."""
+    out_json = tmp_path / "perf.json"
+    assert main(["perf", "--benchmark", "math", "--per-family", "1", "--rounds", "1", "--lengths", "32,64",
+                 "--gradient-spans", "1", "--output", str(out_json)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert set(summary) == {"overhead_pct", "lag_decode_steps", "speedup_vs_fastest_gradient", "speedup_vs_ablation",
+                            "amortized_cost_ratio_64_vs_32"}
+    assert all(np.isfinite(v) for v in summary.values()) and summary["speedup_vs_ablation"] > 0
+    text = "\n".join(lines)
+    for row in ("overhead", "median lag", "| amortized |", "| saliency |", "| integrated_gradients |", "| ablation |"):
+        assert row in text
+    report = json.loads(out_json.read_text())
+    assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}
+    assert main(["perf", "--lengths", "64"]) == 2

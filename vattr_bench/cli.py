@@ -105,7 +105,8 @@ def _cmd_train_estimator(args) -> int:
         raise ValueError("--n-train must be at least 2 (one sample is held out)")
     model = load_model(args.model)
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
-        ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool)
+        ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
+        targets=args.targets, transfer=args.transfer)
     return 0
 
 
@@ -129,6 +130,24 @@ def _cmd_stream(args) -> int:
         label = "answer" if event.is_answer else f"span {event.index}"
         print(f"[{event.emitted_s:6.2f}s] {label}: {event.text!r}  top regions "
               + ", ".join(f"{k}:{event.scores[k]:+.2f}" for k in top), flush=True)
+    return 0
+
+
+def _cmd_perf(args) -> int:
+    import json
+
+    from .models import load_model
+    from .perf import PerfConfig, run_perf
+
+    lengths = tuple(int(x) for x in args.lengths.split(","))
+    if args.per_family < 1 or args.rounds < 1 or len(lengths) < 2 or min(lengths) < 16:
+        raise ValueError("--per-family and --rounds must be ≥ 1, --lengths at least two lengths ≥ 16")
+    cfg = PerfConfig(benchmark=args.benchmark, per_family=args.per_family, rounds=args.rounds, lengths=lengths,
+                     gradient_spans=args.gradient_spans, regions=args.regions, k=args.k, seed=args.seed)
+    report = run_perf(load_model(args.model), cfg)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1, default=float))
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -198,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--ablation", default="knockout")
     te.add_argument("--n-subsets", type=int, default=32)
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
+    te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
+                    help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
+    te.add_argument("--transfer", action="store_true",
+                    help="also report cross-family transfer (train on the other families, test on each)")
     te.add_argument("--seed", type=int, default=0)
     te.set_defaults(func=_cmd_train_estimator)
 
@@ -211,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR)")
     st.add_argument("--max-new-tokens", type=int, default=256)
     st.set_defaults(func=_cmd_stream)
+
+    pf = sub.add_parser("perf", help="benchmark streaming attribution: overhead, lag, cost per span and per token")
+    pf.add_argument("--model", default="vattr-tiny")
+    pf.add_argument("--benchmark", default="all")
+    pf.add_argument("--per-family", type=int, default=2, help="samples per benchmark")
+    pf.add_argument("--rounds", type=int, default=5, help="interleaved generation rounds for the overhead")
+    pf.add_argument("--lengths", default="256,1024,4096", help="trace lengths for the per-token cost")
+    pf.add_argument("--gradient-spans", type=int, default=3, help="spans timed per gradient baseline per length")
+    pf.add_argument("--regions", default="feature-ward")
+    pf.add_argument("--k", type=int, default=16)
+    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--output", default=None, help="also write the full report as JSON here")
+    pf.set_defaults(func=_cmd_perf)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")
     t.add_argument("train_args", nargs=argparse.REMAINDER)

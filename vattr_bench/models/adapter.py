@@ -47,6 +47,17 @@ class VisionLanguageModel(ABC):
     def generate(self, prepared: PreparedInput, max_new_tokens: int = 256) -> Trace:
         """Greedy trace with spans and its per-token log-probs."""
 
+    def generate_ids(self, prepared: PreparedInput, max_new_tokens: int = 256, streamer=None) -> list[int]:
+        """Greedy trace token ids without scoring them; ``streamer.put`` gets the prompt ids, then each
+        new token as it is chosen (the transformers streamer protocol). Streaming builds on it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream generation")
+
+    def capture_visual_attention(self, prepared: PreparedInput, first_row: int | None = None):
+        """Context manager yielding a VisualAttentionCapture that records, during any forward inside it,
+        each query row at position ≥ first_row (default: the one predicting trace token 0) to the
+        visual tokens — the attention features without the eager kernel (models/attention_capture.py)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot capture attention")
+
     @abstractmethod
     def token_logprobs(self, prepared: PreparedInput, trace_ids, image: Image.Image | None = None,
                        knockout: np.ndarray | None = None) -> np.ndarray:

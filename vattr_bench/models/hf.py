@@ -21,6 +21,7 @@ from PIL import Image
 from ..images import check_image
 from ..types import Trace
 from .adapter import PreparedInput, VisionLanguageModel
+from .attention_capture import CAPTURE_BACKEND, VisualAttentionCapture, activate
 from .prompting import answer_from_trace, build_prompt
 from .spans import split_spans
 
@@ -94,15 +95,19 @@ class HFVisionLanguageModel(VisionLanguageModel):
     # -- generation ----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prepared: PreparedInput, max_new_tokens: int = 256) -> Trace:
+        return self.trace_from_ids(prepared, self.generate_ids(prepared, max_new_tokens))
+
+    @torch.no_grad()
+    def generate_ids(self, prepared: PreparedInput, max_new_tokens: int = 256, streamer=None) -> list[int]:
+        """Greedy trace token ids (end-of-sequence excluded); ``streamer`` is a transformers streamer."""
         # an image placeholder is never a valid output token (teacher forcing would read it as an image slot)
         out = self.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                  suppress_tokens=[self.image_token_id])
+                                  suppress_tokens=[self.image_token_id], streamer=streamer)
         ids = out[0, prepared.prompt_length:].tolist()
         for i, t in enumerate(ids):  # the trace ends before the first end-of-sequence token
             if t in self.eos_ids:
-                ids = ids[:i]
-                break
-        return self.trace_from_ids(prepared, ids)
+                return ids[:i]
+        return ids
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -200,18 +205,41 @@ class HFVisionLanguageModel(VisionLanguageModel):
             if previous != "eager":
                 self.model.set_attn_implementation(previous)
 
+    @contextmanager
+    def capture_visual_attention(self, prepared, first_row: int | None = None):
+        """While active, every forward of this model records each decoder query row at position ≥
+        ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
+        visual keys once; see attention_capture. Yields the VisualAttentionCapture."""
+        layer_of = {id(layer.self_attn): i for i, layer in enumerate(self.model.model.language_model.layers)}
+        capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
+                                         prepared.prompt_length - 1 if first_row is None else first_row)
+        previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation(CAPTURE_BACKEND)
+        try:
+            with activate(capture):
+                yield capture
+        finally:
+            self.model.set_attn_implementation(previous)
+
     def _attentions(self, prepared, trace_ids):
         with self._eager_attention():
             return self._forward(prepared, list(trace_ids), output_attentions=True).attentions
 
     @torch.no_grad()
-    def attention_to_visual(self, prepared, trace_ids) -> np.ndarray:
-        """Row t is the attention of the query that *predicts* trace token t (position P-1+t): the
-        attention that produced y_t, available the moment y_t is generated."""
-        P, T = prepared.prompt_length, len(list(trace_ids))
+    def attention_to_visual(self, prepared, trace_ids, eager: bool = False) -> np.ndarray:
+        """(L, H, T, N). Row t is the attention of the query that *predicts* trace token t (position
+        P-1+t): the attention that produced y_t, available the moment y_t is generated. Captured with the
+        fast backend (attention_capture); ``eager=True`` reads it off the eager kernel instead (the
+        reference the capture is tested against)."""
+        trace_ids = list(trace_ids)
+        P, T = prepared.prompt_length, len(trace_ids)
+        if not eager:
+            with self.capture_visual_attention(prepared) as capture:
+                self._forward(prepared, trace_ids)
+            return capture.attention(T)
         vis = torch.as_tensor(prepared.visual_positions, device=self.device)
         stacked = torch.stack([a[0, :, P - 1:P - 1 + T][:, :, vis] for a in self._attentions(prepared, trace_ids)])
-        return stacked.float().cpu().numpy()  # (L, H, T, N)
+        return stacked.float().cpu().numpy()
 
     @torch.no_grad()
     def attention_matrices(self, prepared, trace_ids) -> np.ndarray:

@@ -1,0 +1,186 @@
+"""`vattr-bench perf`: what streaming attribution costs, measured in one run as ratios on the same spans.
+
+1. Overhead — wall time of generation with streaming attribution (capture + worker, until the last
+   event is out) vs the same `generate` call without, on the same prompts, interleaved in rounds
+   (medians per sample, then summed).
+2. Lag — seconds from a span's last token to its event, in units of the median decode step.
+3. Cost per span on the same spans — amortized (the worker's work: weights from the captured rows,
+   pooling, estimator; the capture inside generation is what (1) measures) vs each Captum gradient
+   baseline vs exhaustive ablation (K forward passes, batched as `evaluate` runs them).
+4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
+   length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .benchmarks import resolve_families, synthetic_sample
+from .methods import AttributionContext, load_method
+from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
+from .models.spans import split_spans
+from .regions import make_regions, single_region_effects
+from .streaming import attribute_span, stream_attributions
+from .types import Trace
+
+GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)
+
+
+@dataclass
+class PerfConfig:
+    benchmark: str = "all"
+    per_family: int = 2
+    rounds: int = 5
+    lengths: tuple[int, ...] = (256, 1024, 4096)
+    gradient_spans: int = 3  # spans timed per gradient baseline at each length
+    regions: str = "feature-ward"
+    k: int = 16
+    ablation: str = "knockout"
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats: int = 5) -> tuple[float, int]:
+    """Worker cost of all spans of a trace (best of ``repeats``) and the span count."""
+    with model.capture_visual_attention(prepared) as capture:
+        model.token_logprobs(prepared, trace.token_ids)  # the rows generation would have captured
+    queries, lse = capture.raw(len(trace.token_ids))
+    rows = [(queries[:, :, s.start:s.end], lse[:, :, s.start:s.end]) for s in trace.spans]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for q, l in rows:
+            attribute_span(capture, q, l, regions, estimator)
+        best = min(best, time.perf_counter() - start)
+    return best, len(rows)
+
+
+def run_perf(model, cfg: PerfConfig, log=print) -> dict:
+    amortized = load_method("amortized")
+    estimator = amortized.load_for(model, cfg.regions, cfg.ablation)
+    torch.manual_seed(cfg.seed)
+    samples = [synthetic_sample(f, i, "test", cfg.seed) for f in resolve_families(cfg.benchmark) for i in range(cfg.per_family)]
+    items = []
+    for s in tqdm(samples, desc="prepare", unit="sample"):
+        prepared = model.prepare(s.image, s.prompt)
+        regions, _ = make_regions(cfg.regions, model, prepared, k=cfg.k, sample=s)
+        items.append((s, prepared, regions))
+
+    # warm-up, untimed: first calls pay for lazy imports, allocator growth and kernel selection
+    s, prepared, regions = items[0]
+    list(stream_attributions(model, prepared, regions, estimator, cfg.max_new_tokens))
+    trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
+    warm = AttributionContext(model, s, prepared, Trace(trace.token_ids, trace.text, trace.spans[:1], trace.logprobs, ""),
+                              regions, cfg.ablation, cfg.seed)
+    for method in GRADIENT_METHODS:
+        method().attribute(warm)
+
+    # 1-2: overhead and lag, interleaved rounds on the same prompts
+    plain = [[] for _ in items]
+    streamed = [[] for _ in items]
+    lags, steps = [], []
+    for r in tqdm(range(cfg.rounds), desc="overhead rounds"):
+        for i, (s, prepared, regions) in enumerate(items):
+            order = ("plain", "stream") if (r + i) % 2 == 0 else ("stream", "plain")
+            for mode in order:
+                if mode == "plain":
+                    seconds, ids = _timed(model.generate_ids, prepared, cfg.max_new_tokens)
+                    plain[i].append(seconds)
+                    steps.append(seconds / max(1, len(ids) + 1))  # +1: the step that chose end-of-sequence
+                else:
+                    seconds, events = _timed(lambda: list(stream_attributions(model, prepared, regions, estimator, cfg.max_new_tokens)))
+                    streamed[i].append(seconds)
+                    lags.extend(e.lag_s for e in events)
+    t_plain = sum(statistics.median(x) for x in plain)
+    t_stream = sum(statistics.median(x) for x in streamed)
+    step_s = statistics.median(steps)
+    overhead_pct = 100.0 * (t_stream - t_plain) / t_plain
+    lag_steps = statistics.median(lags) / step_s
+
+    # 3: cost per span on the same spans
+    per_span = {"amortized": 0.0, "ablation": 0.0, **{m.name: 0.0 for m in GRADIENT_METHODS}}
+    n_spans = 0
+    for s, prepared, regions in tqdm(items, desc="cost per span", unit="sample"):
+        trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
+        seconds, n = _amortized_span_seconds(model, prepared, trace, regions, estimator)
+        per_span["amortized"] += seconds
+        n_spans += n
+        per_span["ablation"] += _timed(single_region_effects, model, prepared, trace, regions, cfg.ablation)[0]
+        ctx = AttributionContext(model, s, prepared, trace, regions, cfg.ablation, cfg.seed)
+        for method in GRADIENT_METHODS:
+            per_span[method.name] += _timed(method().attribute, ctx)[0]
+    per_span = {k: v / n_spans for k, v in per_span.items()}
+    fastest_gradient = min(GRADIENT_METHODS, key=lambda m: per_span[m.name]).name
+
+    # 4: per-token cost against trace length
+    s, prepared, regions = items[0]
+    base = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
+    thinking = [sp for sp in base.spans if not sp.is_answer]
+    # the thinking sentences repeated to length (repeating the answer would make one giant answer span)
+    prefix, body = base.token_ids[:thinking[0].start], base.token_ids[thinking[0].start:thinking[-1].end]
+    per_token: dict[str, dict[int, float]] = {"amortized": {}, **{m.name: {} for m in GRADIENT_METHODS}}
+    for length in tqdm(cfg.lengths, desc="trace lengths"):
+        ids = (prefix + body * (length // len(body) + 1))[:length]
+        spans = split_spans(ids, model.decode)
+        trace = Trace(ids, model.decode(ids), spans, np.zeros(len(ids)), "")
+        seconds, _ = _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats=3)
+        per_token["amortized"][length] = seconds / sum(sp.end - sp.start for sp in spans)
+        picked = [spans[i] for i in np.linspace(0, len(spans) - 1, cfg.gradient_spans).round().astype(int)]
+        sub = Trace(ids, trace.text, picked, trace.logprobs, "")
+        ctx = AttributionContext(model, s, prepared, sub, regions, cfg.ablation, cfg.seed)
+        for method in GRADIENT_METHODS:
+            seconds = _timed(method().attribute, ctx)[0]
+            per_token[method.name][length] = seconds / sum(sp.end - sp.start for sp in picked)
+    lo, hi = min(cfg.lengths), max(cfg.lengths)
+    summary = {
+        "overhead_pct": round(overhead_pct, 2),
+        "lag_decode_steps": round(lag_steps, 3),
+        "speedup_vs_fastest_gradient": round(per_span[fastest_gradient] / per_span["amortized"], 1),
+        "speedup_vs_ablation": round(per_span["ablation"] / per_span["amortized"], 1),
+        f"amortized_cost_ratio_{hi}_vs_{lo}": round(per_token["amortized"][hi] / per_token["amortized"][lo], 3),
+    }
+    report = {"config": cfg.__dict__, "model": model.name, "n_samples": len(items), "n_spans": n_spans,
+              "generation_s": {"plain": t_plain, "streaming": t_stream}, "decode_step_s": step_s,
+              "lag_s_median": statistics.median(lags), "per_span_s": per_span, "fastest_gradient": fastest_gradient,
+              "per_token_s": per_token, "summary": summary}
+    log(format_perf(report))
+    return report
+
+
+def format_perf(report: dict) -> str:
+    ps, pt, g = report["per_span_s"], report["per_token_s"], report["generation_s"]
+    lengths = sorted(next(iter(pt.values())))
+    lines = [
+        f"vattr-bench perf — {report['model']}, {report['n_samples']} samples, {report['n_spans']} spans, one run",
+        "",
+        "| streaming | value |",
+        "|---|---|",
+        f"| generation without attribution | {g['plain']:.3f} s |",
+        f"| generation with streaming attribution | {g['streaming']:.3f} s |",
+        f"| overhead | {report['summary']['overhead_pct']:+.2f} % |",
+        f"| median lag span end → event | {report['lag_s_median'] * 1e3:.3f} ms = {report['summary']['lag_decode_steps']:.3f} decode steps "
+        f"(step {report['decode_step_s'] * 1e3:.2f} ms) |",
+        "",
+        "| method | seconds per span | amortized is faster by |",
+        "|---|---|---|",
+    ]
+    for name, seconds in sorted(ps.items(), key=lambda kv: kv[1]):
+        lines.append(f"| {name} | {seconds:.2e} | {seconds / ps['amortized']:.0f}× |")
+    lines += ["", "| method | " + " | ".join(f"s/token @ {n}" for n in lengths) + f" | {lengths[-1]} vs {lengths[0]} |",
+              "|---|" + "---|" * (len(lengths) + 1)]
+    for name, row in pt.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[n]:.2e}" for n in lengths) + f" | {row[lengths[-1]] / row[lengths[0]]:.2f}× |")
+    lines += ["", json.dumps(report["summary"])]
+    return "\n".join(lines)
