@@ -24,17 +24,44 @@ def test_pooling_is_mean_over_span_tokens_and_sum_or_mean_over_region_tokens():
         span_region_features(attn, spans, regions, "max")
 
 
-def test_pearson_training_recovers_a_linear_truth_up_to_scale():
+def _planted_examples(w_true, n, rng, family="math"):
+    """Examples whose ablation effects are exactly linear in the features: Δ_k(S) = w_true · f_{S,k}."""
+    examples = []
+    for _ in range(n):
+        feats = rng.random((3, 8, len(w_true)))
+        masks = random_subsets(8, 32, seed=int(rng.integers(1 << 30)))
+        singles = feats @ w_true  # (S, K)
+        examples.append({"family": family, "features": feats, "masks": masks, "subset_effects": masks @ singles.T,
+                         "single_effects": singles})
+    return examples
+
+
+@pytest.mark.parametrize("targets", ["subsets", "singles", "both"])
+def test_pearson_training_recovers_a_linear_truth_up_to_scale(targets):
     rng = np.random.default_rng(0)
     w_true = rng.normal(size=6)
-    examples = []
-    for _ in range(30):
-        feats = rng.random((3, 8, 6))
-        masks = random_subsets(8, 32, seed=int(rng.integers(1 << 30)))
-        examples.append({"features": feats, "masks": masks, "subset_effects": masks @ (feats @ w_true).T})
-    w = train_estimator(examples, epochs=400)
+    w = train_estimator(_planted_examples(w_true, 30, rng), epochs=400, targets=targets)
     feats = rng.random((50, 6))
     assert np.corrcoef(feats @ w, feats @ w_true)[0, 1] > 0.99
+    with pytest.raises(ValueError, match="unknown estimator targets"):
+        train_estimator(_planted_examples(w_true, 2, rng), targets="pairs")
+
+
+def test_cross_family_transfer_is_scored_on_the_held_out_family():
+    from vattr_bench.amortized.train import format_transfer, transfer_scores
+
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=6)
+    # three families share one truth, a fourth has its own: only the fourth should lose in transfer
+    train = [ex for fam in ("a", "b", "c") for ex in _planted_examples(shared, 12, rng, fam)]
+    odd = rng.normal(size=6)
+    train += _planted_examples(odd, 12, rng, "d")
+    held = [ex for fam in ("a", "b", "c") for ex in _planted_examples(shared, 4, rng, fam)] + _planted_examples(odd, 4, rng, "d")
+    table = transfer_scores(train, held)
+    assert set(table) == {"a", "b", "c", "d"}
+    assert all(table[f]["retained_r2"] > 0.85 for f in "abc")
+    assert table["d"]["transfer_r2"] < table["a"]["transfer_r2"] - 0.5
+    assert "| d |" in format_transfer(table)
 
 
 def test_estimator_file_round_trip_and_mismatch(tmp_path):

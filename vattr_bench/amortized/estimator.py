@@ -64,32 +64,58 @@ def _pearson_rows(pred, target, torch):
     return (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1) + 1e-8)
 
 
-def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, seed: int = 0) -> np.ndarray:
-    """``examples``: dicts with "features" (S, K, F), "masks" (M, K) bool, "subset_effects" (M, S).
-    Returns w (F,) maximising the mean per-span Pearson between Σ_k v_k w·f_{S,k} and Δ(S, v)."""
+TARGETS = ("subsets", "singles", "both")
+
+
+def _span_rows(examples: list[dict], targets: str):
+    """Per span, the design rows and true effects the Pearson loss compares, grouped by row count:
+    "subsets": X = masks @ f_S (M, F) against Δ(S, v); "singles": X = f_S (K, F) against Δ_k(S)."""
     import torch
 
-    torch.manual_seed(seed)
-    # per span: X_s = masks @ features[s] -> (M, F): the summed features of the removed regions
-    xs, ys = [], []
+    groups: dict[tuple[str, int], tuple[list, list]] = {}
     for ex in examples:
-        masks = torch.as_tensor(ex["masks"], dtype=torch.float64)
-        feats = torch.as_tensor(ex["features"], dtype=torch.float64)
-        effects = torch.as_tensor(ex["subset_effects"], dtype=torch.float64)
-        for s in range(feats.shape[0]):
-            if effects[:, s].std() > 1e-9:  # a span no ablation moves teaches nothing
-                xs.append(masks @ feats[s])
-                ys.append(effects[:, s])
-    if not xs:
+        feats = torch.as_tensor(ex["features"], dtype=torch.float64)  # (S, K, F)
+        parts = []
+        if targets in ("subsets", "both"):
+            masks = torch.as_tensor(ex["masks"], dtype=torch.float64)
+            parts.append(("subsets", lambda s: masks @ feats[s], torch.as_tensor(ex["subset_effects"], dtype=torch.float64).T))
+        if targets in ("singles", "both"):
+            parts.append(("singles", lambda s: feats[s], torch.as_tensor(ex["single_effects"], dtype=torch.float64)))
+        for kind, design, effects in parts:  # effects: (S, rows)
+            for s in range(feats.shape[0]):
+                if effects[s].std() > 1e-9:  # a span no ablation moves teaches nothing
+                    xs, ys = groups.setdefault((kind, effects.shape[1]), ([], []))
+                    xs.append(design(s))
+                    ys.append(effects[s])
+    return [(kind, torch.stack(xs), torch.stack(ys)) for (kind, _), (xs, ys) in groups.items()]
+
+
+def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, seed: int = 0,
+                    targets: str = "both") -> np.ndarray:
+    """``examples``: dicts with "features" (S, K, F), "masks" (M, K) bool, "subset_effects" (M, S) and
+    "single_effects" (S, K). Returns w (F,) maximising the mean per-span Pearson between the predicted
+    and true effects: of random region subsets (Σ_k v_k w·f_{S,k} vs Δ(S, v)), of single regions
+    (w·f_{S,k} vs Δ_k(S)), or both (the two means averaged)."""
+    import torch
+
+    if targets not in TARGETS:
+        raise ValueError(f"unknown estimator targets {targets!r}; choose from {TARGETS}")
+    torch.manual_seed(seed)
+    groups = _span_rows(examples, targets)
+    if not groups:
         raise ValueError("no training span has any ablation effect")
-    X, Y = torch.stack(xs), torch.stack(ys)  # (n, M, F), (n, M)
-    scale = X.reshape(-1, X.shape[-1]).std(0) + 1e-12  # standardise features for the optimiser
-    w = torch.zeros(X.shape[-1], dtype=torch.float64)
+    flat = torch.cat([X.reshape(-1, X.shape[-1]) for _, X, _ in groups])
+    scale = flat.std(0) + 1e-12  # standardise features for the optimiser
+    w = torch.zeros(flat.shape[-1], dtype=torch.float64)
     w.data.normal_(0, 0.01)
     w.requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
+    kinds = sorted({kind for kind, _, _ in groups})
     for _ in range(epochs):
-        loss = -_pearson_rows((X / scale) @ w, Y, torch).mean()
+        pearsons = {kind: [] for kind in kinds}
+        for kind, X, Y in groups:
+            pearsons[kind].append(_pearson_rows((X / scale) @ w, Y, torch))
+        loss = -torch.stack([torch.cat(p).mean() for p in pearsons.values()]).mean()  # each kind weighs the same
         opt.zero_grad()
         loss.backward()
         opt.step()

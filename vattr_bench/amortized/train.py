@@ -37,10 +37,8 @@ def heldout_scores(weights: np.ndarray, examples: list[dict]) -> dict:
             "n_spans": int(np.isfinite(r).sum())}
 
 
-def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
-        ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, log=print) -> LinearEstimator:
-    families = resolve_families(benchmark)
-    per_family = max(1, n_train // len(families))
+def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
+                     n_subsets=32, region_pool="sum") -> list[dict]:
     examples = []
     for family in families:
         for i in tqdm(range(per_family), desc=f"collect {family}", unit="sample"):
@@ -48,17 +46,62 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
                                  n_subsets, seed + i, region_pool)
             if ex is not None:
                 examples.append(ex)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(examples))
-    n_held = max(1, int(len(examples) * heldout_fraction))
-    held, train = [examples[i] for i in order[:n_held]], [examples[i] for i in order[n_held:]]
-    weights = train_estimator(train, seed=seed)
+    return examples
+
+
+def split_heldout(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out), the held-out part drawn at random (seeded), at least one sample."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_held = max(1, int(len(examples) * fraction))
+    return [examples[i] for i in order[n_held:]], [examples[i] for i in order[:n_held]]
+
+
+def transfer_scores(train: list[dict], held: list[dict], seed: int = 0, targets: str = "both") -> dict:
+    """Cross-family transfer, as the paper reports it: for each family F, an estimator trained on the
+    other families only vs one trained on all, both scored on the same held-out samples of F."""
+    families = sorted({ex["family"] for ex in held})
+    everything = train_estimator(train, seed=seed, targets=targets)
+    table = {}
+    for family in families:
+        others = [ex for ex in train if ex["family"] != family]
+        mine = [ex for ex in held if ex["family"] == family]
+        inside = heldout_scores(everything, mine)
+        outside = heldout_scores(train_estimator(others, seed=seed, targets=targets), mine)
+        table[family] = {"in_family_r2": inside["r2"], "transfer_r2": outside["r2"],
+                         "in_family_lds": inside["lds"], "transfer_lds": outside["lds"],
+                         "retained_r2": outside["r2"] / inside["r2"] if inside["r2"] > 0 else float("nan")}
+    return table
+
+
+def format_transfer(table: dict) -> str:
+    lines = ["| held-out family | r2 trained on all | r2 trained on the other families | retained | LDS all | LDS others |",
+             "|---|---|---|---|---|---|"]
+    for family, row in table.items():
+        lines.append(f"| {family} | {row['in_family_r2']:.3f} | {row['transfer_r2']:.3f} | {row['retained_r2']:.0%} | "
+                     f"{row['in_family_lds']:.3f} | {row['transfer_lds']:.3f} |")
+    return "\n".join(lines)
+
+
+def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
+        ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
+        transfer=False, log=print) -> LinearEstimator:
+    families = resolve_families(benchmark)
+    if transfer and len(families) < 2:
+        raise ValueError("cross-family transfer needs at least two families")
+    examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
+                                n_subsets, region_pool)
+    train, held = split_heldout(examples, heldout_fraction, seed)
+    weights = train_estimator(train, seed=seed, targets=targets)
     scores = heldout_scores(weights, held)
     log(f"held-out ({len(held)} samples, {scores['n_spans']} spans): r2 {scores['r2']:.3f}  "
         f"pearson {scores['pearson']:.3f}  lds {scores['lds']:.3f}")
     meta = {"model": model_name, "num_layers": model.num_layers, "num_heads": model.num_heads, "regions": regions,
-            "k": k, "ablation": ablation, "region_pool": region_pool, "n_train": len(train), "n_heldout": len(held),
-            "split": "estimator", "seed": seed, "n_subsets": n_subsets, "benchmarks": families, "heldout": scores}
+            "k": k, "ablation": ablation, "region_pool": region_pool, "targets": targets, "n_train": len(train),
+            "n_heldout": len(held), "split": "estimator", "seed": seed, "n_subsets": n_subsets,
+            "benchmarks": families, "heldout": scores}
+    if transfer:
+        meta["transfer"] = transfer_scores(train, held, seed, targets)
+        log(format_transfer(meta["transfer"]))
     est = LinearEstimator(weights, 0.0, meta)
     est.save(output)
     log(f"wrote {output}")
