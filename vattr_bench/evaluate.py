@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from .methods import AttributionContext, load_method
 from .metrics import deletion_insertion_auc, lds, pearson_per_span, pointing_game, topk_drop
 from .metrics.cost import PeakMemory
 from .models import load_model
-from .regions import OPERATORS, PROTOCOLS, make_regions, random_subsets, single_region_effects, subset_effects
+from .regions import OPERATORS, PROTOCOLS, ground_truth, make_regions
 from .regions.protocols import K_RANGE
 from .results import build_results, format_table, read_records
 from .types import validate_attribution
@@ -171,11 +170,8 @@ def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
     regions, note = make_regions(cfg.regions, model, prepared, k=cfg.k, sample=sample, backbone=cfg.region_backbone)
     ctx = AttributionContext(model, sample, prepared, trace, regions, cfg.ablation, cfg.seed)
     if cached is None:
-        start = time.perf_counter()
-        effects = single_region_effects(model, prepared, trace, regions, cfg.ablation)
-        ablation_seconds = time.perf_counter() - start
-        masks = random_subsets(regions.k, cfg.n_subsets, seed=cfg.seed)
-        sub = subset_effects(model, prepared, trace, regions, masks, cfg.ablation)
+        truth = ground_truth(model, prepared, trace, regions, cfg.ablation, cfg.n_subsets, cfg.seed)
+        effects, masks, sub, ablation_seconds = truth.effects, truth.masks, truth.subset_effects, truth.seconds
         np.savez(cached_path, token_ids=np.array(trace.token_ids), effects=effects, masks=masks, subset_effects=sub,
                  ablation_seconds=ablation_seconds)
     else:

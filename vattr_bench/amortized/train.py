@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from ..benchmarks import resolve_families, synthetic_sample
 from ..metrics import lds, pearson_per_span
-from ..regions import make_regions, random_subsets, single_region_effects, subset_effects
+from ..regions import ground_truth, make_regions
 from .estimator import LinearEstimator, train_estimator
 from .features import span_region_features
 
@@ -19,10 +19,9 @@ def collect_example(model, sample, regions: str, k: int, ablation: str, n_subset
         return None
     reg, _ = make_regions(regions, model, prepared, k=k, sample=sample)
     feats = span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, reg.token_matrix, region_pool)
-    masks = random_subsets(reg.k, n_subsets, seed=seed)
-    return {"family": sample.family, "features": feats, "masks": masks,
-            "subset_effects": subset_effects(model, prepared, trace, reg, masks, ablation),
-            "single_effects": single_region_effects(model, prepared, trace, reg, ablation)}
+    truth = ground_truth(model, prepared, trace, reg, ablation, n_subsets, seed)
+    return {"family": sample.family, "features": feats, "masks": truth.masks, "subset_effects": truth.subset_effects,
+            "single_effects": truth.effects}
 
 
 def heldout_scores(weights: np.ndarray, examples: list[dict]) -> dict:

@@ -10,6 +10,9 @@ pixels become a Gaussian blur of the image).
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image, ImageFilter
 
@@ -82,3 +85,21 @@ def random_subsets(k: int, n: int, seed: int, p: float = 0.5) -> np.ndarray:
 def subset_effects(model, prepared, trace, regions: Regions, masks: np.ndarray, operator: str = "knockout") -> np.ndarray:
     """Δ(S, v) for every mask v: shape (n_masks, n_spans)."""
     return span_logprob_drop(model, prepared, trace, regions, masks, operator)
+
+
+@dataclass
+class GroundTruth:
+    """The ablation ground truth of one sample that every method and the estimator are scored against."""
+
+    effects: np.ndarray  # (n_spans, K) single-region Δ
+    masks: np.ndarray  # (n_subsets, K) random region subsets
+    subset_effects: np.ndarray  # (n_subsets, n_spans) Δ(S, v)
+    seconds: float  # what the exhaustive single-region ablation cost
+
+
+def ground_truth(model, prepared, trace, regions: Regions, operator: str, n_subsets: int, seed: int) -> GroundTruth:
+    start = time.perf_counter()
+    effects = single_region_effects(model, prepared, trace, regions, operator)
+    seconds = time.perf_counter() - start
+    masks = random_subsets(regions.k, n_subsets, seed=seed)
+    return GroundTruth(effects, masks, subset_effects(model, prepared, trace, regions, masks, operator), seconds)
