@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from fake_model import AdditiveModel
 from vattr_bench.amortized import LinearEstimator, span_region_features, train_estimator
 from vattr_bench.methods import AttributionContext, load_method
 from vattr_bench.regions import make_regions, random_subsets

@@ -109,4 +109,4 @@ def test_the_shipped_example_plugin_runs(tiny_ctx):
     method = load_method(f"{plugin}:MaxHeadAttention")
     scores = method.attribute(tiny_ctx)
     assert method.name == "max_head_attention" and scores.shape == (tiny_ctx.n_spans, tiny_ctx.regions.k)
-    assert np.all(scores >= 0) and np.all(scores.sum(1) <= 1 + 1e-6)  # one head's attention mass
+    assert np.all(scores >= 0) and np.all(scores.sum(1) <= 1 + 1e-5)  # one head's attention mass (float32)

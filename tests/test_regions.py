@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from PIL import Image
 
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.regions import PROTOCOLS, ablate_image, make_regions

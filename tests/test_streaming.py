@@ -2,7 +2,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+import tiny_archs
+from vattr_bench.amortized import LinearEstimator, span_region_features
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.cli import main
 from vattr_bench.methods import AttributionContext, load_method
@@ -26,6 +29,27 @@ def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
     # emitted while generating: a thinking span's event comes before the answer is written
     assert events[0].tokens_generated < events[-1].end
     np.testing.assert_allclose(np.stack([e.scores for e in events]), method.attribute(ctx), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", tiny_archs.ARCHS)
+def test_stream_on_the_paper_architectures_equals_offline(arch):
+    """Streaming runs through the adapter alone: on tiny random Qwen2.5-VL / Qwen3-VL / GLM-4.1V its events
+    equal offline features (eager attention) through the same estimator."""
+    model = tiny_archs.build(arch)
+    out = model.model.get_output_embeddings().weight
+    silent = [i for i in range(out.shape[0]) if i >= len(model.tokenizer) or not model.decode([i]).strip()]
+    with torch.no_grad():  # a random model may write only tokens without text (so no span): make it write words
+        out[silent] = 0  # logit 0 for them, while about half the words score above 0
+    prepared = model.prepare(synthetic_sample("general", 0).image.resize((96, 64)), "what color is the circle ?")
+    regions, _ = make_regions("grid", model, prepared, k=16)
+    rng = np.random.default_rng(0)
+    estimator = LinearEstimator(rng.normal(size=model.num_layers * model.num_heads), 0.0, {"region_pool": "sum"})
+    events = list(stream_attributions(model, prepared, regions, estimator, max_new_tokens=10))
+    trace = model.generate(prepared, max_new_tokens=10)
+    assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
+    offline = estimator.predict(span_region_features(model.attention_to_visual(prepared, trace.token_ids, eager=True),
+                                                     trace.spans, regions.token_matrix))
+    np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, atol=1e-5)
 
 
 def test_stream_cli_prints_events(tmp_path, capsys):

@@ -43,7 +43,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill=None, outline=No
     elif shape == "triangle":
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill, outline=outline, width=width)
     elif shape == "cross":
-        t = max(2, (x1 - x0) // 4)
+        t = max(2, (x1 - x0) // 6)  # thin arms: a fat cross reads as a blob and gets confused with a circle
         cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
         ink = outline or fill  # a cross is all stroke: outline colour when there is one
         draw.rectangle((cx - t, y0, cx + t, y1), fill=ink)
