@@ -21,7 +21,9 @@ def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
     method = load_method("amortized")
     trace = tiny.generate(prepared, max_new_tokens=128)
     ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
-    events = list(stream_attributions(tiny, prepared, regions, method.estimator_for(ctx), max_new_tokens=128))
+    seen = []
+    events = stream_attributions(tiny, prepared, regions, method.estimator_for(ctx), max_new_tokens=128, on_event=seen.append)
+    assert seen == events
     # complete and in order: one event per span of the offline trace, same token ranges and text
     assert [(e.start, e.end, e.text, e.is_answer) for e in events] == [(sp.start, sp.end, sp.text, sp.is_answer) for sp in trace.spans]
     assert [e.index for e in events] == list(range(len(events)))
@@ -29,6 +31,8 @@ def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
     # emitted while generating: a thinking span's event comes before the answer is written
     assert events[0].tokens_generated < events[-1].end
     np.testing.assert_allclose(np.stack([e.scores for e in events]), method.attribute(ctx), atol=1e-5)
+    inline = stream_attributions(tiny, prepared, regions, method.estimator_for(ctx), max_new_tokens=128, worker=False)
+    np.testing.assert_allclose(np.stack([e.scores for e in inline]), np.stack([e.scores for e in events]), atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", tiny_archs.ARCHS)
@@ -43,13 +47,14 @@ def test_stream_on_the_paper_architectures_equals_offline(arch):
     prepared = model.prepare(synthetic_sample("general", 0).image.resize((96, 64)), "what color is the circle ?")
     regions, _ = make_regions("grid", model, prepared, k=16)
     rng = np.random.default_rng(0)
-    estimator = LinearEstimator(rng.normal(size=model.num_layers * model.num_heads), 0.0, {"region_pool": "sum"})
-    events = list(stream_attributions(model, prepared, regions, estimator, max_new_tokens=10))
     trace = model.generate(prepared, max_new_tokens=10)
-    assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
-    offline = estimator.predict(span_region_features(model.attention_to_visual(prepared, trace.token_ids, eager=True),
-                                                     trace.spans, regions.token_matrix))
-    np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, atol=1e-5)
+    eager = model.attention_to_visual(prepared, trace.token_ids, eager=True)
+    for pool in ("sum", "mean"):
+        estimator = LinearEstimator(rng.normal(size=model.num_layers * model.num_heads), 0.3, {"region_pool": pool})
+        events = stream_attributions(model, prepared, regions, estimator, max_new_tokens=10)
+        assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
+        offline = estimator.predict(span_region_features(eager, trace.spans, regions.token_matrix, pool))
+        np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, atol=1e-5)
 
 
 def test_stream_cli_prints_events(tmp_path, capsys):

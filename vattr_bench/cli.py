@@ -125,11 +125,14 @@ def _cmd_stream(args) -> int:
         print(note)
     estimator = Amortized(args.estimator).load_for(model, regions.protocol, args.ablation)
     print(f"{regions.k} {regions.protocol} regions; streaming attributions as the model thinks:")
-    for event in stream_attributions(model, prepared, regions, estimator, max_new_tokens=args.max_new_tokens):
+
+    def show(event):
         top = np.argsort(-event.scores)[:3]
         label = "answer" if event.is_answer else f"span {event.index}"
         print(f"[{event.emitted_s:6.2f}s] {label}: {event.text!r}  top regions "
               + ", ".join(f"{k}:{event.scores[k]:+.2f}" for k in top), flush=True)
+
+    stream_attributions(model, prepared, regions, estimator, max_new_tokens=args.max_new_tokens, on_event=show)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 1. Overhead — wall time of generation with streaming attribution (capture + worker, until the last
    event is out) vs the same `generate` call without, on the same prompts, interleaved in rounds
-   (medians per sample, then summed).
+   (medians per sample, then summed); also with attribution inline in the producer (no thread), to
+   show how much of the overhead is the worker thread itself.
 2. Lag — seconds from a span's last token to its event, in units of the median decode step.
 3. Cost per span on the same spans — amortized (the worker's work: weights from the captured rows,
    pooling, estimator; the capture inside generation is what (1) measures) vs each Captum gradient
@@ -80,7 +81,7 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
 
     # warm-up, untimed: first calls pay for lazy imports, allocator growth and kernel selection
     s, prepared, regions = items[0]
-    list(stream_attributions(model, prepared, regions, estimator, cfg.max_new_tokens))
+    stream_attributions(model, prepared, regions, estimator, cfg.max_new_tokens)
     trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
     warm = AttributionContext(model, s, prepared, Trace(trace.token_ids, trace.text, trace.spans[:1], trace.logprobs, ""),
                               regions, cfg.ablation, cfg.seed)
@@ -90,23 +91,30 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
     # 1-2: overhead and lag, interleaved rounds on the same prompts
     plain = [[] for _ in items]
     streamed = [[] for _ in items]
-    lags, steps = [], []
+    inline = [[] for _ in items]  # attribution in the producer, no worker thread: splits the overhead
+    lags, steps, tokens = [], [], [0] * len(items)
     for r in tqdm(range(cfg.rounds), desc="overhead rounds"):
         for i, (s, prepared, regions) in enumerate(items):
-            order = ("plain", "stream") if (r + i) % 2 == 0 else ("stream", "plain")
+            order = ("plain", "stream", "inline")[(r + i) % 3:] + ("plain", "stream", "inline")[:(r + i) % 3]
             for mode in order:
                 if mode == "plain":
                     seconds, ids = _timed(model.generate_ids, prepared, cfg.max_new_tokens)
                     plain[i].append(seconds)
                     steps.append(seconds / max(1, len(ids) + 1))  # +1: the step that chose end-of-sequence
-                else:
-                    seconds, events = _timed(lambda: list(stream_attributions(model, prepared, regions, estimator, cfg.max_new_tokens)))
+                    tokens[i] = len(ids) + 1
+                elif mode == "stream":
+                    seconds, events = _timed(stream_attributions, model, prepared, regions, estimator, cfg.max_new_tokens)
                     streamed[i].append(seconds)
                     lags.extend(e.lag_s for e in events)
+                else:
+                    inline[i].append(_timed(stream_attributions, model, prepared, regions, estimator, cfg.max_new_tokens,
+                                            worker=False)[0])
     t_plain = sum(statistics.median(x) for x in plain)
     t_stream = sum(statistics.median(x) for x in streamed)
+    t_inline = sum(statistics.median(x) for x in inline)
     step_s = statistics.median(steps)
     overhead_pct = 100.0 * (t_stream - t_plain) / t_plain
+    overhead_us_per_token = 1e6 * (t_stream - t_plain) / sum(tokens)  # what carries over to a bigger model
     lag_steps = statistics.median(lags) / step_s
 
     # 3: cost per span on the same spans
@@ -135,7 +143,7 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
         ids = (prefix + body * (length // len(body) + 1))[:length]
         spans = split_spans(ids, model.decode)
         trace = Trace(ids, model.decode(ids), spans, np.zeros(len(ids)), "")
-        seconds, _ = _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats=3)
+        seconds, _ = _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats=7)
         per_token["amortized"][length] = seconds / sum(sp.end - sp.start for sp in spans)
         picked = [spans[i] for i in np.linspace(0, len(spans) - 1, cfg.gradient_spans).round().astype(int)]
         sub = Trace(ids, trace.text, picked, trace.logprobs, "")
@@ -152,7 +160,8 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
         f"amortized_cost_ratio_{hi}_vs_{lo}": round(per_token["amortized"][hi] / per_token["amortized"][lo], 3),
     }
     report = {"config": cfg.__dict__, "model": model.name, "n_samples": len(items), "n_spans": n_spans,
-              "generation_s": {"plain": t_plain, "streaming": t_stream}, "decode_step_s": step_s,
+              "generation_s": {"plain": t_plain, "streaming": t_stream, "inline": t_inline}, "decode_step_s": step_s,
+              "overhead_us_per_token": overhead_us_per_token, "tokens": sum(tokens),
               "lag_s_median": statistics.median(lags), "per_span_s": per_span, "fastest_gradient": fastest_gradient,
               "per_token_s": per_token, "summary": summary}
     log(format_perf(report))
@@ -169,9 +178,11 @@ def format_perf(report: dict) -> str:
         "|---|---|",
         f"| generation without attribution | {g['plain']:.3f} s |",
         f"| generation with streaming attribution | {g['streaming']:.3f} s |",
-        f"| overhead | {report['summary']['overhead_pct']:+.2f} % |",
-        f"| median lag span end → event | {report['lag_s_median'] * 1e3:.3f} ms = {report['summary']['lag_decode_steps']:.3f} decode steps "
-        f"(step {report['decode_step_s'] * 1e3:.2f} ms) |",
+        f"| overhead | {report['summary']['overhead_pct']:+.2f} % = {report['overhead_us_per_token']:+.0f} µs per generated token "
+        f"(decode step {report['decode_step_s'] * 1e3:.2f} ms) |",
+        f"| of which without the worker thread (capture, span splitting, attribution inline) | "
+        f"{100 * (g['inline'] - g['plain']) / g['plain']:+.2f} % |",
+        f"| median lag span end → event | {report['lag_s_median'] * 1e3:.3f} ms = {report['summary']['lag_decode_steps']:.3f} decode steps |",
         "",
         "| method | seconds per span | amortized is faster by |",
         "|---|---|---|",

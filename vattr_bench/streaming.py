@@ -1,12 +1,12 @@
 """Streaming attribution: generation is the producer, the amortized estimator runs in a background
 worker, and an event per span comes out while the model is still writing the next one.
 
-The producer is the model's own `generate` (greedy, KV cache), run with the fast attention capture
-(models/attention_capture.py) and a transformers streamer. For each new token the streamer takes the
-captured query row that predicted it (the same row the offline `amortized` method pools) and its
-log-sum-exp — no weights yet, nothing that grows with the context. When the span splitter closes a span,
-its rows go on a queue; the worker turns them into attention weights to the visual tokens, pools them
-into features, applies the estimator and emits a `SpanEvent`.
+The producer is the model's own `generate` (greedy, KV cache) in the caller's thread, run with the fast
+attention capture (models/attention_capture.py) and a transformers streamer. The capture keeps, per
+forward call, each decoder layer's new query row and its log-sum-exp — no weights yet, nothing that grows
+with the context. Per token the streamer only runs the span splitter; when a span closes, its rows go
+on a queue and the worker turns them into attention weights to the visual tokens, pools them into
+features, applies the estimator and emits a `SpanEvent`.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 from transformers.generation.streamers import BaseStreamer
 
-from .amortized import LinearEstimator, span_region_features
+from .amortized import LinearEstimator
 from .models.spans import SpanSplitter
 from .types import Regions, Span
 
@@ -42,86 +42,115 @@ class SpanEvent:
 
 
 def attribute_span(capture, queries, lse, regions: Regions, estimator: LinearEstimator) -> np.ndarray:
-    """(K,) scores for one span from its captured rows — the whole per-span cost of the amortized method
-    once generation has run (queries (L, H, n, d), lse (L, H, n))."""
-    rows = capture.weights(queries, lse).numpy()  # (L, H, n, N)
-    local = Span(0, rows.shape[2], "", False)
-    pool = estimator.meta.get("region_pool", "sum")
-    return estimator.predict(span_region_features(rows, [local], regions.token_matrix, pool))[0]
+    """(K,) scores for one span from its captured rows (queries (L, H, n, d), lse (L, H, n)) — the whole
+    per-span cost of the amortized method once generation has run.
+
+    The same numbers as ``estimator.predict(span_region_features(...))``, in the cheaper order: the
+    estimator's weights are linear in the pooled attention, so they are applied per visual token first
+    (Σ_lh w_lh · mean_t a_lh,t,n) and only the (N,) result is pooled into regions."""
+    rows = capture.weights(queries, lse)  # (L, H, n, N)
+    L, H = rows.shape[:2]
+    per_token = np.tensordot(estimator.weights.reshape(L, H), rows, axes=([0, 1], [0, 1])).mean(0)  # (N,)
+    pool = regions.token_matrix.astype(np.float64)
+    if estimator.meta.get("region_pool", "sum") == "mean":
+        pool = pool / pool.sum(1, keepdims=True)
+    return pool @ per_token + estimator.bias
 
 
 class _SpanStreamer(BaseStreamer):
     """transformers streamer: feeds each generated token to the span splitter and hands every closed
-    span, with its captured attention rows, to the worker queue."""
+    span, with its captured attention rows, to ``sink`` (the worker's queue). Per token it only splits: in greedy
+    generation forward call t is the one that predicted token t, so a span's rows are the capture's
+    chunks [start, end), read once when the span closes."""
 
-    def __init__(self, model, capture, work: queue.Queue, progress: dict):
-        self.model, self.capture, self.work, self.progress = model, capture, work, progress
-        self.splitter = SpanSplitter(model.decode)
-        self.queries: list[torch.Tensor] = []  # per trace token: (L, H, d)
-        self.lse: list[torch.Tensor] = []  # per trace token: (L, H)
+    def __init__(self, model, capture, sink: Callable, progress: dict):
+        self.capture, self.sink, self.progress, self.eos_ids = capture, sink, progress, model.eos_ids
+        pieces: dict[int, str] = {}
+
+        def decode(ids):  # single tokens are decoded once per id: this runs for every generated token
+            if len(ids) != 1:
+                return model.decode(ids)
+            if ids[0] not in pieces:
+                pieces[ids[0]] = model.decode(ids)
+            return pieces[ids[0]]
+
+        self.splitter = SpanSplitter(decode)
+        self.n_tokens = 0
         self.prompt_seen = self.ended = False
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate hands the prompt over first
             self.prompt_seen = True
             return
-        token = int(value.reshape(-1)[0])
-        if self.ended or token in self.model.eos_ids:
+        token = int(value.reshape(-1)[0].item())
+        if self.ended or token in self.eos_ids:
             self.ended = True
             return
-        queries, lse = self.capture.take()  # the row that predicted this token
-        self.queries.append(queries[:, :, -1])
-        self.lse.append(lse[:, :, -1])
-        self.progress["tokens"] = len(self.queries)
-        self._hand_over(self.splitter.feed(token))
+        self.n_tokens += 1
+        self.progress["tokens"] = self.n_tokens
+        span = self.splitter.feed(token)
+        if span is not None:
+            if self.capture.n_chunks != self.n_tokens:
+                raise RuntimeError(f"streaming expects one forward call per generated token; got {self.capture.n_chunks} "
+                                   f"calls for {self.n_tokens} tokens (batched, assisted or chunked decoding?)")
+            self._hand_over(span)
 
     def end(self) -> None:
-        self._hand_over(self.splitter.finish())
-
-    def _hand_over(self, span: Span | None) -> None:
+        span = self.splitter.finish()
         if span is not None:
-            self.progress["span_closed_s"][span.start] = time.perf_counter()
-            self.work.put((span, torch.stack(self.queries[span.start:span.end], dim=2),
-                           torch.stack(self.lse[span.start:span.end], dim=2)))
+            self._hand_over(span)
+
+    def _hand_over(self, span: Span) -> None:
+        self.progress["span_closed_s"][span.start] = time.perf_counter()
+        self.sink((self.capture, span, *self.capture.chunks(span.start, span.end)))
 
 
-def stream_attributions(model, prepared, regions: Regions, estimator: LinearEstimator,
-                        max_new_tokens: int = 256) -> Iterator[SpanEvent]:
-    """Yield one SpanEvent per span, in trace order, as generation goes on."""
+def stream_attributions(model, prepared, regions: Regions, estimator: LinearEstimator, max_new_tokens: int = 256,
+                        on_event: Callable[[SpanEvent], None] | None = None, worker: bool = True) -> list[SpanEvent]:
+    """Generate in the calling thread (the producer) while a worker thread attributes each span the moment
+    it closes and hands its SpanEvent to ``on_event`` (called from the worker, in trace order). Returns
+    every event. If generation fails, the events already emitted have reached ``on_event``.
+    ``worker=False`` attributes each span inline, in the producer, when it closes (no thread; `perf`
+    uses it to split the overhead between the capture and the thread).
+
+    Generation stays in the caller's thread on purpose: torch ops issued from a second thread run on a
+    second OpenMP pool that fights the first for the cores (3× slower decoding measured on 2 cores)."""
     work: queue.Queue = queue.Queue()
-    events: queue.Queue = queue.Queue()
+    events: list[SpanEvent] = []
     progress = {"tokens": 0, "span_closed_s": {}}
+    failures: list[BaseException] = []
     t0 = time.perf_counter()
-    captures: list = []
 
-    def worker():
-        index = 0
-        while (item := work.get()) is not _DONE:
-            span, queries, lse = item
-            scores = attribute_span(captures[0], queries, lse, regions, estimator)
-            now = time.perf_counter()
-            events.put(SpanEvent(index, span.text, span.start, span.end, span.is_answer, scores, now - t0,
-                                 progress["tokens"], now - progress["span_closed_s"][span.start]))
-            index += 1
-        events.put(_DONE)
-
-    def producer():
+    def attribute(item) -> None:
+        if failures:
+            return  # an earlier span failed: report the first failure
+        capture, span, queries, lse = item
         try:
-            with model.capture_visual_attention(prepared) as capture:
-                captures.append(capture)
-                model.generate_ids(prepared, max_new_tokens, streamer=_SpanStreamer(model, capture, work, progress))
-        except BaseException as e:  # surface in the consumer, after what was already emitted
-            error.append(e)
-        finally:
-            work.put(_DONE)
+            scores = attribute_span(capture, queries, lse, regions, estimator)
+            now = time.perf_counter()
+            event = SpanEvent(len(events), span.text, span.start, span.end, span.is_answer, scores, now - t0,
+                              progress["tokens"], now - progress["span_closed_s"][span.start])
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+        except BaseException as e:
+            failures.append(e)
 
-    error: list[BaseException] = []
-    threads = [threading.Thread(target=producer, daemon=True), threading.Thread(target=worker, daemon=True)]
-    for t in threads:
-        t.start()
-    while (event := events.get()) is not _DONE:
-        yield event
-    for t in threads:
-        t.join()
-    if error:
-        raise error[0]
+    def consume():
+        while (item := work.get()) is not _DONE:
+            attribute(item)
+
+    thread = threading.Thread(target=consume, daemon=True) if worker else None
+    if thread is not None:
+        thread.start()
+    try:
+        with model.capture_visual_attention(prepared) as capture:
+            sink = work.put if thread is not None else attribute
+            model.generate_ids(prepared, max_new_tokens, streamer=_SpanStreamer(model, capture, sink, progress))
+    finally:
+        if thread is not None:
+            work.put(_DONE)
+            thread.join()
+    if failures:
+        raise failures[0]
+    return events

@@ -45,9 +45,9 @@ class VisualAttentionCapture:
         self.first_row = first_row
         self.visual_keys: list[torch.Tensor | None] = [None] * self.num_layers  # (H, N, d) per layer
         self.scale: list[float] = [1.0] * self.num_layers
-        self._queries: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]  # (H, r, d) chunks
-        self._lse: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]  # (H, r) chunks
-        self._taken = 0  # chunks already handed out by take()
+        # per layer, per forward call: (query (1, H, q, d), lse (1, H, q), first row to keep)
+        self._chunks: list[list[tuple[torch.Tensor, torch.Tensor, int]]] = [[] for _ in range(self.num_layers)]
+        self._keys_t: np.ndarray | None = None
 
     # -- called from inside the attention backend --------------------------------------------------
     def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float) -> None:
@@ -59,39 +59,53 @@ class VisualAttentionCapture:
             self.visual_keys[layer] = repeat_kv(key[:, :, vis], groups)[0].detach()
             self.scale[layer] = scale
         lo = max(self.first_row - first, 0)
-        if lo < q_len:
-            self._queries[layer].append(query[0, :, lo:].detach())
-            self._lse[layer].append(lse[0, :, lo:].detach())
+        if lo < q_len:  # kept as the kernel returned them; sliced only when read (per-token cost matters)
+            self._chunks[layer].append((query, lse, lo))
 
     # -- read out ------------------------------------------------------------------------------------
-    def _stack(self, first_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        # every forward appends one chunk per layer, so chunk i covers the same rows in every layer
-        queries = torch.stack([torch.cat(q[first_chunk:], dim=1) for q in self._queries])
-        lse = torch.stack([torch.cat(x[first_chunk:], dim=1) for x in self._lse])
-        return queries, lse
+    @property
+    def n_chunks(self) -> int:
+        """Forward calls recorded so far (one per decode step while generating)."""
+        return len(self._chunks[0])
+
+    def chunks(self, first: int = 0, last: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, H, r, d) queries and (L, H, r) lse of the rows in chunks [first, last) — no weights yet.
+        Every forward appends one chunk per layer, so chunk i covers the same rows in every layer."""
+        picked = [layer[first:last] for layer in self._chunks]
+        whole = all(lo == 0 for _, _, lo in picked[0])  # decode steps: one cat per layer, no slicing
+
+        def rows(i):
+            if whole:
+                return torch.cat([t for t, _, _ in picked[i]], dim=2)[0]
+            return torch.cat([t[0, :, lo:] for t, _, lo in picked[i]], dim=1)
+
+        def lse(i):
+            if whole:
+                return torch.cat([x for _, x, _ in picked[i]], dim=2)[0]
+            return torch.cat([x[0, :, lo:] for _, x, lo in picked[i]], dim=1)
+
+        layers = range(self.num_layers)
+        return torch.stack([rows(i) for i in layers]).detach(), torch.stack([lse(i) for i in layers]).detach()
 
     def raw(self, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captured (L, H, r, d) queries and (L, H, r) lse for the first ``n_rows`` rows — no weights yet."""
-        queries, lse = self._stack()
+        """Captured (L, H, r, d) queries and (L, H, r) lse for the first ``n_rows`` rows."""
+        queries, lse = self.chunks()
         return queries[:, :, :n_rows], lse[:, :, :n_rows]
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows captured since the last ``take`` (a producer handing work to a consumer)."""
-        first, self._taken = self._taken, len(self._queries[0])
-        if self._taken == first + 1:  # a decode step: one chunk per layer, one stack (cheap per token)
-            return torch.stack([q[-1] for q in self._queries]), torch.stack([x[-1] for x in self._lse])
-        return self._stack(first)
+    def weights(self, queries: torch.Tensor, lse: torch.Tensor) -> np.ndarray:
+        """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens.
 
-    def weights(self, queries: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-        """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens."""
-        keys = torch.stack(self.visual_keys)  # (L, H, N, d)
-        scale = torch.as_tensor(self.scale, dtype=torch.float32, device=keys.device).view(-1, 1, 1, 1)
-        scores = torch.matmul(queries.float(), keys.float().transpose(-1, -2)) * scale
-        return torch.exp(scores - lse.float().unsqueeze(-1))
+        In numpy on purpose: a streaming worker calls this from its own thread, and torch ops there
+        would start a second OpenMP pool competing with generation for the cores."""
+        if self._keys_t is None:  # (L, H, d, N) and (L, 1, 1, 1), once: the visual keys never change
+            self._keys_t = torch.stack(self.visual_keys).float().transpose(-1, -2).cpu().numpy()
+            self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
+        scores = np.matmul(queries.float().cpu().numpy(), self._keys_t) * self._scale
+        return np.exp(scores - lse.float().cpu().numpy()[..., None])
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
-        return self.weights(*self.raw(n_rows)).cpu().numpy()
+        return self.weights(*self.raw(n_rows))
 
 
 def _lse_explicit(query, key, attention_mask, scale):
