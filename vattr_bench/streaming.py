@@ -49,8 +49,8 @@ def attribute_span(capture, queries, lse, regions: Regions, estimator: LinearEst
     estimator's weights are linear in the pooled attention, so they are applied per visual token first
     (Σ_lh w_lh · mean_t a_lh,t,n) and only the (N,) result is pooled into regions."""
     rows = capture.weights(queries, lse)  # (L, H, n, N)
-    L, H = rows.shape[:2]
-    per_token = np.tensordot(estimator.weights.reshape(L, H), rows, axes=([0, 1], [0, 1])).mean(0)  # (N,)
+    L, H, n, N = rows.shape
+    per_token = (estimator.weights @ rows.reshape(L * H, n * N)).reshape(n, N).mean(0)  # (N,)
     pool = regions.token_matrix.astype(np.float64)
     if estimator.meta.get("region_pool", "sum") == "mean":
         pool = pool / pool.sum(1, keepdims=True)

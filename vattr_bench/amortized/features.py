@@ -20,6 +20,7 @@ def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray,
     pool = token_matrix.astype(np.float64)  # (K, N)
     if region_pool == "mean":
         pool = pool / pool.sum(1, keepdims=True)
-    per_span = np.stack([attention[:, :, s.start:s.end].mean(2) for s in spans])  # (S, L, H, N)
+    # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative
+    per_span = np.stack([attention[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, N)
     feats = np.einsum("slhn,kn->sklh", per_span, pool)  # (S, K, L, H)
     return feats.reshape(len(spans), pool.shape[0], L * H)

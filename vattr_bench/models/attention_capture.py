@@ -97,11 +97,14 @@ class VisualAttentionCapture:
 
         In numpy on purpose: a streaming worker calls this from its own thread, and torch ops there
         would start a second OpenMP pool competing with generation for the cores."""
-        if self._keys_t is None:  # (L, H, d, N) and (L, 1, 1, 1), once: the visual keys never change
+        if self._keys_t is None:  # K_vis as (L, H, d, N), once: the visual keys never change
             self._keys_t = torch.stack(self.visual_keys).float().transpose(-1, -2).cpu().numpy()
             self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
-        scores = np.matmul(queries.float().cpu().numpy(), self._keys_t) * self._scale
-        return np.exp(scores - lse.float().cpu().numpy()[..., None])
+        # (q·k)·scale in that order, as the eager kernel rounds it (scores reach tens: order shows at 1e-5)
+        scores = np.matmul(queries.float().cpu().numpy(), self._keys_t)
+        scores *= self._scale
+        scores -= lse.float().cpu().numpy()[..., None]
+        return np.exp(scores, out=scores)
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
