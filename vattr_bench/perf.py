@@ -58,7 +58,8 @@ def _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats:
     with model.capture_visual_attention(prepared) as capture:
         model.token_logprobs(prepared, trace.token_ids)  # the rows generation would have captured
     queries, lse = capture.raw(len(trace.token_ids))
-    rows = [(queries[:, :, s.start:s.end], lse[:, :, s.start:s.end]) for s in trace.spans]
+    # contiguous per span, as the streamer hands them over
+    rows = [(queries[:, :, s.start:s.end].contiguous(), lse[:, :, s.start:s.end].contiguous()) for s in trace.spans]
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
