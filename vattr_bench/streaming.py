@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
-
 from transformers.generation.streamers import BaseStreamer
 
 from .amortized import LinearEstimator

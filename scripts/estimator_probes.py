@@ -1,0 +1,89 @@
+"""Probes behind the README's account of the amortized estimator's ceiling, on split "estimator" only
+(never the test samples): which Pearson targets to fit, whether more data or other pooling would help.
+
+    python scripts/estimator_probes.py [--n 1000] [--model vattr-tiny]
+
+Collects, once, the per-token attention rows and the ablation ground truth of n samples (the same
+samples, traces, regions and masks `vattr-bench train-estimator --n-train n` uses), holds out 20% the
+same way, then prints held-out r2 / LDS for: each training target; the estimator fitted on the held-out
+samples themselves (the linear map's capacity on these features); and pooling variants.
+"""
+import argparse
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vattr_bench.amortized.estimator import train_estimator
+from vattr_bench.amortized.train import heldout_scores, split_heldout
+from vattr_bench.benchmarks import resolve_families, synthetic_sample
+from vattr_bench.models import load_model
+from vattr_bench.regions import ground_truth, make_regions
+
+
+def pooled(attention, spans, token_matrix, variant):
+    """(S, K, L·H) features under a pooling variant; "mean" is the shipped one (span_region_features)."""
+    per_span = []
+    for s in spans:
+        a = attention[:, :, s.start:s.end].astype(np.float64)  # (L, H, n, N)
+        if variant == "max":  # max over the span's tokens instead of the mean
+            per_span.append(a.max(2))
+        elif variant == "visual-mass":  # tokens weighted by how much each head looks at the image there
+            w = a.sum(-1, keepdims=True)
+            per_span.append((a * w).sum(2) / (w.sum(2) + 1e-9))
+        elif variant == "no-last-token":  # drop the sentence's closing token
+            per_span.append(a[:, :, :-1].mean(2) if a.shape[2] > 1 else a.mean(2))
+        else:
+            per_span.append(a.mean(2))
+    feats = np.einsum("slhn,kn->sklh", np.stack(per_span), token_matrix.astype(np.float64))
+    return feats.reshape(len(spans), token_matrix.shape[0], -1)
+
+
+TRANSFORMS = {"fraction-of-region-total": lambda f: f / (f.sum(1, keepdims=True) + 1e-9),
+              "log": lambda f: np.log(f + 1e-4), "sqrt": np.sqrt}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--model", default="vattr-tiny")
+    a = p.parse_args()
+    model = load_model(a.model)
+    families = resolve_families("all")
+    variants = ("mean", "max", "visual-mass", "no-last-token")
+    examples = []
+    for family in families:
+        for i in tqdm(range(a.n // len(families)), desc=f"collect {family}"):
+            sample = synthetic_sample(family, i, "estimator", 0)
+            prepared = model.prepare(sample.image, sample.prompt)
+            trace = model.generate(prepared, max_new_tokens=128)
+            if not trace.spans:
+                continue
+            regions, _ = make_regions("feature-ward", model, prepared, k=16, sample=sample)
+            truth = ground_truth(model, prepared, trace, regions, "knockout", 32, i)
+            attention = model.attention_to_visual(prepared, trace.token_ids)
+            ex = {"family": family, "masks": truth.masks, "subset_effects": truth.subset_effects,
+                  "single_effects": truth.effects}
+            ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v) for v in variants})
+            examples.append(ex)
+    train, held = split_heldout(examples, 0.2, 0)
+
+    def report(label, key="mean", transform=None, targets="both", fit_on=None):
+        def view(exs):
+            return [dict(e, features=transform(e[key]) if transform else e[key]) for e in exs]
+        w = train_estimator(view(fit_on if fit_on is not None else train), targets=targets)
+        s = heldout_scores(w, view(held))
+        print(f"| {label} | {s['r2']:.3f} | {s['lds']:.3f} |", flush=True)
+
+    print(f"held-out: {len(held)} samples; trained on {len(train)}\n")
+    print("| probe | held-out r2 | held-out LDS |\n|---|---|---|")
+    for targets in ("subsets", "singles", "both"):
+        report(f"targets {targets}", targets=targets)
+    report("capacity: fitted on the held-out samples themselves", fit_on=held)
+    for v in variants[1:]:
+        report(f"pooling over span tokens: {v}", key=v)
+    for name, fn in TRANSFORMS.items():
+        report(f"features transformed: {name}", transform=fn)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Where streaming's overhead goes: the same 20 test prompts generated in five modes, interleaved,
+medians per prompt summed (the `vattr-bench perf` method, with more modes).
+
+    python scripts/overhead_split.py [--rounds 6]
+
+plain            model.generate_ids
+capture          + the attention-capture backend switched on (rows and lse kept)
+capture+splitter + the streamer: span splitting per token, each span's rows read when it closes
+inline           + attribution of each span in the producer (stream_attributions(worker=False))
+thread           + the background worker thread (stream_attributions, the default)
+"""
+import argparse
+import statistics
+import time
+
+from vattr_bench.benchmarks import FAMILIES, synthetic_sample
+from vattr_bench.methods import load_method
+from vattr_bench.models import load_model
+from vattr_bench.regions import make_regions
+from vattr_bench.streaming import _SpanStreamer, stream_attributions
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--per-family", type=int, default=4)
+    a = p.parse_args()
+    model = load_model("vattr-tiny")
+    estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
+    items = []
+    for family in FAMILIES:
+        for i in range(a.per_family):
+            s = synthetic_sample(family, i, "test")
+            prepared = model.prepare(s.image, s.prompt)
+            items.append((prepared, make_regions("feature-ward", model, prepared, k=16)[0]))
+
+    def capture(prepared, regions):
+        with model.capture_visual_attention(prepared):
+            model.generate_ids(prepared, 128)
+
+    def splitter(prepared, regions):
+        with model.capture_visual_attention(prepared) as c:
+            model.generate_ids(prepared, 128, streamer=_SpanStreamer(model, c, lambda item: None,
+                                                                     {"tokens": 0, "span_closed_s": {}}))
+
+    modes = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128), "capture": capture,
+             "capture+splitter": splitter,
+             "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
+             "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
+    for run in modes.values():  # warm-up
+        run(*items[0])
+    seconds = {k: [[] for _ in items] for k in modes}
+    for _ in range(a.rounds):
+        for i, item in enumerate(items):
+            for name, run in modes.items():
+                start = time.perf_counter()
+                run(*item)
+                seconds[name][i].append(time.perf_counter() - start)
+    total = {k: sum(statistics.median(x) for x in v) for k, v in seconds.items()}
+    print("| mode | seconds (20 prompts) | vs plain | step added |\n|---|---|---|---|")
+    previous = total["plain"]
+    for name, t in total.items():
+        print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% | {100 * (t - previous) / total['plain']:+.1f}% |")
+        previous = t
+
+
+if __name__ == "__main__":
+    main()
