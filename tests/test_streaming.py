@@ -61,9 +61,10 @@ def test_stream_on_the_paper_architectures_equals_offline(arch):
 def test_stream_cli_prints_events(tmp_path, capsys):
     img = tmp_path / "scene.png"
     synthetic_sample("general", 2).image.save(img)
-    assert main(["stream", "--image", str(img), "--prompt", "describe the scene ."]) == 0
+    assert main(["stream", "--image", str(img), "--prompt", "describe the scene .", "--save-png", str(tmp_path / "s.png")]) == 0
     out = capsys.readouterr().out
     assert out.count("span ") == 4 and "answer:" in out and "top regions" in out
+    assert (tmp_path / "s.png").stat().st_size > 1000
     assert main(["stream", "--image", str(tmp_path / "none.png"), "--prompt", "x"]) == 2
     assert "image file not found" in capsys.readouterr().err
 

@@ -132,7 +132,13 @@ def _cmd_stream(args) -> int:
         print(f"[{event.emitted_s:6.2f}s] {label}: {event.text!r}  top regions "
               + ", ".join(f"{k}:{event.scores[k]:+.2f}" for k in top), flush=True)
 
-    stream_attributions(model, prepared, regions, estimator, max_new_tokens=args.max_new_tokens, on_event=show)
+    events = stream_attributions(model, prepared, regions, estimator, max_new_tokens=args.max_new_tokens, on_event=show)
+    if args.save_png and events:
+        from .heatmaps import save_heatmap_png
+
+        save_heatmap_png(Path(args.save_png), prepared.image, regions, np.stack([e.scores for e in events]),
+                         [e.text for e in events], f"{model.name}: {args.prompt}")
+        print(f"wrote {args.save_png}")
     return 0
 
 
@@ -151,6 +157,13 @@ def _cmd_perf(args) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1, default=float))
         print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from .leaderboard import build_app
+
+    build_app(args.results, model_name=args.model).launch(server_name=args.host, server_port=args.port)
     return 0
 
 
@@ -236,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--ablation", default="knockout", help="the operator the estimator was trained under")
     st.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR)")
     st.add_argument("--max-new-tokens", type=int, default=256)
+    st.add_argument("--save-png", default=None, help="also draw every span's region scores over the image here")
     st.set_defaults(func=_cmd_stream)
 
     pf = sub.add_parser("perf", help="benchmark streaming attribution: overhead, lag, cost per span and per token")
@@ -250,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--output", default=None, help="also write the full report as JSON here")
     pf.set_defaults(func=_cmd_perf)
+
+    lb = sub.add_parser("leaderboard", help="Gradio leaderboard over results.json files, with a live streaming demo")
+    lb.add_argument("--results", nargs="+", default=["leaderboard/results", "runs"],
+                    help="results.json files or folders searched for them")
+    lb.add_argument("--model", default="vattr-tiny", help="model of the live demo (needs a trained estimator)")
+    lb.add_argument("--host", default="127.0.0.1")
+    lb.add_argument("--port", type=int, default=7860)
+    lb.set_defaults(func=_cmd_leaderboard)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")
     t.add_argument("train_args", nargs=argparse.REMAINDER)

@@ -53,6 +53,22 @@ def save_heatmap_png(path: Path, image, regions: Regions, scores: np.ndarray, sp
     _save(fig, path)
 
 
+def overlay(image, regions: Regions, span_scores: np.ndarray, size: int = 320):
+    """The image with each region tinted by one span's scores (normalised to the span, inferno), as a
+    PIL image scaled to ``size`` px wide — for places that show pictures live (the leaderboard demo)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    lo, hi = float(np.min(span_scores)), float(np.max(span_scores))
+    norm = (span_scores - lo) / (hi - lo) if hi > lo else np.zeros_like(span_scores, dtype=np.float64)
+    labels = regions.label_map()
+    heat = colormaps["inferno"](np.where(labels >= 0, norm[np.clip(labels, 0, None)], 0.0))[..., :3]
+    base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    blended = np.where((labels >= 0)[..., None], 0.45 * base + 0.55 * heat, base)
+    out = Image.fromarray((blended * 255).round().astype(np.uint8))
+    return out.resize((size, max(1, round(size * out.height / out.width))), Image.NEAREST)
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 

@@ -1,0 +1,46 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vattr_bench.benchmarks import synthetic_sample
+from vattr_bench.leaderboard import DemoSession, build_app, leaderboard_table, load_results
+
+SHIPPED = Path(__file__).parents[1] / "leaderboard" / "results"
+
+
+def test_results_load_and_rank_and_bad_files_are_reported(tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "estimator.json").write_text(json.dumps({"format": "vattr-bench/linear-estimator"}))
+    frame, problems = load_results([SHIPPED, tmp_path, tmp_path / "missing"])
+    assert {"amortized", "integrated_gradients", "random"} <= set(frame["method"])
+    assert set(frame["benchmark"]) == {"math", "science", "document", "code", "general"}
+    assert len(problems) == 2 and any("broken.json" in p for p in problems) and any("no such file" in p for p in problems)
+    r2 = leaderboard_table(frame, "r2")
+    assert list(r2["mean"]) == sorted(r2["mean"], reverse=True) and r2.iloc[0]["method"] == "ablation"
+    assert r2.iloc[-1]["method"] == "random"
+    deletion = leaderboard_table(frame, "deletion_auc")  # lower is better: ascending
+    assert list(deletion["mean"]) == sorted(deletion["mean"])
+    with pytest.raises(ValueError, match="unknown metric"):
+        leaderboard_table(frame, "accuracy")
+
+
+def test_live_demo_streams_one_update_per_span_and_names_bad_input():
+    session = DemoSession()
+    updates = list(session.stream(synthetic_sample("math", 3).image, "what is the sum of the bars ?"))
+    assert len(updates) == 4  # three thinking steps and the answer
+    logs = [log for log, _ in updates]
+    assert "step 1" in logs[0] and "answer" in logs[-1] and all(a in b for a, b in zip(logs, logs[1:]))
+    heat = updates[-1][1]
+    assert heat.size == (320, 320) and len(np.unique(np.asarray(heat).reshape(-1, 3), axis=0)) > 4
+    with pytest.raises(ValueError, match="no image"):
+        list(session.stream(None, "x"))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        list(session.stream(synthetic_sample("math", 3).image, "   "))
+
+
+def test_the_app_builds(tmp_path):
+    import gradio as gr
+
+    assert isinstance(build_app([SHIPPED, tmp_path]), gr.Blocks)

@@ -1,0 +1,152 @@
+"""The Gradio leaderboard: every `results.json` that `vattr-bench evaluate` wrote, one table per metric,
+and a live demo that streams the amortized attribution of each span over the user's image.
+
+    vattr-bench leaderboard --results runs leaderboard/results
+
+The table logic (`load_results`, `leaderboard_table`) and the demo's generator (`DemoSession.stream`)
+are plain functions, so they are tested without a browser; `build_app` only wires them to components.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import HIGHER_IS_BETTER
+
+TABLE_METRICS = ("r2", "lds", "pearson", "deletion_auc", "insertion_auc", "topk_drop", "pointing_game",
+                 "sec_per_token")
+
+
+def load_results(paths) -> tuple[pd.DataFrame, list[str]]:
+    """Long table (one row per run × benchmark × method) from every results.json under ``paths``
+    (files or folders, searched recursively), and one message per file that could not be read —
+    a malformed file is reported, never fatal to the others."""
+    rows, problems = [], []
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.rglob("*.json")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append(f"{p}: no such file or folder")
+    for f in files:
+        try:
+            payload = json.loads(f.read_text(encoding="utf-8"))
+            if not isinstance(payload, dict) or "results" not in payload:
+                continue  # some other JSON (an estimator, a perf report): not a results file
+            run = payload.get("config", {}).get("output_dir") or f.parent.name
+            for benchmark, methods in payload["results"].items():
+                for method, metrics in methods.items():
+                    rows.append({"run": str(run), "model": payload.get("model", "?"), "benchmark": benchmark,
+                                 "method": method, "n_samples": metrics.get("n_samples"),
+                                 **{m: metrics.get(m) for m in TABLE_METRICS}})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as e:
+            problems.append(f"{f}: not a readable results.json ({type(e).__name__}: {e})")
+    columns = ["run", "model", "benchmark", "method", "n_samples", *TABLE_METRICS]
+    return pd.DataFrame(rows, columns=columns), problems
+
+
+def leaderboard_table(frame: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
+    """Wide table for one metric: a row per (model, method, run), a column per benchmark and their mean,
+    best first (direction from the metric's higher_is_better)."""
+    if metric not in TABLE_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(TABLE_METRICS)}")
+    if frame.empty:
+        return pd.DataFrame(columns=["model", "method", "run", "mean"])
+    wide = frame.pivot_table(index=["model", "method", "run"], columns="benchmark", values=metric, aggfunc="mean")
+    wide["mean"] = wide.mean(axis=1)
+    wide = wide.sort_values("mean", ascending=not HIGHER_IS_BETTER.get(metric, True))
+    return wide.reset_index().round(4)
+
+
+class DemoSession:
+    """The live demo: load the model and its estimator once, then stream any image + prompt."""
+
+    def __init__(self, model_name: str = "vattr-tiny", regions: str = "feature-ward", k: int = 16):
+        self.model_name, self.regions, self.k = model_name, regions, k
+        self._model = self._estimator = None
+
+    def _load(self):
+        if self._model is None:
+            from .methods.amortized import Amortized
+            from .models import load_model
+
+            self._model = load_model(self.model_name)
+            self._estimator = Amortized().load_for(self._model, self.regions, "knockout")
+        return self._model, self._estimator
+
+    def stream(self, image, prompt: str, max_new_tokens: int = 256):
+        """Yield (markdown log so far, heatmap of the newest span) as each span's event arrives.
+        Bad input raises ValueError naming the problem."""
+        from .heatmaps import overlay
+        from .regions import make_regions
+        from .streaming import stream_attributions
+
+        if image is None:
+            raise ValueError("no image: upload one")
+        model, estimator = self._load()
+        prepared = model.prepare(image, prompt or "")  # checks the image and the prompt
+        regions, note = make_regions(self.regions, model, prepared, k=self.k)
+        events: queue.Queue = queue.Queue()
+
+        def produce():
+            try:
+                stream_attributions(model, prepared, regions, estimator, max_new_tokens, on_event=events.put)
+            except Exception as e:  # shown after the spans that did arrive
+                events.put(e)
+            finally:
+                events.put(None)
+
+        threading.Thread(target=produce, daemon=True).start()
+        log = [f"_{regions.k} {regions.protocol} regions{'; ' + note if note else ''}_"]
+        while (event := events.get()) is not None:
+            if isinstance(event, Exception):
+                raise ValueError(f"generation stopped: {event}") from event
+            top = np.argsort(-event.scores)[:3]
+            label = "answer" if event.is_answer else f"step {event.index + 1}"
+            log.append(f"**{label}** ({event.emitted_s:.2f}s): {event.text}  \n"
+                       f"top regions {', '.join(f'{k} ({event.scores[k]:+.2f})' for k in top)}")
+            yield "\n\n".join(log), overlay(prepared.image, regions, event.scores)
+
+
+def build_app(result_paths, model_name: str = "vattr-tiny"):
+    import gradio as gr
+
+    frame, problems = load_results(result_paths)
+    session = DemoSession(model_name)
+
+    def table(metric):
+        return leaderboard_table(frame, metric)
+
+    def demo(image, prompt):
+        try:
+            yield from session.stream(image, prompt)
+        except (ValueError, FileNotFoundError) as e:
+            raise gr.Error(str(e))
+
+    with gr.Blocks(title="vattr-bench leaderboard") as app:
+        gr.Markdown("# vattr-bench\nHow faithfully does each attribution method say which image regions a "
+                    "thinking model's reasoning steps rely on — scored against exhaustive ablation.")
+        with gr.Tab("Leaderboard"):
+            metric = gr.Dropdown(list(TABLE_METRICS), value="r2", label="metric")
+            board = gr.Dataframe(value=table("r2"), interactive=False)
+            metric.change(table, inputs=metric, outputs=board)
+            runs = ", ".join(sorted(frame["run"].unique())) or "none"
+            gr.Markdown(f"Runs: {runs}." + ("\n\nNot loaded:\n" + "\n".join(f"- {p}" for p in problems) if problems else ""))
+        with gr.Tab("Live streaming demo"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="pil", label="image")
+                    prompt = gr.Textbox(label="prompt", value="what is the sum of the bars ?")
+                    go = gr.Button("think and attribute")
+                with gr.Column():
+                    heat = gr.Image(type="pil", label="newest span's regions (amortized)")
+                    log = gr.Markdown()
+            go.click(demo, inputs=[image, prompt], outputs=[log, heat])
+    return app
