@@ -96,8 +96,13 @@ def _versions() -> dict:
 
 
 def _git_hash() -> str | None:
+    """HEAD, with "-dirty" when tracked files differ from it (the numbers then came from code or a
+    checkpoint that no commit holds)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
+        head = git("rev-parse", "HEAD")
+        return head + ("-dirty" if head and git("status", "--porcelain", "--untracked-files=no") else "") or None
     except (OSError, subprocess.SubprocessError):
         return None
