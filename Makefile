@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 export HF_DATASETS_OFFLINE = 1
 
-.PHONY: install demo test train-model clean
+.PHONY: install demo test leaderboard train-model clean
 
 $(BIN)/vattr-bench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+leaderboard: install
+	$(BIN)/vattr-bench leaderboard
 
 train-model: install
 	$(BIN)/python -m vattr_bench.models.tiny.train
