@@ -117,6 +117,20 @@ def test_attention_capture_equals_eager_attention(model, image):
     assert model.model.config._attn_implementation == before  # switched for the call only
 
 
+def test_attention_capture_fallback_equals_eager_attention(model, image, monkeypatch):
+    """Where the CPU flash kernel does not fit (a GPU, a mask), lse comes from an explicit q·Kᵀ: same weights."""
+    from vattr_bench.models import attention_capture
+
+    monkeypatch.setattr(attention_capture, "_cpu_flash_fits", lambda *args: False)
+    prepared = model.prepare(image, "what color is the circle ?")
+    trace = _trace(model, "the circle is red .")
+    with model.capture_visual_attention(prepared) as capture:
+        ids = model.generate_ids(prepared, max_new_tokens=4)  # decode steps through the fallback too
+    np.testing.assert_allclose(capture.attention(len(ids)), model.attention_to_visual(prepared, ids, eager=True), atol=1e-5)
+    np.testing.assert_allclose(model.attention_to_visual(prepared, trace),
+                               model.attention_to_visual(prepared, trace, eager=True), atol=1e-5)
+
+
 def test_attention_captured_during_generation_equals_teacher_forced(model, image):
     """Decode steps (one query over the KV cache) capture the same rows as one teacher-forced pass."""
     prepared = model.prepare(image, "what color is the circle ?")

@@ -124,6 +124,14 @@ def _lse_explicit(query, key, attention_mask, scale):
     return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
+def _cpu_flash_fits(query, key, attention_mask, dropout, kwargs) -> bool:
+    """Whether torch's CPU flash kernel computes exactly this call: no mask beyond causal (one query over
+    the cache, or a full causal pass), no dropout, window or soft-capping."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    return (query.device.type == "cpu" and attention_mask is None and not dropout and q_len in (1, kv_len)
+            and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None)
+
+
 def capturing_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """AttentionInterface backend: sdpa's output, and the lse of decoder queries while a capture is on."""
     capture = _active.get()
@@ -131,10 +139,9 @@ def capturing_attention(module, query, key, value, attention_mask, dropout: floa
     if layer is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    q_len, kv_len = query.shape[2], key.shape[2]
-    plain = attention_mask is None and not dropout and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
-    if plain and query.device.type == "cpu" and q_len in (1, kv_len):
+    if _cpu_flash_fits(query, key, attention_mask, dropout, kwargs):
         groups = query.shape[1] // key.shape[1]
+        q_len = query.shape[2]
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, repeat_kv(key, groups), repeat_kv(value, groups), 0.0, q_len > 1, scale=scale)
         out = out.transpose(1, 2).contiguous()
