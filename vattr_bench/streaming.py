@@ -57,9 +57,9 @@ def attribute_span(capture, queries, lse, regions: Regions, estimator: LinearEst
 
 class _SpanStreamer(BaseStreamer):
     """transformers streamer: feeds each generated token to the span splitter and hands every closed
-    span, with its captured attention rows, to ``sink`` (the worker's queue). Per token it only splits: in greedy
-    generation forward call t is the one that predicted token t, so a span's rows are the capture's
-    chunks [start, end), read once when the span closes."""
+    span, with its captured attention rows, to ``sink`` (the worker's queue). Per token it only splits:
+    in greedy generation forward call t is the one that predicted token t, so a span's rows are the
+    capture's chunks [start, end), read once when the span closes."""
 
     def __init__(self, model, capture, sink: Callable, progress: dict):
         self.capture, self.sink, self.progress, self.eos_ids = capture, sink, progress, model.eos_ids
