@@ -137,6 +137,8 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
     s, prepared, regions = items[0]
     base = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
     thinking = [sp for sp in base.spans if not sp.is_answer]
+    if not thinking:
+        raise ValueError(f"the model wrote no thinking sentence to repeat into long traces (trace: {base.text!r})")
     # the thinking sentences repeated to length (repeating the answer would make one giant answer span)
     prefix, body = base.token_ids[:thinking[0].start], base.token_ids[thinking[0].start:thinking[-1].end]
     per_token: dict[str, dict[int, float]] = {"amortized": {}, **{m.name: {} for m in GRADIENT_METHODS}}
