@@ -108,13 +108,14 @@ def test_knocking_out_every_visual_token_removes_the_image(model, image):
 def test_attention_capture_equals_eager_attention(model, image):
     prepared = model.prepare(image, "what color is the circle ?")
     trace = _trace(model, "the circle is red .")
-    before = model.model.config._attn_implementation
+    decoder = model.model.model.language_model
+    before = model.model.config._attn_implementation, decoder.config._attn_implementation
     fast = model.attention_to_visual(prepared, trace)
     eager = model.attention_to_visual(prepared, trace, eager=True)
     assert fast.shape == eager.shape == (model.num_layers, model.num_heads, len(trace), prepared.n_visual_tokens)
     np.testing.assert_allclose(fast, eager, atol=1e-5)
     assert np.all(fast >= 0) and np.all(fast.sum(-1) <= 1 + 1e-5) and fast.sum() > 0.01
-    assert model.model.config._attn_implementation == before  # switched for the call only
+    assert (model.model.config._attn_implementation, decoder.config._attn_implementation) == before  # for the call only
 
 
 def test_attention_capture_fallback_equals_eager_attention(model, image, monkeypatch):
@@ -138,6 +139,29 @@ def test_attention_captured_during_generation_equals_teacher_forced(model, image
         ids = model.generate_ids(prepared, max_new_tokens=6)
     during = capture.attention(len(ids))
     np.testing.assert_allclose(during, model.attention_to_visual(prepared, ids, eager=True), atol=1e-5)
+
+
+def test_capture_rows_are_trace_tokens_while_generating_and_teacher_forced(model, image, monkeypatch):
+    """Row t is the query that predicts trace token t, whether written one decode step at a time or by one
+    teacher-forced pass, and whether or not the buffers had to grow on the way."""
+    from vattr_bench.models.attention_capture import VisualAttentionCapture
+
+    prepared = model.prepare(image, "what color is the circle ?")
+    with model.capture_visual_attention(prepared) as generated:
+        ids = model.generate_ids(prepared, max_new_tokens=6)
+    with model.capture_visual_attention(prepared) as forced:
+        model.token_logprobs(prepared, ids)
+    monkeypatch.setattr(VisualAttentionCapture, "INITIAL_ROWS", 1)  # grows at every other decode step
+    with model.capture_visual_attention(prepared) as grown:
+        model.generate_ids(prepared, max_new_tokens=6)
+    assert forced.n_rows == len(ids) + 1 and generated.n_rows == grown.n_rows >= len(ids)
+    queries, lse = generated.rows(1, 3)
+    assert queries.shape == (model.num_layers, model.num_heads, 2, queries.shape[-1]) and lse.shape == queries.shape[:3]
+    for other in (forced, grown):
+        np.testing.assert_allclose(generated.weights(queries, lse), other.weights(*other.rows(1, 3)), atol=1e-5)
+        np.testing.assert_allclose(other.attention(len(ids)), generated.attention(len(ids)), atol=1e-5)
+    with pytest.raises(ValueError, match="no captured rows"):
+        generated.rows(50, 60)
 
 
 def test_save_and_reload_through_load_model(tmp_path):

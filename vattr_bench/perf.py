@@ -27,7 +27,7 @@ from .methods import AttributionContext, load_method
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
 from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
-from .streaming import attribute_span, stream_attributions
+from .streaming import SpanAttributor, stream_attributions
 from .types import Trace
 
 GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)
@@ -54,19 +54,17 @@ def _timed(fn, *args, **kwargs):
 
 
 def _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats: int = 5) -> tuple[float, int]:
-    """Worker cost of all spans of a trace (best of ``repeats``) and the span count."""
+    """The streaming worker's cost for all spans of a trace (best of ``repeats``) and the span count."""
     with model.capture_visual_attention(prepared) as capture:
         model.token_logprobs(prepared, trace.token_ids)  # the rows generation would have captured
-    queries, lse = capture.raw(len(trace.token_ids))
-    # contiguous per span, as the streamer hands them over
-    rows = [(queries[:, :, s.start:s.end].contiguous(), lse[:, :, s.start:s.end].contiguous()) for s in trace.spans]
+    attributor = SpanAttributor(capture, regions, estimator)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        for q, l in rows:
-            attribute_span(capture, q, l, regions, estimator)
+        for s in trace.spans:
+            attributor(s.start, s.end)
         best = min(best, time.perf_counter() - start)
-    return best, len(rows)
+    return best, len(trace.spans)
 
 
 def run_perf(model, cfg: PerfConfig, log=print) -> dict:

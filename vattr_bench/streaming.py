@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from transformers.generation.streamers import BaseStreamer
 
-from .amortized import LinearEstimator
+from .amortized import LinearEstimator, region_pool_matrix
 from .models.spans import SpanSplitter
 from .types import Regions, Span
 
@@ -39,27 +39,39 @@ class SpanEvent:
     lag_s: float = 0.0  # seconds from the span's last token to this event
 
 
-def attribute_span(capture, queries, lse, regions: Regions, estimator: LinearEstimator) -> np.ndarray:
-    """(K,) scores for one span from its captured rows (queries (L, H, n, d), lse (L, H, n)) — the whole
-    per-span cost of the amortized method once generation has run.
+class SpanAttributor:
+    """The amortized method's whole per-span cost once generation has run: a span's captured rows →
+    attention weights to the visual tokens → pooled → estimator → (K,) scores.
 
     The same numbers as ``estimator.predict(span_region_features(...))``, in the cheaper order: the
-    estimator's weights are linear in the pooled attention, so they are applied per visual token first
-    (Σ_lh w_lh · mean_t a_lh,t,n) and only the (N,) result is pooled into regions."""
-    rows = capture.weights(queries, lse)  # (L, H, n, N)
-    L, H, n, N = rows.shape
-    per_token = (estimator.weights @ rows.reshape(L * H, n * N)).reshape(n, N).mean(0)  # (N,)
-    pool = regions.token_matrix.astype(np.float64)
-    if estimator.meta.get("region_pool", "sum") == "mean":
-        pool = pool / pool.sum(1, keepdims=True)
-    return pool @ per_token + estimator.bias
+    estimator is linear in the pooled attention, so the span's rows are averaged over its tokens, the
+    weights applied per visual token (Σ_lh w_lh · mean_t a_lh,t,n) and only that (N,) vector is pooled
+    into regions. All numpy (see VisualAttentionCapture.rows), and every BLAS call is small enough for
+    OpenBLAS to keep it on one thread: a multi-threaded call leaves its threads spinning for milliseconds
+    on the cores generation needs (one 64×640 matrix-vector product before a `generate` call made it
+    ~2% slower on 2 cores)."""
+
+    def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
+        self.capture = capture
+        self.weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
+        self.bias = estimator.bias
+        self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
+
+    def __call__(self, start: int, end: int) -> np.ndarray:
+        """(K,) scores of the span of trace tokens [start, end)."""
+        rows = self.capture.weights(*self.capture.rows(start, end))  # (L, H, n, N)
+        L, H, n, N = rows.shape
+        if L * H != len(self.weights):
+            raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
+        pooled = rows.reshape(L * H, n, N).mean(1, dtype=np.float64)  # (L·H, N)
+        return self.pool @ (self.weights @ pooled) + self.bias
 
 
 class _SpanStreamer(BaseStreamer):
     """transformers streamer: feeds each generated token to the span splitter and hands every closed
-    span, with its captured attention rows, to ``sink`` (the worker's queue). Per token it only splits:
-    in greedy generation forward call t is the one that predicted token t, so a span's rows are the
-    capture's chunks [start, end), read once when the span closes."""
+    span to ``sink`` (the worker's queue). Per token it only splits: capture row t is the query that
+    predicted token t, so a span's rows are the capture's rows [start, end), which the worker reads once
+    the span has closed."""
 
     def __init__(self, model, capture, sink: Callable, progress: dict):
         self.capture, self.sink, self.progress, self.eos_ids = capture, sink, progress, model.eos_ids
@@ -80,7 +92,9 @@ class _SpanStreamer(BaseStreamer):
         if not self.prompt_seen:  # generate hands the prompt over first
             self.prompt_seen = True
             return
-        token = int(value.reshape(-1)[0].item())
+        if value.numel() != 1:
+            raise RuntimeError(f"streaming runs one sequence, one token per step; generate handed over {value.numel()}")
+        token = int(value.item())
         if self.ended or token in self.eos_ids:
             self.ended = True
             return
@@ -88,9 +102,9 @@ class _SpanStreamer(BaseStreamer):
         self.progress["tokens"] = self.n_tokens
         span = self.splitter.feed(token)
         if span is not None:
-            if self.capture.n_chunks != self.n_tokens:
-                raise RuntimeError(f"streaming expects one forward call per generated token; got {self.capture.n_chunks} "
-                                   f"calls for {self.n_tokens} tokens (batched, assisted or chunked decoding?)")
+            if self.capture.n_rows != self.n_tokens:
+                raise RuntimeError(f"streaming expects one captured row per generated token; got {self.capture.n_rows} "
+                                   f"rows for {self.n_tokens} tokens (batched or assisted decoding?)")
             self._hand_over(span)
 
     def end(self) -> None:
@@ -100,7 +114,7 @@ class _SpanStreamer(BaseStreamer):
 
     def _hand_over(self, span: Span) -> None:
         self.progress["span_closed_s"][span.start] = time.perf_counter()
-        self.sink((self.capture, span, *self.capture.chunks(span.start, span.end)))
+        self.sink(span)
 
 
 def stream_attributions(model, prepared, regions: Regions, estimator: LinearEstimator, max_new_tokens: int = 256,
@@ -119,12 +133,13 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
     failures: list[BaseException] = []
     t0 = time.perf_counter()
 
-    def attribute(item) -> None:
+    attributor: SpanAttributor | None = None
+
+    def attribute(span: Span) -> None:
         if failures:
             return  # an earlier span failed: report the first failure
-        capture, span, queries, lse = item
         try:
-            scores = attribute_span(capture, queries, lse, regions, estimator)
+            scores = attributor(span.start, span.end)
             now = time.perf_counter()
             event = SpanEvent(len(events), span.text, span.start, span.end, span.is_answer, scores, now - t0,
                               progress["tokens"], now - progress["span_closed_s"][span.start])
@@ -143,6 +158,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
         thread.start()
     try:
         with model.capture_visual_attention(prepared) as capture:
+            attributor = SpanAttributor(capture, regions, estimator)
             sink = work.put if thread is not None else attribute
             model.generate_ids(prepared, max_new_tokens, streamer=_SpanStreamer(model, capture, sink, progress))
     finally:

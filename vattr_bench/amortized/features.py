@@ -12,14 +12,19 @@ import numpy as np
 REGION_POOLS = ("sum", "mean")
 
 
-def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:
-    """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H)."""
+def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:
+    """(K, N) float64 map from per-visual-token values to per-region values: sum (AT2 sums over a
+    source's parts) or mean over each region's tokens."""
     if region_pool not in REGION_POOLS:
         raise ValueError(f"unknown region pooling {region_pool!r}; choose from {REGION_POOLS}")
+    pool = token_matrix.astype(np.float64)
+    return pool / pool.sum(1, keepdims=True) if region_pool == "mean" else pool
+
+
+def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:
+    """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H)."""
     L, H = attention.shape[:2]
-    pool = token_matrix.astype(np.float64)  # (K, N)
-    if region_pool == "mean":
-        pool = pool / pool.sum(1, keepdims=True)
+    pool = region_pool_matrix(token_matrix, region_pool)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative
     per_span = np.stack([attention[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, N)
     feats = np.einsum("slhn,kn->sklh", per_span, pool)  # (S, K, L, H)

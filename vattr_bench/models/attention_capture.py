@@ -28,15 +28,22 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 CAPTURE_BACKEND = "vattr_capture"
+# the CPU flash kernel, through its direct binding where torch has one (the torch.ops path costs µs per call)
+_cpu_flash = getattr(torch, "_scaled_dot_product_flash_attention_for_cpu", None) \
+    or torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _active: ContextVar["VisualAttentionCapture | None"] = ContextVar("vattr_active_capture", default=None)
 
 
 class VisualAttentionCapture:
-    """Rows of the decoder's attention to the visual keys, for query positions ≥ ``first_row``.
+    """Rows of the decoder's attention to the visual keys, for query positions ≥ ``first_row``: row r is
+    the query at position first_row + r (with the default first_row, the one that predicts trace token r).
 
     ``layer_of`` maps each decoder attention module to its layer index; other attention modules (the
-    vision tower's) pass straight through.
+    vision tower's) pass straight through. Rows go into float32 numpy buffers as they are computed
+    (~4 µs per layer and decode step), so that reading a span's rows later is a slice, not a gather.
     """
+
+    INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int):
         self.layer_of = layer_of
@@ -45,8 +52,9 @@ class VisualAttentionCapture:
         self.first_row = first_row
         self.visual_keys: list[torch.Tensor | None] = [None] * self.num_layers  # (H, N, d) per layer
         self.scale: list[float] = [1.0] * self.num_layers
-        # per layer, per forward call: (query (1, H, q, d), lse (1, H, q), first row to keep)
-        self._chunks: list[list[tuple[torch.Tensor, torch.Tensor, int]]] = [[] for _ in range(self.num_layers)]
+        self._queries: np.ndarray | None = None  # (L, H, capacity, d)
+        self._lse: np.ndarray | None = None  # (L, H, capacity)
+        self.n_rows = 0  # rows recorded in every layer so far
         self._keys_t: np.ndarray | None = None
 
     # -- called from inside the attention backend --------------------------------------------------
@@ -59,56 +67,65 @@ class VisualAttentionCapture:
             self.visual_keys[layer] = repeat_kv(key[:, :, vis], groups)[0].detach()
             self.scale[layer] = scale
         lo = max(self.first_row - first, 0)
-        if lo < q_len:  # kept as the kernel returned them; sliced only when read (per-token cost matters)
-            self._chunks[layer].append((query, lse, lo))
+        if lo >= q_len:
+            return
+        r0, r1 = first + lo - self.first_row, first + q_len - self.first_row
+        if self._queries is None or r1 > self._queries.shape[2]:
+            self._grow(r1, query.shape[1], query.shape[3])
+        try:  # float32 CPU tensors without grad: numpy views, the per-decode-step case
+            query_np, lse_np = query.numpy(), lse.numpy()
+        except (RuntimeError, TypeError):
+            query_np, lse_np = _numpy(query), _numpy(lse)
+        self._queries[layer, :, r0:r1] = query_np[0, :, lo:]
+        self._lse[layer, :, r0:r1] = lse_np[0, :, lo:]
+        if layer == self.num_layers - 1:
+            self.n_rows = max(self.n_rows, r1)
+
+    def _grow(self, rows: int, heads: int, dim: int) -> None:
+        """Room for at least ``rows`` rows, doubling. Rows are written once and copied before the swap,
+        so a reader holding the old buffers still reads every row recorded before it."""
+        capacity = max(self.INITIAL_ROWS, rows, 2 * (0 if self._queries is None else self._queries.shape[2]))
+        queries = np.empty((self.num_layers, heads, capacity, dim), np.float32)
+        lse = np.empty((self.num_layers, heads, capacity), np.float32)
+        if self._queries is not None:
+            n = self._queries.shape[2]
+            queries[:, :, :n], lse[:, :, :n] = self._queries, self._lse
+        self._queries, self._lse = queries, lse
 
     # -- read out ------------------------------------------------------------------------------------
-    @property
-    def n_chunks(self) -> int:
-        """Forward calls recorded so far (one per decode step while generating)."""
-        return len(self._chunks[0])
+    def rows(self, first: int = 0, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(L, H, r, d) queries and (L, H, r) lse of rows [first, last) — views, no weights yet.
+        No torch op: the streaming worker calls this from its own thread, where torch ops would start
+        a second OpenMP pool competing with generation for the cores."""
+        last = self.n_rows if last is None else min(last, self.n_rows)
+        if first >= last:
+            raise ValueError(f"no captured rows in [{first}, {last}); {self.n_rows} recorded")
+        return self._queries[:, :, first:last], self._lse[:, :, first:last]
 
-    def chunks(self, first: int = 0, last: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L, H, r, d) queries and (L, H, r) lse of the rows in chunks [first, last) — no weights yet.
-        Every forward appends one chunk per layer, so chunk i covers the same rows in every layer."""
-        picked = [layer[first:last] for layer in self._chunks]
-        whole = all(lo == 0 for _, _, lo in picked[0])  # decode steps: one cat per layer, no slicing
-
-        def rows(i):
-            if whole:
-                return torch.cat([t for t, _, _ in picked[i]], dim=2)[0]
-            return torch.cat([t[0, :, lo:] for t, _, lo in picked[i]], dim=1)
-
-        def lse(i):
-            if whole:
-                return torch.cat([x for _, x, _ in picked[i]], dim=2)[0]
-            return torch.cat([x[0, :, lo:] for _, x, lo in picked[i]], dim=1)
-
-        layers = range(self.num_layers)
-        return torch.stack([rows(i) for i in layers]).detach(), torch.stack([lse(i) for i in layers]).detach()
-
-    def raw(self, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captured (L, H, r, d) queries and (L, H, r) lse for the first ``n_rows`` rows."""
-        queries, lse = self.chunks()
-        return queries[:, :, :n_rows], lse[:, :, :n_rows]
-
-    def weights(self, queries: torch.Tensor, lse: torch.Tensor) -> np.ndarray:
-        """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens.
-
-        In numpy on purpose: a streaming worker calls this from its own thread, and torch ops there
-        would start a second OpenMP pool competing with generation for the cores."""
+    def weights(self, queries: np.ndarray, lse: np.ndarray) -> np.ndarray:
+        """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens,
+        in numpy for the same reason as `rows`."""
         if self._keys_t is None:  # K_vis as (L, H, d, N), once: the visual keys never change
-            self._keys_t = torch.stack(self.visual_keys).float().transpose(-1, -2).cpu().numpy()
+            self._keys_t = np.ascontiguousarray(np.stack([_numpy(k) for k in self.visual_keys]).swapaxes(-1, -2))
             self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
         # (q·k)·scale in that order, as the eager kernel rounds it (scores reach tens: order shows at 1e-5)
-        scores = np.matmul(queries.float().cpu().numpy(), self._keys_t)
+        scores = np.matmul(queries, self._keys_t)
         scores *= self._scale
-        scores -= lse.float().cpu().numpy()[..., None]
+        scores -= lse[..., None]
         return np.exp(scores, out=scores)
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
-        return self.weights(*self.raw(n_rows))
+        return self.weights(*self.rows(0, n_rows))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A float32 CPU tensor as a numpy view (no torch op); others converted first (bf16, GPU)."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.device.type == "cpu" and t.dtype == torch.float32:
+        return t.numpy()
+    return t.float().cpu().numpy()
 
 
 def _lse_explicit(query, key, attention_mask, scale):
@@ -142,7 +159,7 @@ def capturing_attention(module, query, key, value, attention_mask, dropout: floa
     if _cpu_flash_fits(query, key, attention_mask, dropout, kwargs):
         groups = query.shape[1] // key.shape[1]
         q_len = query.shape[2]
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        out, lse = _cpu_flash(
             query, repeat_kv(key, groups), repeat_kv(value, groups), 0.0, q_len > 1, scale=scale)
         out = out.transpose(1, 2).contiguous()
     else:

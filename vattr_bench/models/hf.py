@@ -210,16 +210,18 @@ class HFVisionLanguageModel(VisionLanguageModel):
         """While active, every forward of this model records each decoder query row at position ≥
         ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
         visual keys once; see attention_capture. Yields the VisualAttentionCapture."""
-        layer_of = {id(layer.self_attn): i for i, layer in enumerate(self.model.model.language_model.layers)}
+        decoder = self.model.model.language_model
+        layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
                                          prepared.prompt_length - 1 if first_row is None else first_row)
-        previous = self.model.config._attn_implementation
-        self.model.set_attn_implementation(CAPTURE_BACKEND)
+        # the decoder only: the vision tower keeps its kernel, and the switch costs half (it runs per stream)
+        previous = decoder.config._attn_implementation
+        decoder.set_attn_implementation(CAPTURE_BACKEND)
         try:
             with activate(capture):
                 yield capture
         finally:
-            self.model.set_attn_implementation(previous)
+            decoder.set_attn_implementation(previous)
 
     def _attentions(self, prepared, trace_ids):
         with self._eager_attention():
