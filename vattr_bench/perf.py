@@ -67,71 +67,81 @@ def _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats:
     return best, len(trace.spans)
 
 
-def run_perf(model, cfg: PerfConfig, log=print) -> dict:
-    amortized = load_method("amortized")
-    estimator = amortized.load_for(model, cfg.regions, cfg.ablation)
-    torch.manual_seed(cfg.seed)
+def prepare_items(model, cfg: PerfConfig) -> list:
+    """(sample, prepared input, regions) for the test samples perf times."""
     samples = [synthetic_sample(f, i, "test", cfg.seed) for f in resolve_families(cfg.benchmark) for i in range(cfg.per_family)]
     items = []
     for s in tqdm(samples, desc="prepare", unit="sample"):
         prepared = model.prepare(s.image, s.prompt)
         regions, _ = make_regions(cfg.regions, model, prepared, k=cfg.k, sample=s)
         items.append((s, prepared, regions))
+    return items
 
-    # warm-up, untimed: first calls pay for lazy imports, allocator growth and kernel selection
+
+def warm_up(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> None:
+    """Untimed first calls: they pay for lazy imports, allocator growth and kernel selection."""
     s, prepared, regions = items[0]
     stream_attributions(model, prepared, regions, estimator, cfg.max_new_tokens)
     trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
     warm = AttributionContext(model, s, prepared, Trace(trace.token_ids, trace.text, trace.spans[:1], trace.logprobs, ""),
                               regions, cfg.ablation, cfg.seed)
-    for method in GRADIENT_METHODS:
+    for method in methods:
         method().attribute(warm)
 
-    # 1-2: overhead and lag, interleaved rounds on the same prompts
-    plain = [[] for _ in items]
-    streamed = [[] for _ in items]
-    inline = [[] for _ in items]  # attribution in the producer, no worker thread: splits the overhead
+
+def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
+    """1-2: generation with and without streaming attribution (and with it inline), interleaved in rounds
+    on the same prompts, medians per prompt summed; the lag of every event."""
+    modes = ("plain", "stream", "inline")  # inline: attribution in the producer, no worker thread
+    seconds = {mode: [[] for _ in items] for mode in modes}
     lags, steps, tokens = [], [], [0] * len(items)
     for r in tqdm(range(cfg.rounds), desc="overhead rounds"):
         for i, (s, prepared, regions) in enumerate(items):
-            order = ("plain", "stream", "inline")[(r + i) % 3:] + ("plain", "stream", "inline")[:(r + i) % 3]
-            for mode in order:
+            shift = (r + i) % len(modes)
+            for mode in modes[shift:] + modes[:shift]:
                 if mode == "plain":
-                    seconds, ids = _timed(model.generate_ids, prepared, cfg.max_new_tokens)
-                    plain[i].append(seconds)
-                    steps.append(seconds / max(1, len(ids) + 1))  # +1: the step that chose end-of-sequence
+                    elapsed, ids = _timed(model.generate_ids, prepared, cfg.max_new_tokens)
+                    steps.append(elapsed / max(1, len(ids) + 1))  # +1: the step that chose end-of-sequence
                     tokens[i] = len(ids) + 1
-                elif mode == "stream":
-                    seconds, events = _timed(stream_attributions, model, prepared, regions, estimator, cfg.max_new_tokens)
-                    streamed[i].append(seconds)
-                    lags.extend(e.lag_s for e in events)
                 else:
-                    inline[i].append(_timed(stream_attributions, model, prepared, regions, estimator, cfg.max_new_tokens,
-                                            worker=False)[0])
-    t_plain = sum(statistics.median(x) for x in plain)
-    t_stream = sum(statistics.median(x) for x in streamed)
-    t_inline = sum(statistics.median(x) for x in inline)
+                    elapsed, events = _timed(stream_attributions, model, prepared, regions, estimator, cfg.max_new_tokens,
+                                             worker=mode == "stream")
+                    if mode == "stream":
+                        lags.extend(e.lag_s for e in events)
+                seconds[mode][i].append(elapsed)
+    total = {mode: sum(statistics.median(x) for x in seconds[mode]) for mode in modes}
     step_s = statistics.median(steps)
-    overhead_pct = 100.0 * (t_stream - t_plain) / t_plain
-    overhead_us_per_token = 1e6 * (t_stream - t_plain) / sum(tokens)  # what carries over to a bigger model
-    lag_steps = statistics.median(lags) / step_s
+    lag_s = statistics.median(lags) if lags else float("nan")  # nan: no span closed (a random model, say)
+    return {"generation_s": {"plain": total["plain"], "streaming": total["stream"], "inline": total["inline"]},
+            "overhead_pct": 100.0 * (total["stream"] - total["plain"]) / total["plain"],
+            "overhead_us_per_token": 1e6 * (total["stream"] - total["plain"]) / sum(tokens),  # what carries over
+            "tokens": sum(tokens), "decode_step_s": step_s, "lag_s_median": lag_s, "lag_decode_steps": lag_s / step_s}
 
-    # 3: cost per span on the same spans
-    per_span = {"amortized": 0.0, "ablation": 0.0, **{m.name: 0.0 for m in GRADIENT_METHODS}}
+
+def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> tuple[dict, int]:
+    """3: seconds per span on the same spans (each sample's greedy trace): amortized (the worker's work)
+    vs exhaustive ablation (K forward passes, batched as `evaluate` runs them) vs each gradient method."""
+    per_span = {"amortized": 0.0, "ablation": 0.0, **{m.name: 0.0 for m in methods}}
     n_spans = 0
     for s, prepared, regions in tqdm(items, desc="cost per span", unit="sample"):
         trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
-        seconds, n = _amortized_span_seconds(model, prepared, trace, regions, estimator)
-        per_span["amortized"] += seconds
+        if not trace.spans:
+            continue
+        elapsed, n = _amortized_span_seconds(model, prepared, trace, regions, estimator)
+        per_span["amortized"] += elapsed
         n_spans += n
         per_span["ablation"] += _timed(single_region_effects, model, prepared, trace, regions, cfg.ablation)[0]
         ctx = AttributionContext(model, s, prepared, trace, regions, cfg.ablation, cfg.seed)
-        for method in GRADIENT_METHODS:
+        for method in methods:
             per_span[method.name] += _timed(method().attribute, ctx)[0]
-    per_span = {k: v / n_spans for k, v in per_span.items()}
-    fastest_gradient = min(GRADIENT_METHODS, key=lambda m: per_span[m.name]).name
+    if not n_spans:
+        raise ValueError("no sample's trace had a span to time")
+    return {k: v / n_spans for k, v in per_span.items()}, n_spans
 
-    # 4: per-token cost against trace length
+
+def per_token_cost(model, items, estimator, cfg: PerfConfig) -> dict[str, dict[int, float]]:
+    """4: per-token attribution cost at each trace length: a real trace's thinking sentences repeated to
+    the length, teacher-forced; gradient baselines timed on a few evenly spaced spans."""
     s, prepared, regions = items[0]
     base = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
     thinking = [sp for sp in base.spans if not sp.is_answer]
@@ -144,27 +154,37 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
         ids = (prefix + body * (length // len(body) + 1))[:length]
         spans = split_spans(ids, model.decode)
         trace = Trace(ids, model.decode(ids), spans, np.zeros(len(ids)), "")
-        seconds, _ = _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats=7)
-        per_token["amortized"][length] = seconds / sum(sp.end - sp.start for sp in spans)
+        elapsed, _ = _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats=7)
+        per_token["amortized"][length] = elapsed / sum(sp.end - sp.start for sp in spans)
         picked = [spans[i] for i in np.linspace(0, len(spans) - 1, cfg.gradient_spans).round().astype(int)]
         sub = Trace(ids, trace.text, picked, trace.logprobs, "")
         ctx = AttributionContext(model, s, prepared, sub, regions, cfg.ablation, cfg.seed)
         for method in GRADIENT_METHODS:
-            seconds = _timed(method().attribute, ctx)[0]
-            per_token[method.name][length] = seconds / sum(sp.end - sp.start for sp in picked)
+            elapsed = _timed(method().attribute, ctx)[0]
+            per_token[method.name][length] = elapsed / sum(sp.end - sp.start for sp in picked)
+    return per_token
+
+
+def run_perf(model, cfg: PerfConfig, log=print) -> dict:
+    estimator = load_method("amortized").load_for(model, cfg.regions, cfg.ablation)
+    torch.manual_seed(cfg.seed)
+    items = prepare_items(model, cfg)
+    warm_up(model, items, estimator, cfg)
+    streaming = measure_streaming(model, items, estimator, cfg)
+    per_span, n_spans = cost_per_span(model, items, estimator, cfg)
+    fastest_gradient = min(GRADIENT_METHODS, key=lambda m: per_span[m.name]).name
+    per_token = per_token_cost(model, items, estimator, cfg)
     lo, hi = min(cfg.lengths), max(cfg.lengths)
     summary = {
-        "overhead_pct": round(overhead_pct, 2),
-        "lag_decode_steps": round(lag_steps, 3),
+        "overhead_pct": round(streaming["overhead_pct"], 2),
+        "lag_decode_steps": round(streaming["lag_decode_steps"], 3),
         "speedup_vs_fastest_gradient": round(per_span[fastest_gradient] / per_span["amortized"], 1),
         "speedup_vs_ablation": round(per_span["ablation"] / per_span["amortized"], 1),
         f"amortized_cost_ratio_{hi}_vs_{lo}": round(per_token["amortized"][hi] / per_token["amortized"][lo], 3),
     }
     report = {"config": cfg.__dict__, "model": model.name, "n_samples": len(items), "n_spans": n_spans,
-              "generation_s": {"plain": t_plain, "streaming": t_stream, "inline": t_inline}, "decode_step_s": step_s,
-              "overhead_us_per_token": overhead_us_per_token, "tokens": sum(tokens),
-              "lag_s_median": statistics.median(lags), "per_span_s": per_span, "fastest_gradient": fastest_gradient,
-              "per_token_s": per_token, "summary": summary}
+              **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
+              "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token, "summary": summary}
     log(format_perf(report))
     return report
 

@@ -1,0 +1,102 @@
+"""How `vattr-bench perf`'s ratios move with the size of the model: the amortized method's cost depends
+on L·H and the visual tokens only, ablation and gradients pay for whole forward/backward passes.
+
+    python scripts/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1]
+
+For each size (decoder hidden width × layers, 16 heads, MLP 3× wide), a Llava model with vattr-tiny's
+vision tower config, tokenizer and processor and a decoder of that size with random weights. Random
+weights do not write sentences, so every model is made to write vattr-tiny's own greedy trace for each
+prompt (a logits processor forces the next token, in every mode alike): spans then close where they
+do for the real model, and every row is timed on the same tokens and spans. The estimator is random
+too (its values do not change its cost). Measured with perf's own functions, one run per size: the
+streaming overhead and lag (interleaved rounds, medians) and the cost per span of amortized, exhaustive
+ablation and input×gradient (perf's fastest gradient baseline). Costs only: nothing here is faithful.
+"""
+import argparse
+
+import numpy as np
+import torch
+from transformers import AutoConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
+
+from vattr_bench.amortized import LinearEstimator
+from vattr_bench.methods.gradients import InputXGradientMethod
+from vattr_bench.models import BUILTIN, load_model
+from vattr_bench.models.hf import HFVisionLanguageModel, load_processor
+from vattr_bench.perf import PerfConfig, cost_per_span, measure_streaming, prepare_items, warm_up
+
+
+class ForceTokens(LogitsProcessor):
+    """Greedy decoding writes ``ids`` (then end-of-sequence), whatever the model's own scores."""
+
+    def __init__(self, ids: list[int], prompt_length: int, eos: int):
+        self.ids, self.prompt_length, self.eos = ids, prompt_length, eos
+
+    def __call__(self, input_ids, scores):
+        t = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[t] if t < len(self.ids) else self.eos] = 0.0
+        return forced
+
+
+def write_traces(vlm: HFVisionLanguageModel, traces: dict[tuple, list[int]]) -> None:
+    """From now on, generating for a prompt in ``traces`` (keyed by its token ids) writes that trace."""
+    generate, eos = vlm.model.generate, min(vlm.eos_ids)
+
+    def forced_generate(*args, **kwargs):
+        prompt = kwargs["input_ids"]
+        ids = traces[tuple(prompt[0].tolist())]
+        return generate(*args, logits_processor=LogitsProcessorList([ForceTokens(ids, prompt.shape[1], eos)]), **kwargs)
+
+    vlm.model.generate = forced_generate
+
+
+def random_decoder_model(hidden: int, layers: int, heads: int = 16) -> HFVisionLanguageModel:
+    source = str(BUILTIN["vattr-tiny"])
+    config = AutoConfig.from_pretrained(source)
+    text = config.text_config
+    text.hidden_size, text.num_hidden_layers, text.intermediate_size = hidden, layers, 3 * hidden
+    text.num_attention_heads = text.num_key_value_heads = heads
+    text.head_dim = hidden // heads
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    return HFVisionLanguageModel(model, load_processor(source, config.model_type), f"random-{hidden}x{layers}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="128x4,512x8,1024x12", help="decoder hidden width × layers, comma-separated")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--per-family", type=int, default=1)
+    a = p.parse_args()
+    cfg = PerfConfig(per_family=a.per_family, rounds=a.rounds, regions="grid", max_new_tokens=128)
+    tiny = load_model("vattr-tiny")
+    items = prepare_items(tiny, cfg)
+    traces = {tuple(prepared.inputs["input_ids"][0].tolist()): tiny.generate_ids(prepared, cfg.max_new_tokens)
+              for _, prepared, _ in items}
+    rows = []
+    for size in ["vattr-tiny"] + a.sizes.split(","):
+        vlm = tiny if size == "vattr-tiny" else random_decoder_model(*map(int, size.split("x")))
+        write_traces(vlm, traces)
+        rng = np.random.default_rng(0)
+        estimator = LinearEstimator(rng.normal(size=vlm.num_layers * vlm.num_heads), 0.0, {"region_pool": "sum"})
+        items = prepare_items(vlm, cfg)
+        warm_up(vlm, items, estimator, cfg, methods=(InputXGradientMethod,))
+        streaming = measure_streaming(vlm, items, estimator, cfg)
+        per_span, n_spans = cost_per_span(vlm, items, estimator, cfg, methods=(InputXGradientMethod,))
+        params = sum(t.numel() for t in vlm.model.model.language_model.parameters()) / 1e6
+        rows.append((size, params, vlm.num_layers * vlm.num_heads, streaming, per_span, n_spans))
+        print(rows[-1][:3], streaming["overhead_pct"], per_span, flush=True)
+
+    print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, 2 CPU cores\n")
+    print("| decoder | params (M) | L·H | decode step | overhead | overhead per token | lag (steps) "
+          "| amortized / span | ablation / span | × | input×gradient / span | × |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, params, lh, st, ps, _ in rows:
+        print(f"| {size} | {params:.1f} | {lh} | {st['decode_step_s'] * 1e3:.1f} ms | {st['overhead_pct']:+.1f}% "
+              f"| {st['overhead_us_per_token']:+.0f} µs | {st['lag_decode_steps']:.2f} | {ps['amortized'] * 1e6:.0f} µs "
+              f"| {ps['ablation'] * 1e3:.1f} ms | {ps['ablation'] / ps['amortized']:.0f}× "
+              f"| {ps['input_x_gradient'] * 1e3:.1f} ms | {ps['input_x_gradient'] / ps['amortized']:.0f}× |")
+
+
+if __name__ == "__main__":
+    main()
