@@ -88,12 +88,13 @@ def main():
         print(rows[-1][:3], streaming["overhead_pct"], per_span, flush=True)
 
     print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, 2 CPU cores\n")
-    print("| decoder | params (M) | L·H | decode step | overhead | overhead per token | lag (steps) "
+    print("| decoder | params (M) | L·H | decode step | overhead (single rounds) | inline, no thread | lag (steps) "
           "| amortized / span | ablation / span | × | input×gradient / span | × |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, params, lh, st, ps, _ in rows:
-        print(f"| {size} | {params:.1f} | {lh} | {st['decode_step_s'] * 1e3:.1f} ms | {st['overhead_pct']:+.1f}% "
-              f"| {st['overhead_us_per_token']:+.0f} µs | {st['lag_decode_steps']:.2f} | {ps['amortized'] * 1e6:.0f} µs "
+        g, (lo, hi) = st["generation_s"], st["overhead_pct_rounds"]
+        print(f"| {size} | {params:.1f} | {lh} | {st['decode_step_s'] * 1e3:.1f} ms | {st['overhead_pct']:+.1f}% ({lo:+.1f} to {hi:+.1f}) "
+              f"| {100 * (g['inline'] / g['plain'] - 1):+.1f}% | {st['lag_decode_steps']:.2f} | {ps['amortized'] * 1e6:.0f} µs "
               f"| {ps['ablation'] * 1e3:.1f} ms | {ps['ablation'] / ps['amortized']:.0f}× "
               f"| {ps['input_x_gradient'] * 1e3:.1f} ms | {ps['input_x_gradient'] / ps['amortized']:.0f}× |")
 
