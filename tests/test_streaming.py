@@ -58,6 +58,15 @@ def test_stream_on_the_paper_architectures_equals_offline(arch):
         np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
 
 
+def test_stream_with_an_estimator_of_another_model_says_so(tiny):
+    s = synthetic_sample("math", 1)
+    prepared = tiny.prepare(s.image, s.prompt)
+    regions, _ = make_regions("grid", tiny, prepared, k=16)
+    wrong = LinearEstimator(np.ones(tiny.num_layers * tiny.num_heads + 1), 0.0, {"region_pool": "sum"})
+    with pytest.raises(ValueError, match="attention heads, the estimator 65 weights"):
+        stream_attributions(tiny, prepared, regions, wrong, max_new_tokens=64)
+
+
 def test_stream_cli_prints_events(tmp_path, capsys):
     img = tmp_path / "scene.png"
     synthetic_sample("general", 2).image.save(img)
