@@ -85,7 +85,8 @@ def main():
         per_span, n_spans = cost_per_span(vlm, items, estimator, cfg, methods=(InputXGradientMethod,))
         params = sum(t.numel() for t in vlm.model.model.language_model.parameters()) / 1e6
         rows.append((size, params, vlm.num_layers * vlm.num_heads, streaming, per_span, n_spans))
-        print(rows[-1][:3], streaming["overhead_pct"], per_span, flush=True)
+        print(f"{size}: {params:.1f} M decoder parameters, overhead {streaming['overhead_pct']:+.1f}%, ablation "
+              f"{per_span['ablation'] / per_span['amortized']:.0f}× amortized per span", flush=True)
 
     print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, 2 CPU cores\n")
     print("| decoder | params (M) | L·H | decode step | overhead (single rounds) | inline, no thread | lag (steps) "
