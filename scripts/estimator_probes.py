@@ -6,7 +6,11 @@
 Collects, once, the per-token attention rows and the ablation ground truth of n samples (the same
 samples, traces, regions and masks `vattr-bench train-estimator --n-train n` uses), holds out 20% the
 same way, then prints held-out r2 / LDS for: each training target; the estimator fitted on the held-out
-samples themselves (the linear map's capacity on these features); and pooling variants.
+samples themselves (the linear map's capacity on these features); pooling variants; feature transforms;
+and the estimator restricted to random subsets of the L·H heads (how r2 moves with the estimator's
+capacity — the model's head count is the lever `train-model --num-heads` exposes).
+
+    python scripts/estimator_probes.py --probes heads   # only that group
 """
 import argparse
 
@@ -46,7 +50,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--model", default="vattr-tiny")
+    p.add_argument("--probes", default="all", help="comma-separated: targets, capacity, pooling, transforms, heads")
     a = p.parse_args()
+    probes = {"targets", "capacity", "pooling", "transforms", "heads"} if a.probes == "all" else set(a.probes.split(","))
     model = load_model(a.model)
     families = resolve_families("all")
     variants = ("mean", "max", "visual-mass", "no-last-token")
@@ -67,22 +73,40 @@ def main():
             examples.append(ex)
     train, held = split_heldout(examples, 0.2, 0)
 
-    def report(label, key="mean", transform=None, targets="both", fit_on=None):
+    def scores(key="mean", transform=None, targets="both", fit_on=None):
         def view(exs):
             return [dict(e, features=transform(e[key]) if transform else e[key]) for e in exs]
         w = train_estimator(view(fit_on if fit_on is not None else train), targets=targets)
-        s = heldout_scores(w, view(held))
-        print(f"| {label} | {s['r2']:.3f} | {s['lds']:.3f} |", flush=True)
+        return heldout_scores(w, view(held))
+
+    def report(label, draws=None, **kwargs):
+        """One table row; with ``draws`` (a list of kwargs), the mean over them."""
+        runs = [scores(**kwargs, **d) for d in (draws or [{}])]
+        r2, lds = (float(np.mean([r[m] for r in runs])) for m in ("r2", "lds"))
+        print(f"| {label} | {r2:.3f} | {lds:.3f} |", flush=True)
 
     print(f"held-out: {len(held)} samples; trained on {len(train)}\n")
     print("| probe | held-out r2 | held-out LDS |\n|---|---|---|")
-    for targets in ("subsets", "singles", "both"):
-        report(f"targets {targets}", targets=targets)
-    report("capacity: fitted on the held-out samples themselves", fit_on=held)
-    for v in variants[1:]:
-        report(f"pooling over span tokens: {v}", key=v)
-    for name, fn in TRANSFORMS.items():
-        report(f"features transformed: {name}", transform=fn)
+    if "targets" in probes:
+        for targets in ("subsets", "singles", "both"):
+            report(f"targets {targets}", targets=targets)
+    if "capacity" in probes:
+        report("capacity: fitted on the held-out samples themselves", fit_on=held)
+    if "pooling" in probes:
+        for v in variants[1:]:
+            report(f"pooling over span tokens: {v}", key=v)
+    if "transforms" in probes:
+        for name, fn in TRANSFORMS.items():
+            report(f"features transformed: {name}", transform=fn)
+    if "heads" in probes:
+        n_heads = model.num_layers * model.num_heads
+        rng = np.random.default_rng(0)
+        for k in (4, 8, 16, 32):
+            if k < n_heads:
+                subsets = [np.sort(rng.choice(n_heads, k, replace=False)) for _ in range(5)]
+                report(f"{k} of the {n_heads} heads (mean of 5 random subsets)",
+                       draws=[{"transform": lambda f, c=c: f[..., c]} for c in subsets])
+        report(f"all {n_heads} heads")
 
 
 if __name__ == "__main__":
