@@ -2,11 +2,11 @@
 
 1. Overhead — wall time of generation with streaming attribution (capture + worker, until the last
    event is out) vs the same `generate` call without, on the same prompts, interleaved in rounds
-   (medians per sample, then summed); also with attribution inline in the producer (no thread), to
-   show how much of the overhead is the worker thread itself.
+   (medians per sample, then summed), with each round's own overhead as the spread; also with
+   attribution inline in the producer (no thread), to show how much of the overhead is the thread.
 2. Lag — seconds from a span's last token to its event, in units of the median decode step.
-3. Cost per span on the same spans — amortized (the worker's work: weights from the captured rows,
-   pooling, estimator; the capture inside generation is what (1) measures) vs each Captum gradient
+3. Cost per span on the same spans — amortized (the worker's work: read the span's captured rows,
+   weights, pooling, estimator; the capture inside generation is what (1) measures) vs each Captum gradient
    baseline vs exhaustive ablation (K forward passes, batched as `evaluate` runs them).
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
    length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).

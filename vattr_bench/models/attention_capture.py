@@ -40,8 +40,8 @@ class VisualAttentionCapture:
 
     ``layer_of`` maps each decoder attention module to its layer index; other attention modules (the
     vision tower's) pass straight through. Rows go into float32 numpy buffers as they are computed
-    (~4 µs per layer and decode step on the CPU), so that reading a span's rows later is a slice, not a
-    gather. On a GPU that write is a device-to-host copy per layer and step (L·H·(d+1) floats) — small,
+    (about 10 µs per layer and decode step on the CPU), so that reading a span's rows later is a
+    slice, not a gather. On a GPU that write is a device-to-host copy per layer and step (L·H·(d+1) floats) — small,
     but a synchronisation; a GPU-resident buffer is the change to make when streaming on one.
     """
 
