@@ -53,17 +53,21 @@ def _timed(fn, *args, **kwargs):
     return time.perf_counter() - start, out
 
 
-def _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats: int = 5) -> tuple[float, int]:
-    """The streaming worker's cost for all spans of a trace (best of ``repeats``) and the span count."""
+def _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats: int = 5,
+                            min_total_s: float = 0.25) -> tuple[float, int]:
+    """The streaming worker's cost for all spans of a trace and the span count: the best of at least
+    ``repeats`` passes, and of as many more as fit in ``min_total_s`` (a short trace's pass takes a few
+    ms, where one scheduler hiccup would otherwise decide the number)."""
     with model.capture_visual_attention(prepared) as capture:
         model.token_logprobs(prepared, trace.token_ids)  # the rows generation would have captured
     attributor = SpanAttributor(capture, regions, estimator)
-    best = float("inf")
-    for _ in range(repeats):
+    best, total, done = float("inf"), 0.0, 0
+    while done < repeats or total < min_total_s:
         start = time.perf_counter()
         for s in trace.spans:
             attributor(s.start, s.end)
-        best = min(best, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best, total, done = min(best, elapsed), total + elapsed, done + 1
     return best, len(trace.spans)
 
 
