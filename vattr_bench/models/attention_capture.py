@@ -41,8 +41,8 @@ class VisualAttentionCapture:
     ``layer_of`` maps each decoder attention module to its layer index; other attention modules (the
     vision tower's) pass straight through. Rows go into float32 numpy buffers as they are computed
     (about 10 µs per layer and decode step on the CPU), so that reading a span's rows later is a
-    slice, not a gather. On a GPU that write is a device-to-host copy per layer and step (L·H·(d+1) floats) — small,
-    but a synchronisation; a GPU-resident buffer is the change to make when streaming on one.
+    slice, not a gather. On a GPU that write is a device-to-host copy per layer and step (L·H·(d+1)
+    floats) — small, but a synchronisation; a GPU-resident buffer is the change to make there.
     """
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
@@ -74,12 +74,8 @@ class VisualAttentionCapture:
         r0, r1 = first + lo - self.first_row, first + q_len - self.first_row
         if self._queries is None or r1 > self._queries.shape[2]:
             self._grow(r1, query.shape[1], query.shape[3])
-        try:  # float32 CPU tensors without grad: numpy views, the per-decode-step case
-            query_np, lse_np = query.numpy(), lse.numpy()
-        except (RuntimeError, TypeError):
-            query_np, lse_np = _numpy(query), _numpy(lse)
-        self._queries[layer, :, r0:r1] = query_np[0, :, lo:]
-        self._lse[layer, :, r0:r1] = lse_np[0, :, lo:]
+        self._queries[layer, :, r0:r1] = _numpy(query)[0, :, lo:]
+        self._lse[layer, :, r0:r1] = _numpy(lse)[0, :, lo:]
         if layer == self.num_layers - 1:
             self.n_rows = max(self.n_rows, r1)
 
@@ -122,12 +118,14 @@ class VisualAttentionCapture:
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A float32 CPU tensor as a numpy view (no torch op); others converted first (bf16, GPU)."""
-    if t.requires_grad:
-        t = t.detach()
-    if t.device.type == "cpu" and t.dtype == torch.float32:
-        return t.numpy()
-    return t.float().cpu().numpy()
+    """float32 numpy: a view of a float32 CPU tensor without grad — the per-decode-step case, so tried
+    first and without torch ops — else a converted copy (grad, bf16, GPU)."""
+    if t.dtype == torch.float32:
+        try:
+            return t.numpy()
+        except (RuntimeError, TypeError):  # needs grad, or not on the CPU
+            pass
+    return t.detach().float().cpu().numpy()
 
 
 def _lse_explicit(query, key, attention_mask, scale):
