@@ -46,10 +46,10 @@ class SpanAttributor:
     The same numbers as ``estimator.predict(span_region_features(...))``, in the cheaper order: the
     estimator is linear in the pooled attention, so the span's rows are averaged over its tokens, the
     weights applied per visual token (Σ_lh w_lh · mean_t a_lh,t,n) and only that (N,) vector is pooled
-    into regions. All numpy (see VisualAttentionCapture.rows), and every BLAS call is small enough for
-    OpenBLAS to keep it on one thread: a multi-threaded call leaves its threads spinning for milliseconds
-    on the cores generation needs (one 64×640 matrix-vector product before a `generate` call made it
-    ~2% slower on 2 cores)."""
+    into regions. All numpy (see VisualAttentionCapture.rows); averaging first also keeps each BLAS
+    call small enough for OpenBLAS to stay on one thread, off the cores generation uses (whether a
+    multi-threaded call would slow generation was not measurable above noise on 2 cores:
+    scripts/stream_microbench.py)."""
 
     def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
         self.capture = capture

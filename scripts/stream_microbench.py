@@ -1,0 +1,71 @@
+"""Two micro-measurements behind streaming.py's SpanAttributor (README quotes them):
+
+    python scripts/stream_microbench.py [--rounds 15]
+
+1. The streaming worker's pieces for one span of a real trace (best of 5 × 1000 calls): reading the
+   span's captured rows, turning them into weights, averaging over tokens, and the whole SpanAttributor.
+2. Whether a multi-threaded BLAS call in the worker would slow generation: one `generate` timed right
+   after nothing, after a 64×640 matrix-vector product (big enough for OpenBLAS to use its threads,
+   which then spin for a while) and after a 64×64 one (single-threaded), interleaved, medians.
+"""
+import argparse
+import statistics
+import time
+import timeit
+
+import numpy as np
+import torch
+
+from vattr_bench.benchmarks import synthetic_sample
+from vattr_bench.methods import load_method
+from vattr_bench.models import load_model
+from vattr_bench.regions import make_regions
+from vattr_bench.streaming import SpanAttributor
+
+
+def best_us(fn, n=1000):
+    fn()
+    return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=15)
+    a = p.parse_args()
+    torch.set_grad_enabled(False)
+    model = load_model("vattr-tiny")
+    sample = synthetic_sample("math", 0, "test")
+    prepared = model.prepare(sample.image, sample.prompt)
+    regions, _ = make_regions("feature-ward", model, prepared, k=16)
+    estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
+    with model.capture_visual_attention(prepared) as capture:
+        trace = model.trace_from_ids(prepared, model.generate_ids(prepared, 128))
+    span = trace.spans[1]
+    attributor = SpanAttributor(capture, regions, estimator)
+    queries, lse = capture.rows(span.start, span.end)
+    weights = capture.weights(queries, lse)
+    L, H, n, N = weights.shape
+    print(f"| worker step, one span of {n} tokens | µs |\n|---|---|")
+    print(f"| read rows | {best_us(lambda: capture.rows(span.start, span.end)):.1f} |")
+    print(f"| weights | {best_us(lambda: capture.weights(queries, lse)):.1f} |")
+    print(f"| mean over tokens | {best_us(lambda: weights.reshape(L * H, n, N).mean(1, dtype=np.float64)):.1f} |")
+    print(f"| whole SpanAttributor | {best_us(lambda: attributor(span.start, span.end)):.1f} |")
+
+    w, big, small = np.random.rand(64), np.random.rand(64, 640), np.random.rand(64, 64)
+    before = {"nothing": lambda: None, "64×640 gemv": lambda: w @ big, "64×64 gemv": lambda: w @ small}
+    model.generate_ids(prepared, 128)
+    seconds = {k: [] for k in before}
+    for _ in range(a.rounds):
+        for name, call in before.items():
+            call()
+            start = time.perf_counter()
+            model.generate_ids(prepared, 128)
+            seconds[name].append(time.perf_counter() - start)
+    base = statistics.median(seconds["nothing"])
+    print("\n| right before generate | generate (median) | vs nothing |\n|---|---|---|")
+    for name, xs in seconds.items():
+        print(f"| {name} | {statistics.median(xs) * 1e3:.1f} ms | {100 * (statistics.median(xs) / base - 1):+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
