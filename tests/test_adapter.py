@@ -151,7 +151,7 @@ def test_capture_rows_are_trace_tokens_while_generating_and_teacher_forced(model
         ids = model.generate_ids(prepared, max_new_tokens=6)
     with model.capture_visual_attention(prepared) as forced:
         model.token_logprobs(prepared, ids)
-    monkeypatch.setattr(VisualAttentionCapture, "INITIAL_ROWS", 1)  # grows at every other decode step
+    monkeypatch.setattr(VisualAttentionCapture, "INITIAL_ROWS", 1)  # grows for the prefill's row, then the steps
     with model.capture_visual_attention(prepared) as grown:
         model.generate_ids(prepared, max_new_tokens=6)
     assert forced.n_rows == len(ids) + 1 and generated.n_rows == grown.n_rows >= len(ids)
@@ -201,3 +201,40 @@ def test_visual_embeddings_round_trip(model, image):
     np.testing.assert_allclose(logp.detach().numpy(), np.tile(model.token_logprobs(prepared, trace), (2, 1)), atol=1e-5)
     logp.sum().backward()
     assert batch.grad.abs().sum() > 0
+
+
+def test_capture_flush_writes_decode_runs_and_single_calls_alike():
+    """`record` only keeps references; `flush` writes runs of decode steps in one go and any other call on
+    its own. Rows: a prompt pass, decode steps, a gap in positions, a step whose layers came out of order."""
+    from vattr_bench.models.attention_capture import VisualAttentionCapture
+
+    L, H, d, P = 2, 3, 4, 5
+    capture = VisualAttentionCapture({i: i for i in range(L)}, np.arange(2), first_row=P - 1)  # keys: module ids
+    rng = torch.Generator().manual_seed(0)
+    expected = {}  # row -> (L, H, d) queries
+
+    def call(layer, kv_len, q_len):
+        query, lse = torch.randn(1, H, q_len, d, generator=rng), torch.randn(1, H, q_len, generator=rng)
+        capture.record(layer, query, torch.randn(1, H, kv_len, d, generator=rng), lse, 0.5)
+        for j in range(q_len):
+            row = kv_len - q_len + j - (P - 1)
+            if row >= 0:
+                expected.setdefault(row, np.zeros((L, H, d), np.float32))[layer] = query[0, :, j].numpy()
+
+    for layer in range(L):
+        call(layer, P, P)  # the prompt: only its last query is a row
+    for step in range(3):
+        for layer in range(L):
+            call(layer, P + 1 + step, 1)
+    assert capture.n_rows == 0  # nothing is visible before a flush
+    capture.flush()
+    assert capture.n_rows == 4
+    for layer in range(L):
+        call(layer, P + 6, 1)  # a gap: rows 4 and 5 never written, row 6 is
+    for layer in reversed(range(L)):
+        call(layer, P + 7, 1)
+    capture.flush()
+    queries, lse = capture.rows(0, 8)
+    assert capture.n_rows == 8 and lse.shape == (L, H, 8)
+    for row, want in expected.items():
+        np.testing.assert_array_equal(queries[:, :, row], want)

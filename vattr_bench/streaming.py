@@ -4,9 +4,10 @@ worker, and an event per span comes out while the model is still writing the nex
 The producer is the model's own `generate` (greedy, KV cache) in the caller's thread, run with the fast
 attention capture (models/attention_capture.py) and a transformers streamer. The capture keeps, per
 forward call, each decoder layer's new query row and its log-sum-exp — no weights yet, nothing that grows
-with the context. Per token the streamer only runs the span splitter; when a span closes, its rows go
-on a queue and the worker turns them into attention weights to the visual tokens, pools them into
-features, applies the estimator and emits a `SpanEvent`.
+with the context. Per token the streamer only runs the span splitter; when a span closes, it flushes the
+span's rows into the capture's buffers and puts the span on a queue, and the worker turns its rows into
+attention weights to the visual tokens, pools them into features, applies the estimator and emits a
+`SpanEvent`.
 """
 from __future__ import annotations
 
@@ -70,8 +71,8 @@ class SpanAttributor:
 class _SpanStreamer(BaseStreamer):
     """transformers streamer: feeds each generated token to the span splitter and hands every closed
     span to ``sink`` (the worker's queue). Per token it only splits: capture row t is the query that
-    predicted token t, so a span's rows are the capture's rows [start, end), which the worker reads once
-    the span has closed."""
+    predicted token t, so a span's rows are the capture's rows [start, end), flushed here (a torch op,
+    so in the producer's thread) when the span closes and read by the worker after."""
 
     def __init__(self, model, capture, sink: Callable, progress: dict):
         self.capture, self.sink, self.progress, self.eos_ids = capture, sink, progress, model.eos_ids
@@ -102,6 +103,7 @@ class _SpanStreamer(BaseStreamer):
         self.progress["tokens"] = self.n_tokens
         span = self.splitter.feed(token)
         if span is not None:
+            self.capture.flush()
             if self.capture.n_rows != self.n_tokens:
                 raise RuntimeError(f"streaming expects one captured row per generated token; got {self.capture.n_rows} "
                                    f"rows for {self.n_tokens} tokens (batched or assisted decoding?)")
@@ -110,6 +112,7 @@ class _SpanStreamer(BaseStreamer):
     def end(self) -> None:
         span = self.splitter.finish()
         if span is not None:
+            self.capture.flush()
             self._hand_over(span)
 
     def _hand_over(self, span: Span) -> None:

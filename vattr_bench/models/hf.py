@@ -222,6 +222,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 yield capture
         finally:
             decoder.set_attn_implementation(previous)
+            capture.flush()  # rows recorded before an error are kept too
 
     def _attentions(self, prepared, trace_ids):
         with self._eager_attention():
