@@ -53,22 +53,26 @@ def _timed(fn, *args, **kwargs):
     return time.perf_counter() - start, out
 
 
-def _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats: int = 5,
-                            min_total_s: float = 0.25) -> tuple[float, int]:
-    """The streaming worker's cost for all spans of a trace and the span count: the best of at least
-    ``repeats`` passes, and of as many more as fit in ``min_total_s`` (a short trace's pass takes a few
-    ms, where one scheduler hiccup would otherwise decide the number)."""
+def _span_pass(model, prepared, trace, regions, estimator):
+    """The streaming worker's work for every span of ``trace``, as a callable; the rows it reads are
+    captured first by a teacher-forced pass (the rows generation would have captured)."""
     with model.capture_visual_attention(prepared) as capture:
-        model.token_logprobs(prepared, trace.token_ids)  # the rows generation would have captured
+        model.token_logprobs(prepared, trace.token_ids)
     attributor = SpanAttributor(capture, regions, estimator)
-    best, total, done = float("inf"), 0.0, 0
-    while done < repeats or total < min_total_s:
-        start = time.perf_counter()
-        for s in trace.spans:
-            attributor(s.start, s.end)
-        elapsed = time.perf_counter() - start
-        best, total, done = min(best, elapsed), total + elapsed, done + 1
-    return best, len(trace.spans)
+    return lambda: [attributor(s.start, s.end) for s in trace.spans]
+
+
+def _best_seconds(passes: dict, rounds: int = 5, min_total_s: float = 0.25) -> dict:
+    """Each pass's best time, timed in interleaved rounds: at least ``rounds``, and as many more as fit in
+    ``min_total_s``. A short pass takes a few ms, where one scheduler hiccup would otherwise decide the
+    number, and interleaving makes a slow spell of the machine hit every pass alike, not one of them."""
+    best, total, done = dict.fromkeys(passes, float("inf")), 0.0, 0
+    while done < rounds or total < min_total_s:
+        for key, run in passes.items():
+            elapsed = _timed(run)[0]
+            best[key], total = min(best[key], elapsed), total + elapsed
+        done += 1
+    return best
 
 
 def prepare_items(model, cfg: PerfConfig) -> list:
@@ -135,9 +139,8 @@ def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_MET
         trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
         if not trace.spans:
             continue
-        elapsed, n = _amortized_span_seconds(model, prepared, trace, regions, estimator)
-        per_span["amortized"] += elapsed
-        n_spans += n
+        per_span["amortized"] += _best_seconds({"amortized": _span_pass(model, prepared, trace, regions, estimator)})["amortized"]
+        n_spans += len(trace.spans)
         per_span["ablation"] += _timed(single_region_effects, model, prepared, trace, regions, cfg.ablation)[0]
         ctx = AttributionContext(model, s, prepared, trace, regions, cfg.ablation, cfg.seed)
         for method in methods:
@@ -157,15 +160,20 @@ def per_token_cost(model, items, estimator, cfg: PerfConfig) -> dict[str, dict[i
         raise ValueError(f"the model wrote no thinking sentence to repeat into long traces (trace: {base.text!r})")
     # the thinking sentences repeated to length (repeating the answer would make one giant answer span)
     prefix, body = base.token_ids[:thinking[0].start], base.token_ids[thinking[0].start:thinking[-1].end]
-    per_token: dict[str, dict[int, float]] = {"amortized": {}, **{m.name: {} for m in GRADIENT_METHODS}}
-    for length in tqdm(cfg.lengths, desc="trace lengths"):
+    traces = {}
+    for length in cfg.lengths:
         ids = (prefix + body * (length // len(body) + 1))[:length]
-        spans = split_spans(ids, model.decode)
-        trace = Trace(ids, model.decode(ids), spans, np.zeros(len(ids)), "")
-        elapsed, _ = _amortized_span_seconds(model, prepared, trace, regions, estimator, repeats=7)
-        per_token["amortized"][length] = elapsed / sum(sp.end - sp.start for sp in spans)
+        traces[length] = Trace(ids, model.decode(ids), split_spans(ids, model.decode), np.zeros(len(ids)), "")
+    # amortized: every length's pass timed in the same interleaved rounds, so the ratio compares like with like
+    best = _best_seconds({n: _span_pass(model, prepared, t, regions, estimator) for n, t in traces.items()},
+                         rounds=15, min_total_s=3.0)
+    per_token: dict[str, dict[int, float]] = {
+        "amortized": {n: best[n] / sum(sp.end - sp.start for sp in t.spans) for n, t in traces.items()},
+        **{m.name: {} for m in GRADIENT_METHODS}}
+    for length, trace in tqdm(traces.items(), desc="trace lengths (gradients)"):
+        spans = trace.spans
         picked = [spans[i] for i in np.linspace(0, len(spans) - 1, cfg.gradient_spans).round().astype(int)]
-        sub = Trace(ids, trace.text, picked, trace.logprobs, "")
+        sub = Trace(trace.token_ids, trace.text, picked, trace.logprobs, "")
         ctx = AttributionContext(model, s, prepared, sub, regions, cfg.ablation, cfg.seed)
         for method in GRADIENT_METHODS:
             elapsed = _timed(method().attribute, ctx)[0]
