@@ -6,7 +6,8 @@
 Collects, once, the per-token attention rows and the ablation ground truth of n samples (the same
 samples, traces, regions and masks `vattr-bench train-estimator --n-train n` uses), holds out 20% the
 same way, then prints held-out r2 / LDS for: each training target; the estimator fitted on the held-out
-samples themselves (the linear map's capacity on these features); pooling variants; feature transforms;
+samples themselves (the linear map's capacity on these features); pooling variants (one of them each
+visual token's attention weighted by its value norm ‖W_O^h v_n‖); feature transforms;
 and the estimator restricted to random subsets of the L·H heads (how r2 moves with the estimator's
 capacity — the model's head count is the lever `train-model --num-heads` exposes).
 
@@ -15,6 +16,7 @@ capacity — the model's head count is the lever `train-model --num-heads` expos
 import argparse
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from vattr_bench.amortized.estimator import train_estimator
@@ -24,12 +26,30 @@ from vattr_bench.models import load_model
 from vattr_bench.regions import ground_truth, make_regions
 
 
-def pooled(attention, spans, token_matrix, variant):
+@torch.no_grad()
+def value_norms(model, prepared, trace_ids):
+    """(L, H, N): how far head h of layer l moves the residual stream per unit of attention to visual
+    token n, ‖W_O^h v_n‖ (Kobayashi et al. 2020, "Attention is not only a weight"). Llama-style decoders."""
+    hidden = model._forward(prepared, list(trace_ids), output_hidden_states=True).hidden_states
+    vis = torch.as_tensor(prepared.visual_positions)
+    norms = []
+    for layer, states in zip(model.model.model.language_model.layers, hidden):
+        attn = layer.self_attn
+        v = attn.v_proj(layer.input_layernorm(states[0, vis]))  # (N, H_kv·d)
+        v = v.view(len(vis), -1, attn.head_dim).repeat_interleave(model.num_heads * attn.head_dim // v.shape[-1], dim=1)
+        w_o = attn.o_proj.weight.view(-1, model.num_heads, attn.head_dim)  # (hidden, H, d)
+        norms.append(torch.einsum("nhd,ohd->hno", v, w_o).norm(dim=-1))  # (H, N)
+    return torch.stack(norms).float().numpy()
+
+
+def pooled(attention, spans, token_matrix, variant, vnorm=None):
     """(S, K, L·H) features under a pooling variant; "mean" is the shipped one (span_region_features)."""
     per_span = []
     for s in spans:
         a = attention[:, :, s.start:s.end].astype(np.float64)  # (L, H, n, N)
-        if variant == "max":  # max over the span's tokens instead of the mean
+        if variant == "value-weighted":  # each visual token's attention times its value norm
+            per_span.append(a.mean(2) * vnorm)
+        elif variant == "max":  # max over the span's tokens instead of the mean
             per_span.append(a.max(2))
         elif variant == "visual-mass":  # tokens weighted by how much each head looks at the image there
             w = a.sum(-1, keepdims=True)
@@ -55,7 +75,7 @@ def main():
     probes = {"targets", "capacity", "pooling", "transforms", "heads"} if a.probes == "all" else set(a.probes.split(","))
     model = load_model(a.model)
     families = resolve_families("all")
-    variants = ("mean", "max", "visual-mass", "no-last-token")
+    variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted")
     examples = []
     for family in families:
         for i in tqdm(range(a.n // len(families)), desc=f"collect {family}"):
@@ -69,7 +89,8 @@ def main():
             attention = model.attention_to_visual(prepared, trace.token_ids)
             ex = {"family": family, "masks": truth.masks, "subset_effects": truth.subset_effects,
                   "single_effects": truth.effects}
-            ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v) for v in variants})
+            vnorm = value_norms(model, prepared, trace.token_ids)
+            ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm) for v in variants})
             examples.append(ex)
     train, held = split_heldout(examples, 0.2, 0)
 
