@@ -16,7 +16,6 @@ capacity — the model's head count is the lever `train-model --num-heads` expos
 import argparse
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from vattr_bench.amortized.estimator import train_estimator
@@ -24,22 +23,6 @@ from vattr_bench.amortized.train import heldout_scores, split_heldout
 from vattr_bench.benchmarks import resolve_families, synthetic_sample
 from vattr_bench.models import load_model
 from vattr_bench.regions import ground_truth, make_regions
-
-
-@torch.no_grad()
-def value_norms(model, prepared, trace_ids):
-    """(L, H, N): how far head h of layer l moves the residual stream per unit of attention to visual
-    token n, ‖W_O^h v_n‖ (Kobayashi et al. 2020, "Attention is not only a weight"). Llama-style decoders."""
-    hidden = model._forward(prepared, list(trace_ids), output_hidden_states=True).hidden_states
-    vis = torch.as_tensor(prepared.visual_positions)
-    norms = []
-    for layer, states in zip(model.model.model.language_model.layers, hidden):
-        attn = layer.self_attn
-        v = attn.v_proj(layer.input_layernorm(states[0, vis]))  # (N, H_kv·d)
-        v = v.view(len(vis), -1, attn.head_dim).repeat_interleave(model.num_heads * attn.head_dim // v.shape[-1], dim=1)
-        w_o = attn.o_proj.weight.view(-1, model.num_heads, attn.head_dim)  # (hidden, H, d)
-        norms.append(torch.einsum("nhd,ohd->hno", v, w_o).norm(dim=-1))  # (H, N)
-    return torch.stack(norms).float().numpy()
 
 
 def pooled(attention, spans, token_matrix, variant, vnorm=None):
@@ -89,7 +72,7 @@ def main():
             attention = model.attention_to_visual(prepared, trace.token_ids)
             ex = {"family": family, "masks": truth.masks, "subset_effects": truth.subset_effects,
                   "single_effects": truth.effects}
-            vnorm = value_norms(model, prepared, trace.token_ids)
+            vnorm = model.visual_value_norms(prepared)
             ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm) for v in variants})
             examples.append(ex)
     train, held = split_heldout(examples, 0.2, 0)

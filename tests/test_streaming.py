@@ -9,6 +9,7 @@ from vattr_bench.amortized import LinearEstimator, span_region_features
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.cli import main
 from vattr_bench.methods import AttributionContext, load_method
+from vattr_bench.methods.amortized import Amortized
 from vattr_bench.regions import make_regions
 from vattr_bench.streaming import stream_attributions
 
@@ -50,12 +51,63 @@ def test_stream_on_the_paper_architectures_equals_offline(arch):
     rng = np.random.default_rng(0)
     trace = model.generate(prepared, max_new_tokens=10)
     eager = model.attention_to_visual(prepared, trace.token_ids, eager=True)
-    for pool in ("sum", "mean"):
-        estimator = LinearEstimator(rng.normal(size=model.num_layers * model.num_heads), 0.3, {"region_pool": pool})
+    value_norms = value_norms_the_long_way(model, prepared)
+    for pool, features in (("sum", "attention"), ("mean", "attention"), ("sum", "value-weighted")):
+        estimator = LinearEstimator(rng.normal(size=model.num_layers * model.num_heads), 0.3,
+                                    {"region_pool": pool, "features": features})
         events = stream_attributions(model, prepared, regions, estimator, max_new_tokens=10)
         assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
-        offline = estimator.predict(span_region_features(eager, trace.spans, regions.token_matrix, pool))
+        offline = estimator.predict(span_region_features(eager, trace.spans, regions.token_matrix, pool,
+                                                         value_norms if features == "value-weighted" else None))
         np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def value_norms_the_long_way(model, prepared):
+    """Reference ‖W_O^h v_n‖: each layer's v_proj output (read by a hook in a plain forward, no capture),
+    per head through its block of o_proj, every hidden dimension (no Gram matrices). A hook rather than
+    the hidden states: Qwen3-VL adds visual features to the stream after early layers (deepstack)."""
+    layers = model.model.model.language_model.layers
+    values = {}
+    hooks = [layer.self_attn.v_proj.register_forward_hook(lambda m, i, out, l=l: values.setdefault(l, out[0]))
+             for l, layer in enumerate(layers)]
+    try:
+        model._forward(prepared, [])
+    finally:
+        for h in hooks:
+            h.remove()
+    vis = torch.as_tensor(prepared.visual_positions)
+    norms = []
+    for l, layer in enumerate(layers):
+        attn = layer.self_attn
+        v = values[l][vis].view(len(vis), -1, attn.head_dim)  # (N, H_kv, d)
+        v = v.repeat_interleave(model.num_heads // v.shape[1], dim=1)
+        w_o = attn.o_proj.weight.view(-1, model.num_heads, attn.head_dim)  # (hidden, H, d)
+        norms.append(torch.stack([(v[:, h] @ w_o[:, h].T).norm(dim=-1) for h in range(model.num_heads)]))
+    return torch.stack(norms).numpy()
+
+
+def test_value_weighted_amortized_streams_what_it_scores_offline(tiny, tmp_path):
+    """An estimator trained on value-weighted features: the adapter's value norms equal the long-way
+    reference, and the streamed scores equal the offline `amortized` method's."""
+    s = synthetic_sample("general", 3)
+    prepared = tiny.prepare(s.image, s.prompt)
+    np.testing.assert_allclose(tiny.visual_value_norms(prepared), value_norms_the_long_way(tiny, prepared),
+                               rtol=1e-4, atol=1e-5)
+    regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
+    shipped = load_method("amortized").load_for(tiny, "feature-ward", "knockout")
+    weighted = LinearEstimator(shipped.weights, 0.0, dict(shipped.meta, features="value-weighted"))
+    weighted.save(tmp_path / "weighted.json")
+    trace = tiny.generate(prepared, max_new_tokens=128)
+    ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
+    offline = Amortized(str(tmp_path / "weighted.json")).attribute(ctx)
+    events = stream_attributions(tiny, prepared, regions, weighted, max_new_tokens=128)
+    np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(offline, load_method("amortized").attribute(ctx))  # the weighting did something
+    unknown = LinearEstimator(shipped.weights, 0.0, dict(shipped.meta, features="gradients"))
+    unknown.save(tmp_path / "unknown.json")
+    with pytest.raises(ValueError, match="features 'gradients' unknown"):
+        LinearEstimator.load(tmp_path / "unknown.json")
 
 
 def test_stream_with_an_estimator_of_another_model_says_so(tiny):

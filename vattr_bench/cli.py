@@ -106,7 +106,7 @@ def _cmd_train_estimator(args) -> int:
     model = load_model(args.model)
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
-        targets=args.targets, transfer=args.transfer)
+        targets=args.targets, transfer=args.transfer, features=args.features)
     return 0
 
 
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--ablation", default="knockout")
     te.add_argument("--n-subsets", type=int, default=32)
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
+    te.add_argument("--features", default="attention", choices=["attention", "value-weighted"],
+                    help="pooled attention, or attention times each visual token's value norm ‖W_O^h v_n‖")
     te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
     te.add_argument("--transfer", action="store_true",

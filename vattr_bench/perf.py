@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .amortized import uses_value_norms
 from .benchmarks import resolve_families, synthetic_sample
 from .methods import AttributionContext, load_method
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
@@ -56,7 +57,7 @@ def _timed(fn, *args, **kwargs):
 def _span_pass(model, prepared, trace, regions, estimator):
     """The streaming worker's work for every span of ``trace``, as a callable; the rows it reads are
     captured first by a teacher-forced pass (the rows generation would have captured)."""
-    with model.capture_visual_attention(prepared) as capture:
+    with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
         model.token_logprobs(prepared, trace.token_ids)
     attributor = SpanAttributor(capture, regions, estimator)
     return lambda: [attributor(s.start, s.end) for s in trace.spans]

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from transformers.generation.streamers import BaseStreamer
 
-from .amortized import LinearEstimator, region_pool_matrix
+from .amortized import LinearEstimator, region_pool_matrix, uses_value_norms
 from .models.spans import SpanSplitter
 from .types import Regions, Span
 
@@ -57,6 +57,8 @@ class SpanAttributor:
         self.weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
         self.bias = estimator.bias
         self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
+        self.value_weighted = uses_value_norms(estimator.meta)
+        self._value_norms = None  # (L·H, N), read from the capture at the first span (the prompt has run by then)
 
     def __call__(self, start: int, end: int) -> np.ndarray:
         """(K,) scores of the span of trace tokens [start, end)."""
@@ -65,6 +67,10 @@ class SpanAttributor:
         if L * H != len(self.weights):
             raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
         pooled = rows.reshape(L * H, n, N).mean(1, dtype=np.float64)  # (L·H, N)
+        if self.value_weighted:
+            if self._value_norms is None:
+                self._value_norms = self.capture.value_norms.reshape(L * H, N)
+            pooled *= self._value_norms
         return self.pool @ (self.weights @ pooled) + self.bias
 
 
@@ -160,7 +166,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
     if thread is not None:
         thread.start()
     try:
-        with model.capture_visual_attention(prepared) as capture:
+        with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
             attributor = SpanAttributor(capture, regions, estimator)
             sink = work.put if thread is not None else attribute
             model.generate_ids(prepared, max_new_tokens, streamer=_SpanStreamer(model, capture, sink, progress))

@@ -8,7 +8,7 @@ for the saved format's sake (and is 0).
 
 Saved format (JSON, documented in README): {"format": "vattr-bench/linear-estimator", "version": 1,
 "weights": [L·H floats, layer-major], "bias": float, "meta": {model, num_layers, num_heads, regions, k,
-ablation, region_pool, n_train, seed, heldout}}.
+ablation, region_pool, features, n_train, seed, heldout}}; ``features`` is "attention" where absent.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .features import feature_kind
 
 FORMAT = "vattr-bench/linear-estimator"
 # what a model/protocol must match for an estimator to apply to it
@@ -49,6 +51,7 @@ class LinearEstimator:
         if payload.get("format") != FORMAT:
             raise ValueError(f"{path} is not a vattr-bench linear estimator")
         est = cls(np.asarray(payload["weights"], dtype=np.float64), float(payload["bias"]), payload["meta"])
+        feature_kind(est.meta)  # a kind this version cannot compute fails here, not mid-run
         if expect:
             wrong = {k: (est.meta.get(k), v) for k, v in expect.items() if k in MATCH_KEYS and est.meta.get(k) != v}
             if wrong:

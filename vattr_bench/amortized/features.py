@@ -4,12 +4,30 @@ for every layer and head.
 Pooling is explicit: over the span's tokens always the **mean** (spans differ in length); over the
 region's tokens the **sum** by default (AT2: a source's attention mass, so bigger regions can matter
 more) or the mean (``region_pool="mean"``).
+
+``features="value-weighted"`` multiplies each head's attention to visual token n by ‖W_O^h v_n‖, how
+much that head writes into the residual stream from n per unit of attention (Kobayashi et al. 2020):
+still L·H features, the same estimator, one multiply more per span.
 """
 from __future__ import annotations
 
 import numpy as np
 
 REGION_POOLS = ("sum", "mean")
+FEATURES = ("attention", "value-weighted")
+
+
+def feature_kind(meta: dict) -> str:
+    """The features an estimator was trained on (files written before the option say "attention")."""
+    kind = meta.get("features", "attention")
+    if kind not in FEATURES:
+        raise ValueError(f"estimator features {kind!r} unknown to this version; known: {FEATURES}")
+    return kind
+
+
+def uses_value_norms(meta: dict) -> bool:
+    """Whether an estimator's features need ‖W_O^h v_n‖ of the visual tokens."""
+    return feature_kind(meta) == "value-weighted"
 
 
 def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:
@@ -21,11 +39,15 @@ def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np
     return pool / pool.sum(1, keepdims=True) if region_pool == "mean" else pool
 
 
-def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:
-    """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H)."""
+def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum",
+                         value_norms: np.ndarray | None = None) -> np.ndarray:
+    """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H); with ``value_norms``
+    (L, H, N), the value-weighted features."""
     L, H = attention.shape[:2]
     pool = region_pool_matrix(token_matrix, region_pool)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative
     per_span = np.stack([attention[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, N)
+    if value_norms is not None:
+        per_span = per_span * value_norms
     feats = np.einsum("slhn,kn->sklh", per_span, pool)  # (S, K, L, H)
     return feats.reshape(len(spans), pool.shape[0], L * H)

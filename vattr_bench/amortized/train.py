@@ -9,16 +9,19 @@ from ..benchmarks import resolve_families, synthetic_sample
 from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
 from .estimator import LinearEstimator, train_estimator
-from .features import span_region_features
+from .features import feature_kind, span_region_features, uses_value_norms
 
 
-def collect_example(model, sample, regions: str, k: int, ablation: str, n_subsets: int, seed: int, region_pool: str) -> dict | None:
+def collect_example(model, sample, regions: str, k: int, ablation: str, n_subsets: int, seed: int, region_pool: str,
+                    features: str = "attention") -> dict | None:
     prepared = model.prepare(sample.image, sample.prompt)
     trace = model.generate(prepared, max_new_tokens=128)
     if not trace.spans:
         return None
     reg, _ = make_regions(regions, model, prepared, k=k, sample=sample)
-    feats = span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, reg.token_matrix, region_pool)
+    value_norms = model.visual_value_norms(prepared) if uses_value_norms({"features": features}) else None
+    feats = span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, reg.token_matrix,
+                                 region_pool, value_norms)
     truth = ground_truth(model, prepared, trace, reg, ablation, n_subsets, seed)
     return {"family": sample.family, "features": feats, "masks": truth.masks, "subset_effects": truth.subset_effects,
             "single_effects": truth.effects}
@@ -37,12 +40,12 @@ def heldout_scores(weights: np.ndarray, examples: list[dict]) -> dict:
 
 
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
-                     n_subsets=32, region_pool="sum") -> list[dict]:
+                     n_subsets=32, region_pool="sum", features="attention") -> list[dict]:
     examples = []
     for family in families:
         for i in tqdm(range(per_family), desc=f"collect {family}", unit="sample"):
             ex = collect_example(model, synthetic_sample(family, i, "estimator", seed), regions, k, ablation,
-                                 n_subsets, seed + i, region_pool)
+                                 n_subsets, seed + i, region_pool, features)
             if ex is not None:
                 examples.append(ex)
     return examples
@@ -83,19 +86,20 @@ def format_transfer(table: dict) -> str:
 
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
-        transfer=False, log=print) -> LinearEstimator:
+        transfer=False, features="attention", log=print) -> LinearEstimator:
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
+    feature_kind({"features": features})  # an unknown kind fails before the long collection
     examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
-                                n_subsets, region_pool)
+                                n_subsets, region_pool, features)
     train, held = split_heldout(examples, heldout_fraction, seed)
     weights = train_estimator(train, seed=seed, targets=targets)
     scores = heldout_scores(weights, held)
     log(f"held-out ({len(held)} samples, {scores['n_spans']} spans): r2 {scores['r2']:.3f}  "
         f"pearson {scores['pearson']:.3f}  lds {scores['lds']:.3f}")
     meta = {"model": model_name, "num_layers": model.num_layers, "num_heads": model.num_heads, "regions": regions,
-            "k": k, "ablation": ablation, "region_pool": region_pool, "targets": targets, "n_train": len(train),
+            "k": k, "ablation": ablation, "region_pool": region_pool, "features": features, "targets": targets, "n_train": len(train),
             "n_heldout": len(held), "split": "estimator", "seed": seed, "n_subsets": n_subsets,
             "benchmarks": families, "heldout": scores}
     if transfer:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..amortized import LinearEstimator, span_region_features
+from ..amortized import LinearEstimator, span_region_features, uses_value_norms
 from .base import AttributionContext, AttributionMethod
 
 SHIPPED = {"vattr-tiny": Path(__file__).parents[1] / "amortized" / "vattr-tiny.estimator.json"}
@@ -41,6 +41,9 @@ class Amortized(AttributionMethod):
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
         est = self.estimator_for(ctx)
+        value_norms = None
+        if uses_value_norms(est.meta):
+            value_norms = ctx.cached("visual_value_norms", lambda: ctx.model.visual_value_norms(ctx.prepared))
         feats = span_region_features(ctx.attention_to_visual(), ctx.trace.spans, ctx.regions.token_matrix,
-                                     est.meta.get("region_pool", "sum"))
+                                     est.meta.get("region_pool", "sum"), value_norms)
         return est.predict(feats)

@@ -52,11 +52,18 @@ class VisionLanguageModel(ABC):
         new token as it is chosen (the transformers streamer protocol). Streaming builds on it."""
         raise NotImplementedError(f"{type(self).__name__} cannot stream generation")
 
-    def capture_visual_attention(self, prepared: PreparedInput, first_row: int | None = None):
+    def capture_visual_attention(self, prepared: PreparedInput, first_row: int | None = None, value_norms: bool = False):
         """Context manager yielding a VisualAttentionCapture that records, during any forward inside it,
         each query row at position ≥ first_row (default: the one predicting trace token 0) to the
-        visual tokens — the attention features without the eager kernel (models/attention_capture.py)."""
+        visual tokens — the attention features without the eager kernel (models/attention_capture.py);
+        with ``value_norms``, also ‖W_O^h v_n‖ of the visual tokens."""
         raise NotImplementedError(f"{type(self).__name__} cannot capture attention")
+
+    def visual_value_norms(self, prepared: PreparedInput) -> np.ndarray:
+        """(L, H, N) ‖W_O^h v_n‖: how much each head writes per unit of attention to each visual token
+        (the value-weighted amortized features)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no value norms; use an estimator trained "
+                                  "with --features attention")
 
     @abstractmethod
     def token_logprobs(self, prepared: PreparedInput, trace_ids, image: Image.Image | None = None,

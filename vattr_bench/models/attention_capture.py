@@ -19,6 +19,7 @@ capture active it is plain sdpa. Assumes batch 1 with no padding, which is how t
 """
 from __future__ import annotations
 
+import weakref
 from contextvars import ContextVar
 
 import numpy as np
@@ -50,7 +51,9 @@ class VisualAttentionCapture:
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
 
-    def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int):
+    def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int, value_norms: bool = False):
+        """``value_norms``: also keep, per layer, ‖W_O^h v_n‖ of every head and visual token (the value-weighted
+        features' factor; see `visual_value_norms`)."""
         self.layer_of = layer_of
         self.num_layers = len(layer_of)
         self.visual_positions = torch.as_tensor(np.asarray(visual_positions), dtype=torch.long)
@@ -62,14 +65,18 @@ class VisualAttentionCapture:
         self.n_rows = 0  # rows flushed in every layer so far
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, key length, query, lse)
         self._keys_t: np.ndarray | None = None
+        self._value_norms: list[np.ndarray | None] | None = [None] * self.num_layers if value_norms else None
 
     # -- called from inside the attention backend --------------------------------------------------
-    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float) -> None:
-        if self.visual_keys[layer] is None:
+    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float,
+               module=None, value: torch.Tensor | None = None) -> None:
+        if self.visual_keys[layer] is None:  # the layer's first call: the prompt, visual tokens included
             groups = query.shape[1] // key.shape[1]
             vis = self.visual_positions.to(key.device)
             self.visual_keys[layer] = repeat_kv(key[:, :, vis], groups)[0].detach()
             self.scale[layer] = scale
+            if self._value_norms is not None:
+                self._value_norms[layer] = visual_value_norms(module, repeat_kv(value[:, :, vis], groups)[0])
         self._pending.append((layer, key.shape[2], query, lse))
 
     def flush(self) -> None:
@@ -140,9 +147,38 @@ class VisualAttentionCapture:
         scores -= lse[..., None]
         return np.exp(scores, out=scores)
 
+    @property
+    def value_norms(self) -> np.ndarray:
+        """(L, H, N) ‖W_O^h v_n‖, once the prompt has been through every layer."""
+        if self._value_norms is None or any(v is None for v in self._value_norms):
+            raise RuntimeError("no value norms: open the capture with value_norms=True and run the prompt through it")
+        return np.stack(self._value_norms)
+
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
         return self.weights(*self.rows(0, n_rows))
+
+
+_O_GRAMS: "weakref.WeakKeyDictionary[torch.nn.Module, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def visual_value_norms(module, values: torch.Tensor) -> np.ndarray:
+    """(H, N) ‖W_O^h v_n‖ for one layer's (H, N, d) visual value vectors: how much head h writes into the
+    residual stream per unit of attention to token n (Kobayashi et al. 2020, "Attention is not only a
+    weight"). Through the Gram matrices W_O^hᵀ W_O^h (cached per module), so a big model pays H·N·d² per
+    layer and stream, not H·N·d·hidden."""
+    o_proj = getattr(module, "o_proj", None)
+    if o_proj is None:
+        raise ValueError(f"value-weighted features need the attention output projection `o_proj`; "
+                         f"{type(module).__name__} has none (use an estimator trained with --features attention)")
+    H, _, d = values.shape
+    if module not in _O_GRAMS:
+        w_o = o_proj.weight.float().reshape(-1, H, d)  # (hidden, H, d): o_proj reads the heads concatenated
+        _O_GRAMS[module] = torch.einsum("ohd,ohe->hde", w_o, w_o)
+    v = values.float()
+    squared = torch.einsum("hnd,hde,hne->hn", v, _O_GRAMS[module], v)
+    return _numpy(squared.clamp_min(0).sqrt())
 
 
 def _decode_steps(pending: list, i: int, num_layers: int) -> int:
@@ -209,7 +245,7 @@ def capturing_attention(module, query, key, value, attention_mask, dropout: floa
     else:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         lse = _lse_explicit(query, key, attention_mask, scale)
-    capture.record(layer, query, key, lse, scale)
+    capture.record(layer, query, key, lse, scale, module, value)
     return out, None
 
 

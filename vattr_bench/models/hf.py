@@ -206,14 +206,15 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 self.model.set_attn_implementation(previous)
 
     @contextmanager
-    def capture_visual_attention(self, prepared, first_row: int | None = None):
+    def capture_visual_attention(self, prepared, first_row: int | None = None, value_norms: bool = False):
         """While active, every forward of this model records each decoder query row at position ≥
         ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
-        visual keys once; see attention_capture. Yields the VisualAttentionCapture."""
+        visual keys once (and, with ``value_norms``, ‖W_O^h v_n‖ of the visual tokens); see
+        attention_capture. Yields the VisualAttentionCapture."""
         decoder = self.model.model.language_model
         layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
-                                         prepared.prompt_length - 1 if first_row is None else first_row)
+                                         prepared.prompt_length - 1 if first_row is None else first_row, value_norms)
         # the decoder only: the vision tower keeps its kernel, and the switch costs half (it runs per stream)
         previous = decoder.config._attn_implementation
         decoder.set_attn_implementation(CAPTURE_BACKEND)
@@ -223,6 +224,13 @@ class HFVisionLanguageModel(VisionLanguageModel):
         finally:
             decoder.set_attn_implementation(previous)
             capture.flush()  # rows recorded before an error are kept too
+
+    @torch.no_grad()
+    def visual_value_norms(self, prepared) -> np.ndarray:
+        """(L, H, N) ‖W_O^h v_n‖ of every decoder head and visual token, from one pass over the prompt."""
+        with self.capture_visual_attention(prepared, value_norms=True) as capture:
+            self._forward(prepared, [])
+        return capture.value_norms
 
     def _attentions(self, prepared, trace_ids):
         with self._eager_attention():
