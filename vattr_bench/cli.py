@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--ablation", default="knockout")
     te.add_argument("--n-subsets", type=int, default=32)
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
-    te.add_argument("--features", default="attention", choices=["attention", "value-weighted"],
-                    help="pooled attention, or attention times each visual token's value norm ‖W_O^h v_n‖")
+    te.add_argument("--features", default="value-weighted", choices=["value-weighted", "attention"],
+                    help="attention times each visual token's value norm ‖W_O^h v_n‖ (default), or plain pooled attention")
     te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
     te.add_argument("--transfer", action="store_true",

@@ -86,7 +86,7 @@ def format_transfer(table: dict) -> str:
 
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
-        transfer=False, features="attention", log=print) -> LinearEstimator:
+        transfer=False, features="value-weighted", log=print) -> LinearEstimator:
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
