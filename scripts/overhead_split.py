@@ -17,7 +17,7 @@ from vattr_bench.benchmarks import FAMILIES, synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.regions import make_regions
-from vattr_bench.streaming import _SpanStreamer, stream_attributions
+from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 
 def main():
@@ -40,7 +40,7 @@ def main():
 
     def splitter(prepared, regions):
         with model.capture_visual_attention(prepared) as c:
-            model.generate_ids(prepared, 128, streamer=_SpanStreamer(model, c, lambda item: None,
+            model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, lambda item: None,
                                                                      {"tokens": 0, "span_closed_s": {}}))
 
     modes = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128), "capture": capture,

@@ -118,6 +118,26 @@ def test_attention_capture_equals_eager_attention(model, image):
     assert (model.model.config._attn_implementation, decoder.config._attn_implementation) == before  # for the call only
 
 
+def test_an_sdpa_decoder_runs_on_the_capture_backend_from_load(model, image):
+    """With no capture active the backend is sdpa itself: the same log-probs to the bit, and captures need
+    no switch (the eager switch for attention matrices puts it back too)."""
+    from vattr_bench.models.attention_capture import CAPTURE_BACKEND
+
+    decoder = model.model.model.language_model
+    assert decoder.config._attn_implementation == CAPTURE_BACKEND
+    prepared = model.prepare(image, "what color is the circle ?")
+    trace = _trace(model)
+    on_backend = model.token_logprobs(prepared, trace)
+    decoder.set_attn_implementation("sdpa")
+    try:
+        plain = model.token_logprobs(prepared, trace)
+    finally:
+        model._install_capture_backend()
+    np.testing.assert_array_equal(on_backend, plain)
+    model.attention_matrices(prepared, trace)
+    assert decoder.config._attn_implementation == CAPTURE_BACKEND
+
+
 def test_attention_capture_fallback_equals_eager_attention(model, image, monkeypatch):
     """Where the CPU flash kernel does not fit (a GPU, a mask), lse comes from an explicit q·Kᵀ: same weights."""
     from vattr_bench.models import attention_capture

@@ -5,9 +5,10 @@
    (medians per sample, then summed), with each round's own overhead as the spread; also with
    attribution inline in the producer (no thread), to show how much of the overhead is the thread.
 2. Lag — seconds from a span's last token to its event, in units of the median decode step.
-3. Cost per span on the same spans — amortized (the worker's work: read the span's captured rows,
-   weights, pooling, estimator; the capture inside generation is what (1) measures) vs each Captum gradient
-   baseline vs exhaustive ablation (K forward passes, batched as `evaluate` runs them).
+3. Cost per span on the same spans — amortized (the worker's whole work: write the span's captured rows
+   into the buffers, weights, pooling, estimator, and its share of reading the prompt's visual keys and
+   value norms once per stream; what the capture adds inside generation is what (1) measures) vs each
+   Captum gradient baseline vs exhaustive ablation (K forward passes, batched as `evaluate` runs them).
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
    length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
 """
@@ -28,7 +29,7 @@ from .methods import AttributionContext, load_method
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
 from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
-from .streaming import SpanAttributor, stream_attributions
+from .streaming import SpanAttributor, SpanStreamer, stream_attributions
 from .types import Trace
 
 GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)
@@ -54,13 +55,30 @@ def _timed(fn, *args, **kwargs):
     return time.perf_counter() - start, out
 
 
-def _span_pass(model, prepared, trace, regions, estimator):
-    """The streaming worker's work for every span of ``trace``, as a callable; the rows it reads are
-    captured first by a teacher-forced pass (the rows generation would have captured)."""
+def _worker_pass(model, prepared, regions, estimator, trace: Trace | None = None, max_new_tokens: int = 128):
+    """The streaming worker's whole work on one trace, as a callable to time again and again: once per
+    trace, read the prompt's visual keys (and value norms); per span, write its captured rows into the
+    buffers and attribute it. Without ``trace``, the rows are what generation with the streamer hands
+    over, span by span, as in a stream; with one, what a teacher-forced pass over it records (lengths
+    generation does not reach). Returns (callable, spans)."""
     with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
-        model.token_logprobs(prepared, trace.token_ids)
-    attributor = SpanAttributor(capture, regions, estimator)
-    return lambda: [attributor(s.start, s.end) for s in trace.spans]
+        if trace is None:
+            closed = []
+            model.generate_ids(prepared, max_new_tokens,
+                               streamer=SpanStreamer(model, capture, closed.append, {"tokens": 0, "span_closed_s": {}}))
+            work = [(c.records, c.span) for c in closed]
+        else:
+            model.token_logprobs(prepared, trace.token_ids)
+            work = [(capture.take_pending(), trace.spans[0])] + [([], span) for span in trace.spans[1:]]
+
+    def run():
+        capture.clear_reads()  # a stream reads the prompt once, so every pass does
+        attributor = SpanAttributor(capture, regions, estimator)
+        for records, span in work:
+            capture.flush(records)  # rewrites the same rows each pass
+            attributor(span.start, span.end)
+
+    return run, [span for _, span in work]
 
 
 def _best_seconds(passes: dict, rounds: int = 5, min_total_s: float = 0.25) -> dict:
@@ -140,7 +158,10 @@ def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_MET
         trace = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
         if not trace.spans:
             continue
-        per_span["amortized"] += _best_seconds({"amortized": _span_pass(model, prepared, trace, regions, estimator)})["amortized"]
+        worker, spans = _worker_pass(model, prepared, regions, estimator, max_new_tokens=cfg.max_new_tokens)
+        if [(sp.start, sp.end) for sp in spans] != [(sp.start, sp.end) for sp in trace.spans]:
+            raise RuntimeError("streamed generation closed other spans than the offline trace has")
+        per_span["amortized"] += _best_seconds({"amortized": worker})["amortized"]
         n_spans += len(trace.spans)
         per_span["ablation"] += _timed(single_region_effects, model, prepared, trace, regions, cfg.ablation)[0]
         ctx = AttributionContext(model, s, prepared, trace, regions, cfg.ablation, cfg.seed)
@@ -166,7 +187,7 @@ def per_token_cost(model, items, estimator, cfg: PerfConfig) -> dict[str, dict[i
         ids = (prefix + body * (length // len(body) + 1))[:length]
         traces[length] = Trace(ids, model.decode(ids), split_spans(ids, model.decode), np.zeros(len(ids)), "")
     # amortized: every length's pass timed in the same interleaved rounds, so the ratio compares like with like
-    best = _best_seconds({n: _span_pass(model, prepared, t, regions, estimator) for n, t in traces.items()},
+    best = _best_seconds({n: _worker_pass(model, prepared, regions, estimator, trace=t)[0] for n, t in traces.items()},
                          rounds=15, min_total_s=3.0)
     per_token: dict[str, dict[int, float]] = {
         "amortized": {n: best[n] / sum(sp.end - sp.start for sp in t.spans) for n, t in traces.items()},

@@ -3,11 +3,12 @@ worker, and an event per span comes out while the model is still writing the nex
 
 The producer is the model's own `generate` (greedy, KV cache) in the caller's thread, run with the fast
 attention capture (models/attention_capture.py) and a transformers streamer. The capture keeps, per
-forward call, each decoder layer's new query row and its log-sum-exp — no weights yet, nothing that grows
-with the context. Per token the streamer only runs the span splitter; when a span closes, it flushes the
-span's rows into the capture's buffers and puts the span on a queue, and the worker turns its rows into
-attention weights to the visual tokens, pools them into features, applies the estimator and emits a
-`SpanEvent`.
+forward call, references to each decoder layer's new query row and its log-sum-exp — no weights yet,
+nothing that grows with the context. Per token the streamer only runs the span splitter; when a span
+closes, it puts the span and the capture's records since the last span on a queue. The worker writes
+those rows into the capture's buffers, turns them into attention weights to the visual tokens, pools
+them into features, applies the estimator and emits a `SpanEvent`. Everything but the splitter and a
+list swap is the worker's: with 2 cores the producer's thread is the one the user waits for.
 """
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ class SpanAttributor:
     attention weights to the visual tokens → pooled → estimator → (K,) scores.
 
     The same numbers as ``estimator.predict(span_region_features(...))``, in the cheaper order: the
-    estimator is linear in the pooled attention, so the span's rows are averaged over its tokens, the
-    weights applied per visual token (Σ_lh w_lh · mean_t a_lh,t,n) and only that (N,) vector is pooled
-    into regions. All numpy (see VisualAttentionCapture.rows); averaging first also keeps each BLAS
-    call small enough for OpenBLAS to stay on one thread, off the cores generation uses (whether a
-    multi-threaded call would slow generation was not measurable above noise on 2 cores:
-    scripts/stream_microbench.py)."""
+    estimator is linear in the pooled attention, so the span's rows are summed over its tokens, the
+    weights applied per visual token (Σ_lh c_lh,n · Σ_t a_lh,t,n / n, with c = w, or w·‖W_O^h v_n‖ for
+    value-weighted features, folded once per stream) and only that (N,) vector is pooled into regions.
+    All numpy (see VisualAttentionCapture.rows); reducing first also keeps each BLAS call small enough
+    for OpenBLAS to stay on one thread, off the cores generation uses (whether a multi-threaded call
+    would slow generation was not measurable above noise on 2 cores: scripts/stream_microbench.py)."""
 
     def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
         self.capture = capture
@@ -58,7 +59,7 @@ class SpanAttributor:
         self.bias = estimator.bias
         self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
         self.value_weighted = uses_value_norms(estimator.meta)
-        self._value_norms = None  # (L·H, N), read from the capture at the first span (the prompt has run by then)
+        self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
 
     def __call__(self, start: int, end: int) -> np.ndarray:
         """(K,) scores of the span of trace tokens [start, end)."""
@@ -66,32 +67,22 @@ class SpanAttributor:
         L, H, n, N = rows.shape
         if L * H != len(self.weights):
             raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
-        pooled = rows.reshape(L * H, n, N).mean(1, dtype=np.float64)  # (L·H, N)
-        if self.value_weighted:
-            if self._value_norms is None:
-                self._value_norms = self.capture.value_norms.reshape(L * H, N)
-            pooled *= self._value_norms
-        return self.pool @ (self.weights @ pooled) + self.bias
+        if self._per_token is None:
+            norms = self.capture.value_norms.reshape(L * H, N) if self.value_weighted else np.ones((L * H, N))
+            self._per_token = self.weights[:, None] * norms
+        summed = rows.reshape(L * H, n, N).sum(1)  # over the span's tokens (float32: ~1e-7 relative here)
+        return self.pool @ ((self._per_token * summed).sum(0) / n) + self.bias
 
 
-class _SpanStreamer(BaseStreamer):
+class SpanStreamer(BaseStreamer):
     """transformers streamer: feeds each generated token to the span splitter and hands every closed
-    span to ``sink`` (the worker's queue). Per token it only splits: capture row t is the query that
-    predicted token t, so a span's rows are the capture's rows [start, end), flushed here (a torch op,
-    so in the producer's thread) when the span closes and read by the worker after."""
+    span to ``sink`` (the worker's queue) with the capture's records since the last span (`take_pending`:
+    a list swap; capture row t is the query that predicted token t, so they hold the span's rows). The
+    worker flushes them; nothing else happens per token in the producer."""
 
     def __init__(self, model, capture, sink: Callable, progress: dict):
         self.capture, self.sink, self.progress, self.eos_ids = capture, sink, progress, model.eos_ids
-        pieces: dict[int, str] = {}
-
-        def decode(ids):  # single tokens are decoded once per id: this runs for every generated token
-            if len(ids) != 1:
-                return model.decode(ids)
-            if ids[0] not in pieces:
-                pieces[ids[0]] = model.decode(ids)
-            return pieces[ids[0]]
-
-        self.splitter = SpanSplitter(decode)
+        self.splitter = SpanSplitter(model.decode)
         self.n_tokens = 0
         self.prompt_seen = self.ended = False
 
@@ -109,21 +100,23 @@ class _SpanStreamer(BaseStreamer):
         self.progress["tokens"] = self.n_tokens
         span = self.splitter.feed(token)
         if span is not None:
-            self.capture.flush()
-            if self.capture.n_rows != self.n_tokens:
-                raise RuntimeError(f"streaming expects one captured row per generated token; got {self.capture.n_rows} "
-                                   f"rows for {self.n_tokens} tokens (batched or assisted decoding?)")
-            self._hand_over(span)
+            self._hand_over(span, rows=self.n_tokens)
 
     def end(self) -> None:
         span = self.splitter.finish()
-        if span is not None:
-            self.capture.flush()
-            self._hand_over(span)
+        if span is not None:  # the step that chose end-of-sequence may have left one row more
+            self._hand_over(span, rows=None)
 
-    def _hand_over(self, span: Span) -> None:
+    def _hand_over(self, span: Span, rows: int | None) -> None:
         self.progress["span_closed_s"][span.start] = time.perf_counter()
-        self.sink(span)
+        self.sink(_ClosedSpan(span, self.capture.take_pending(), rows))
+
+
+@dataclass
+class _ClosedSpan:
+    span: Span
+    records: list  # the capture's records since the previous span (`VisualAttentionCapture.take_pending`)
+    rows: int | None  # rows the capture must hold after the flush (one per token generated), None: at least the span's
 
 
 def stream_attributions(model, prepared, regions: Regions, estimator: LinearEstimator, max_new_tokens: int = 256,
@@ -142,12 +135,18 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
     failures: list[BaseException] = []
     t0 = time.perf_counter()
 
-    attributor: SpanAttributor | None = None
+    capture = attributor = None  # set once the capture is open, before any span can close
 
-    def attribute(span: Span) -> None:
+    def attribute(closed: _ClosedSpan) -> None:
         if failures:
             return  # an earlier span failed: report the first failure
         try:
+            capture.flush(closed.records)
+            span = closed.span
+            expected = span.end if closed.rows is None else closed.rows
+            if capture.n_rows < span.end or (closed.rows is not None and capture.n_rows != closed.rows):
+                raise RuntimeError(f"streaming expects one captured row per generated token; got {capture.n_rows} "
+                                   f"rows for {expected} tokens (batched or assisted decoding?)")
             scores = attributor(span.start, span.end)
             now = time.perf_counter()
             event = SpanEvent(len(events), span.text, span.start, span.end, span.is_answer, scores, now - t0,
@@ -163,17 +162,24 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
             attribute(item)
 
     thread = threading.Thread(target=consume, daemon=True) if worker else None
+
+    def stop_worker():
+        if thread is not None and thread.is_alive():
+            work.put(_DONE)
+            thread.join()
+
     if thread is not None:
         thread.start()
     try:
         with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
             attributor = SpanAttributor(capture, regions, estimator)
             sink = work.put if thread is not None else attribute
-            model.generate_ids(prepared, max_new_tokens, streamer=_SpanStreamer(model, capture, sink, progress))
+            try:
+                model.generate_ids(prepared, max_new_tokens, streamer=SpanStreamer(model, capture, sink, progress))
+            finally:
+                stop_worker()  # the worker writes the capture's buffers: done before the capture flushes on exit
     finally:
-        if thread is not None:
-            work.put(_DONE)
-            thread.join()
+        stop_worker()
     if failures:
         raise failures[0]
     return events

@@ -42,46 +42,67 @@ class VisualAttentionCapture:
     ``layer_of`` maps each decoder attention module to its layer index; other attention modules (the
     vision tower's) pass straight through. Inside the forward pass a layer only keeps a reference to its
     query and lse tensors (fresh tensors, never written again); `flush` moves what has accumulated into
-    float32 numpy buffers, a run of decode steps with one `torch.cat` and one numpy conversion each for
+    float32 numpy buffers, a run of decode steps with one concatenation and one numpy conversion each for
     queries and lse. Converting per layer and step instead cost ~30 µs a call inside generation on the
     CPU, ~120 µs per vattr-tiny decode step (measured in place, one-off). Reading a span's rows is then a
-    slice. Rows count (``n_rows``) once flushed: the streamer flushes when a span closes, the capture
-    context when it exits. On a GPU the flush is one device-to-host copy per run of steps.
+    slice. Rows count (``n_rows``) once flushed: in streaming the producer hands each span's records over
+    (`take_pending`) and the worker flushes them; otherwise the capture context flushes when it exits.
+    On a GPU the flush is one device-to-host copy per run of steps.
     """
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
 
-    def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int, value_norms: bool = False):
-        """``value_norms``: also keep, per layer, ‖W_O^h v_n‖ of every head and visual token (the value-weighted
-        features' factor; see `visual_value_norms`)."""
+    def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
+                 value_grams: list[np.ndarray] | None = None):
+        """``value_grams``: per layer, the (H, d, d) W_O^hᵀW_O^h of `o_proj_gram`; given them, the capture also
+        keeps the visual values, for ‖W_O^h v_n‖ (the value-weighted features' factor, `value_norms`)."""
         self.layer_of = layer_of
         self.num_layers = len(layer_of)
-        self.visual_positions = torch.as_tensor(np.asarray(visual_positions), dtype=torch.long)
+        positions = np.asarray(visual_positions, dtype=np.int64)
+        # one image's tokens are one run of positions: sliced (a view) rather than gathered, in the prompt pass
+        run = len(positions) > 0 and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions)))
+        self._visual = slice(int(positions[0]), int(positions[0]) + len(positions)) if run \
+            else torch.as_tensor(positions, dtype=torch.long)
         self.first_row = first_row
-        self.visual_keys: list[torch.Tensor | None] = [None] * self.num_layers  # (H, N, d) per layer
         self.scale: list[float] = [1.0] * self.num_layers
+        # per layer, from its first call (the prompt): visual keys, visual values (or None), query heads per kv head
+        self._prompt: list[tuple[torch.Tensor, torch.Tensor | None, int] | None] = [None] * self.num_layers
+        self._value_grams = value_grams
         self._queries: np.ndarray | None = None  # (L, H, capacity, d)
         self._lse: np.ndarray | None = None  # (L, H, capacity)
         self.n_rows = 0  # rows flushed in every layer so far
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, key length, query, lse)
-        self._keys_t: np.ndarray | None = None
-        self._value_norms: list[np.ndarray | None] | None = [None] * self.num_layers if value_norms else None
+        self._keys_t: np.ndarray | None = None  # (L, H, d, N), built at the first read
+        self._value_norms: np.ndarray | None = None  # (L, H, N), built at the first read
 
     # -- called from inside the attention backend --------------------------------------------------
     def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float,
-               module=None, value: torch.Tensor | None = None) -> None:
-        if self.visual_keys[layer] is None:  # the layer's first call: the prompt, visual tokens included
-            groups = query.shape[1] // key.shape[1]
-            vis = self.visual_positions.to(key.device)
-            self.visual_keys[layer] = repeat_kv(key[:, :, vis], groups)[0].detach()
+               value: torch.Tensor | None = None) -> None:
+        """Keep references only: this runs inside every forward pass. The prompt's visual keys (and values)
+        are cut out once, as torch tensors; turning them into numpy, repeating grouped heads and the value
+        norms wait for the first read (the streaming worker, off the generating thread)."""
+        if self._prompt[layer] is None:  # the layer's first call: the prompt, visual tokens included
+            values = self._visual_rows(value) if self._value_grams is not None else None
+            self._prompt[layer] = (self._visual_rows(key), values, query.shape[1] // key.shape[1])
             self.scale[layer] = scale
-            if self._value_norms is not None:
-                self._value_norms[layer] = visual_value_norms(module, repeat_kv(value[:, :, vis], groups)[0])
         self._pending.append((layer, key.shape[2], query, lse))
 
-    def flush(self) -> None:
-        """Write every recorded call's rows into the buffers (the producer's thread: torch ops)."""
+    def _visual_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """(1, H_kv, N, d) rows of the visual positions, copied (a cache may reuse its buffer later)."""
+        if isinstance(self._visual, slice):
+            return t[:, :, self._visual].clone()
+        return t.index_select(2, self._visual.to(t.device))
+
+    def take_pending(self) -> list:
+        """Hand over what `record` has kept since the last call (cheap: the producer's side of a flush);
+        `flush(pending)` writes it, in whichever thread reads the rows."""
         pending, self._pending = self._pending, []
+        return pending
+
+    def flush(self, pending: list | None = None) -> None:
+        """Write recorded calls' rows into the buffers: ``pending`` from `take_pending`, else everything
+        recorded so far. One thread writes at a time (streaming: the worker; otherwise the caller)."""
+        pending = self.take_pending() if pending is None else pending
         L, i = self.num_layers, 0
         while i < len(pending):
             steps = _decode_steps(pending, i, L)
@@ -89,8 +110,8 @@ class VisualAttentionCapture:
                 chunk = pending[i:i + steps * L]
                 r0 = chunk[0][1] - 1 - self.first_row
                 if r0 >= 0:
-                    queries = _numpy(torch.cat([c[2] for c in chunk], dim=2))[0]  # (H, steps·L, d), step-major
-                    lse = _numpy(torch.cat([c[3] for c in chunk], dim=2))[0]
+                    queries = _cat_numpy([c[2] for c in chunk])[0]  # (H, steps·L, d), step-major
+                    lse = _cat_numpy([c[3] for c in chunk])[0]
                     H, d = queries.shape[0], queries.shape[-1]
                     self._write(slice(None), r0, queries.reshape(H, steps, L, d).transpose(2, 0, 1, 3),
                                 lse.reshape(H, steps, L).transpose(2, 0, 1))
@@ -138,21 +159,41 @@ class VisualAttentionCapture:
     def weights(self, queries: np.ndarray, lse: np.ndarray) -> np.ndarray:
         """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens,
         in numpy for the same reason as `rows`."""
-        if self._keys_t is None:  # K_vis as (L, H, d, N), once: the visual keys never change
-            self._keys_t = np.ascontiguousarray(np.stack([_numpy(k) for k in self.visual_keys]).swapaxes(-1, -2))
-            self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
+        keys_t = self._visual_keys_t()
         # (q·k)·scale in that order, as the eager kernel rounds it (scores reach tens: order shows at 1e-5)
-        scores = np.matmul(queries, self._keys_t)
+        scores = np.matmul(queries, keys_t)
         scores *= self._scale
         scores -= lse[..., None]
         return np.exp(scores, out=scores)
 
+    def clear_reads(self) -> None:
+        """Forget what the first read built from the prompt (K_vis, value norms); the next read builds it
+        again. `perf` times a stream's whole worker work with it."""
+        self._keys_t = self._value_norms = None
+
+    def _prompt_rows(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
+        if any(p is None for p in self._prompt):
+            raise RuntimeError("the prompt has not been through every decoder layer inside this capture")
+        return self._prompt
+
+    def _visual_keys_t(self) -> np.ndarray:
+        """K_vis as (L, H, d, N), grouped heads repeated, built once: the visual keys never change."""
+        if self._keys_t is None:
+            keys = np.stack([_repeat_heads(_numpy(k)[0], groups) for k, _, groups in self._prompt_rows()])  # (L, H, N, d)
+            self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
+            self._keys_t = np.ascontiguousarray(keys.swapaxes(-1, -2))
+        return self._keys_t
+
     @property
     def value_norms(self) -> np.ndarray:
-        """(L, H, N) ‖W_O^h v_n‖, once the prompt has been through every layer."""
-        if self._value_norms is None or any(v is None for v in self._value_norms):
+        """(L, H, N) ‖W_O^h v_n‖, once the prompt has been through every layer (computed at the first read,
+        all layers in one batched product: per layer it took ~270 µs a stream on vattr-tiny, one-off timing)."""
+        if self._value_grams is None:
             raise RuntimeError("no value norms: open the capture with value_norms=True and run the prompt through it")
-        return np.stack(self._value_norms)
+        if self._value_norms is None:
+            values = np.stack([_repeat_heads(_numpy(v)[0], groups) for _, v, groups in self._prompt_rows()])
+            self._value_norms = visual_value_norms(np.stack(self._value_grams), values)
+        return self._value_norms
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
@@ -164,23 +205,31 @@ _O_GRAMS: "weakref.WeakKeyDictionary[torch.nn.Module, np.ndarray]" = weakref.Wea
 
 
 @torch.no_grad()
-def visual_value_norms(module, values: torch.Tensor) -> np.ndarray:
-    """(H, N) ‖W_O^h v_n‖ for one layer's (H, N, d) visual value vectors: how much head h writes into the
-    residual stream per unit of attention to token n (Kobayashi et al. 2020, "Attention is not only a
-    weight"). Through the Gram matrices W_O^hᵀ W_O^h (cached per module), so a big model pays H·N·d² per
-    layer and stream, not H·N·d·hidden."""
+def o_proj_gram(module, num_heads: int) -> np.ndarray:
+    """(H, d, d) W_O^hᵀ W_O^h of one attention module, cached: computed on the module's device, so a big
+    model pays H·d²·hidden once and only the (H, d, d) result comes over."""
     o_proj = getattr(module, "o_proj", None)
     if o_proj is None:
         raise ValueError(f"value-weighted features need the attention output projection `o_proj`; "
                          f"{type(module).__name__} has none (use an estimator trained with --features attention)")
-    H, _, d = values.shape
-    if module not in _O_GRAMS:  # once per module, on its device: only the (H, d, d) result comes over
-        w_o = o_proj.weight.float().reshape(-1, H, d)  # (hidden, H, d): o_proj reads the heads concatenated
-        _O_GRAMS[module] = _numpy(torch.einsum("ohd,ohe->hde", w_o, w_o)).astype(np.float64)
-    # per stream in numpy: a torch einsum here cost the prompt pass ~4 ms on vattr-tiny (one-off timing)
-    v = _numpy(values).astype(np.float64)
-    squared = (np.matmul(v, _O_GRAMS[module]) * v).sum(-1)
-    return np.sqrt(np.maximum(squared, 0)).astype(np.float32)
+    if module not in _O_GRAMS:
+        w_o = o_proj.weight.float().reshape(o_proj.weight.shape[0], num_heads, -1)  # (hidden, H, d): heads concatenated
+        _O_GRAMS[module] = _numpy(torch.einsum("ohd,ohe->hde", w_o, w_o)).copy()
+    return _O_GRAMS[module]
+
+
+def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(…, H, N) ‖W_O^h v_n‖ for (…, H, N, d) visual value vectors and their (…, H, d, d) `o_proj_gram`s:
+    how much head h writes into the residual stream per unit of attention to token n (Kobayashi et al.
+    2020, "Attention is not only a weight"). Numpy only: it runs in the streaming worker."""
+    # summed over d by a product with ones: numpy's own sum over a short last axis took ~5× longer here
+    squared = (np.matmul(values, grams) * values) @ np.ones(values.shape[-1], values.dtype)
+    return np.sqrt(np.maximum(squared, 0), dtype=np.float32)
+
+
+def _repeat_heads(x: np.ndarray, groups: int) -> np.ndarray:
+    """(H_kv, …) -> (H_kv·groups, …): grouped-query attention shares each key/value head among ``groups``."""
+    return x if groups == 1 else np.repeat(x, groups, axis=0)
 
 
 def _decode_steps(pending: list, i: int, num_layers: int) -> int:
@@ -197,6 +246,20 @@ def _decode_steps(pending: list, i: int, num_layers: int) -> int:
                 return steps
         steps += 1
     return steps
+
+
+# at::internal::GRAIN_SIZE: a CPU op on fewer elements runs in the calling thread, never in an OpenMP region
+_TORCH_GRAIN = 32768
+
+
+def _cat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
+    """float32 numpy of the tensors concatenated along dim 2. This runs in the streaming worker, where a big
+    torch op on the CPU would start a second OpenMP pool competing with generation for the cores: so a
+    small CPU concatenation is torch's (serial there, ~5× faster than numpy's for a vattr-tiny span), a big
+    one numpy's; on a GPU, the device's, then one copy."""
+    if tensors[0].device.type == "cpu" and tensors[0].numel() * len(tensors) >= _TORCH_GRAIN:
+        return np.concatenate([_numpy(t) for t in tensors], axis=2)
+    return _numpy(torch.cat(tensors, dim=2))
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -247,7 +310,7 @@ def capturing_attention(module, query, key, value, attention_mask, dropout: floa
     else:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         lse = _lse_explicit(query, key, attention_mask, scale)
-    capture.record(layer, query, key, lse, scale, module, value)
+    capture.record(layer, query, key, lse, scale, value)
     return out, None
 
 
