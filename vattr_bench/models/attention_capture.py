@@ -67,7 +67,7 @@ class VisualAttentionCapture:
         self.scale: list[float] = [1.0] * self.num_layers
         # per layer, from its first call (the prompt): visual keys, visual values (or None), query heads per kv head
         self._prompt: list[tuple[torch.Tensor, torch.Tensor | None, int] | None] = [None] * self.num_layers
-        self._value_grams = value_grams
+        self._value_grams = None if value_grams is None else np.stack(value_grams)  # (L, H, d, d)
         self._queries: np.ndarray | None = None  # (L, H, capacity, d)
         self._lse: np.ndarray | None = None  # (L, H, capacity)
         self.n_rows = 0  # rows flushed in every layer so far
@@ -164,7 +164,7 @@ class VisualAttentionCapture:
         scores = np.matmul(queries, keys_t)
         scores *= self._scale
         scores -= lse[..., None]
-        return np.exp(scores, out=scores)
+        return _exp_inplace(scores)
 
     def clear_reads(self) -> None:
         """Forget what the first read built from the prompt (K_vis, value norms); the next read builds it
@@ -192,7 +192,7 @@ class VisualAttentionCapture:
             raise RuntimeError("no value norms: open the capture with value_norms=True and run the prompt through it")
         if self._value_norms is None:
             values = np.stack([_repeat_heads(_numpy(v)[0], groups) for _, v, groups in self._prompt_rows()])
-            self._value_norms = visual_value_norms(np.stack(self._value_grams), values)
+            self._value_norms = visual_value_norms(self._value_grams, values)
         return self._value_norms
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
@@ -235,6 +235,13 @@ def _repeat_heads(x: np.ndarray, groups: int) -> np.ndarray:
 def _decode_steps(pending: list, i: int, num_layers: int) -> int:
     """How many whole decode steps start at pending[i]: calls of one query for layers 0…L-1 in order,
     each step's key one longer than the last's."""
+    steps = (len(pending) - i) // num_layers
+    if steps:  # the usual case, a span's worth of steps and nothing else, checked in one go
+        calls = pending[i:i + steps * num_layers]
+        kv0 = calls[0][1]
+        if ([(c[0], c[1], c[2].shape[2]) for c in calls]
+                == [(layer, kv0 + step, 1) for step in range(steps) for layer in range(num_layers)]):
+            return steps
     steps = 0
     while i + (steps + 1) * num_layers <= len(pending):
         kv = pending[i + steps * num_layers][1]
@@ -250,6 +257,16 @@ def _decode_steps(pending: list, i: int, num_layers: int) -> int:
 
 # at::internal::GRAIN_SIZE: a CPU op on fewer elements runs in the calling thread, never in an OpenMP region
 _TORCH_GRAIN = 32768
+
+
+def _exp_inplace(a: np.ndarray) -> np.ndarray:
+    """e^a in place on a contiguous float32 array: torch's vectorised exp, ~2× numpy's float32 one on
+    the 2-core AMD VM (one-off timing), in pieces below torch's grain size, so each runs serially in the
+    calling thread (the streaming worker's: a parallel region there would start a second OpenMP pool)."""
+    flat = torch.from_numpy(a.reshape(-1))
+    for i in range(0, flat.numel(), _TORCH_GRAIN):
+        flat[i:i + _TORCH_GRAIN].exp_()
+    return a
 
 
 def _cat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
