@@ -164,7 +164,7 @@ class VisualAttentionCapture:
         scores = np.matmul(queries, keys_t)
         scores *= self._scale
         scores -= lse[..., None]
-        return _exp_inplace(scores)
+        return np.exp(scores, out=scores)
 
     def clear_reads(self) -> None:
         """Forget what the first read built from the prompt (K_vis, value norms); the next read builds it
@@ -257,16 +257,6 @@ def _decode_steps(pending: list, i: int, num_layers: int) -> int:
 
 # at::internal::GRAIN_SIZE: a CPU op on fewer elements runs in the calling thread, never in an OpenMP region
 _TORCH_GRAIN = 32768
-
-
-def _exp_inplace(a: np.ndarray) -> np.ndarray:
-    """e^a in place on a contiguous float32 array: torch's vectorised exp, ~2× numpy's float32 one on
-    the 2-core AMD VM (one-off timing), in pieces below torch's grain size, so each runs serially in the
-    calling thread (the streaming worker's: a parallel region there would start a second OpenMP pool)."""
-    flat = torch.from_numpy(a.reshape(-1))
-    for i in range(0, flat.numel(), _TORCH_GRAIN):
-        flat[i:i + _TORCH_GRAIN].exp_()
-    return a
 
 
 def _cat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
