@@ -5,7 +5,7 @@ medians per prompt summed (the `vattr-bench perf` method, with more modes).
 
 plain            model.generate_ids
 capture          + the attention-capture backend switched on (rows and lse kept)
-capture+splitter + the streamer: span splitting per token, each span's rows read when it closes
+capture+splitter + the streamer: span splitting per token, each closed span's records handed over (not flushed)
 inline           + attribution of each span in the producer (stream_attributions(worker=False))
 thread           + the background worker thread (stream_attributions, the default)
 """

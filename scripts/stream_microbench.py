@@ -3,7 +3,8 @@
     python scripts/stream_microbench.py [--rounds 15]
 
 1. The streaming worker's pieces for one span of a real trace (best of 5 × 1000 calls): reading the
-   span's captured rows, turning them into weights, averaging over tokens, and the whole SpanAttributor.
+   span's captured rows, turning them into weights, applying the estimator's weights summed over the
+   span's tokens, and the whole SpanAttributor.
 2. Whether a multi-threaded BLAS call in the worker would slow generation: one `generate` timed right
    after nothing, after a 64×640 matrix-vector product (big enough for OpenBLAS to use its threads,
    which then spin for a while) and after a 64×64 one (single-threaded), interleaved, medians.
@@ -16,6 +17,7 @@ import timeit
 import numpy as np
 import torch
 
+from vattr_bench.amortized import uses_value_norms
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
@@ -38,7 +40,7 @@ def main():
     prepared = model.prepare(sample.image, sample.prompt)
     regions, _ = make_regions("feature-ward", model, prepared, k=16)
     estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
-    with model.capture_visual_attention(prepared) as capture:
+    with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
         trace = model.trace_from_ids(prepared, model.generate_ids(prepared, 128))
     span = trace.spans[1]
     attributor = SpanAttributor(capture, regions, estimator)
@@ -48,7 +50,9 @@ def main():
     print(f"| worker step, one span of {n} tokens | µs |\n|---|---|")
     print(f"| read rows | {best_us(lambda: capture.rows(span.start, span.end)):.1f} |")
     print(f"| weights | {best_us(lambda: capture.weights(queries, lse)):.1f} |")
-    print(f"| mean over tokens | {best_us(lambda: weights.reshape(L * H, n, N).mean(1, dtype=np.float64)):.1f} |")
+    per_token = np.ones((L * H, N), np.float32)
+    print(f"| estimator weights, summed over tokens | "
+          f"{best_us(lambda: np.einsum('htn,hn->n', weights.reshape(L * H, n, N), per_token)):.1f} |")
     print(f"| whole SpanAttributor | {best_us(lambda: attributor(span.start, span.end)):.1f} |")
 
     w, big, small = np.random.rand(64), np.random.rand(64, 640), np.random.rand(64, 64)

@@ -179,9 +179,11 @@ class VisualAttentionCapture:
     def _visual_keys_t(self) -> np.ndarray:
         """K_vis as (L, H, d, N), grouped heads repeated, built once: the visual keys never change."""
         if self._keys_t is None:
-            keys = np.stack([_repeat_heads(_numpy(k)[0], groups) for k, _, groups in self._prompt_rows()])  # (L, H, N, d)
+            keys = [_repeat_heads(_numpy(k)[0], groups) for k, _, groups in self._prompt_rows()]  # (H, N, d) each
+            self._keys_t = np.empty((len(keys), *keys[0].shape[:-2], keys[0].shape[-1], keys[0].shape[-2]), np.float32)
+            for layer, k in enumerate(keys):  # one copy, straight into the transposed layout
+                self._keys_t[layer] = k.swapaxes(-1, -2)
             self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
-            self._keys_t = np.ascontiguousarray(keys.swapaxes(-1, -2))
         return self._keys_t
 
     @property
