@@ -13,10 +13,9 @@ import argparse
 import statistics
 import time
 
-from vattr_bench.benchmarks import FAMILIES, synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
-from vattr_bench.regions import make_regions
+from vattr_bench.perf import PerfConfig, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 
@@ -27,12 +26,7 @@ def main():
     a = p.parse_args()
     model = load_model("vattr-tiny")
     estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
-    items = []
-    for family in FAMILIES:
-        for i in range(a.per_family):
-            s = synthetic_sample(family, i, "test")
-            prepared = model.prepare(s.image, s.prompt)
-            items.append((prepared, make_regions("feature-ward", model, prepared, k=16)[0]))
+    items = [(prepared, regions) for _, prepared, regions in prepare_items(model, PerfConfig(per_family=a.per_family))]
 
     def capture(prepared, regions):
         with model.capture_visual_attention(prepared):
@@ -57,7 +51,7 @@ def main():
                 run(*item)
                 seconds[name][i].append(time.perf_counter() - start)
     total = {k: sum(statistics.median(x) for x in v) for k, v in seconds.items()}
-    print("| mode | seconds (20 prompts) | vs plain | step added |\n|---|---|---|---|")
+    print(f"| mode | seconds ({len(items)} prompts) | vs plain | step added |\n|---|---|---|---|")
     previous = total["plain"]
     for name, t in total.items():
         print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% | {100 * (t - previous) / total['plain']:+.1f}% |")

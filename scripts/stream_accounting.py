@@ -18,12 +18,11 @@ import time
 
 import torch
 
-from vattr_bench.benchmarks import FAMILIES, synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.models.attention_capture import VisualAttentionCapture
 from vattr_bench.models.spans import SpanSplitter
-from vattr_bench.regions import make_regions
+from vattr_bench.perf import PerfConfig, prepare_items
 from vattr_bench.streaming import SpanAttributor, stream_attributions
 
 PIECES = {"capture record": (VisualAttentionCapture, "record"), "splitter feed": (SpanSplitter, "feed"),
@@ -47,12 +46,7 @@ def main():
             finally:
                 seconds[_name] += time.perf_counter() - start
         setattr(cls, attr, functools.wraps(getattr(cls, attr))(timed))
-    items = []
-    for family in FAMILIES:
-        for i in range(a.per_family):
-            s = synthetic_sample(family, i, "test")
-            prepared = model.prepare(s.image, s.prompt)
-            items.append((prepared, make_regions("feature-ward", model, prepared, k=16)[0]))
+    items = [(prepared, regions) for _, prepared, regions in prepare_items(model, PerfConfig(per_family=a.per_family))]
     stream_attributions(model, *items[0], estimator, 128, worker=False)  # warm-up
     seconds.update(dict.fromkeys(seconds, 0.0))
     total = tokens = spans = 0
