@@ -34,8 +34,7 @@ def main():
 
     def splitter(prepared, regions):
         with model.capture_visual_attention(prepared) as c:
-            model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, lambda item: None,
-                                                                     {"tokens": 0, "span_closed_s": {}}))
+            model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, lambda item: None))
 
     modes = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128), "capture": capture,
              "capture+splitter": splitter,

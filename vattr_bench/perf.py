@@ -65,7 +65,7 @@ def _worker_pass(model, prepared, regions, estimator, trace: Trace | None = None
         if trace is None:
             closed = []
             model.generate_ids(prepared, max_new_tokens,
-                               streamer=SpanStreamer(model, capture, closed.append, {"tokens": 0, "span_closed_s": {}}))
+                               streamer=SpanStreamer(model, capture, closed.append))
             work = [(c.records, c.span) for c in closed]
         else:
             model.token_logprobs(prepared, trace.token_ids)

@@ -81,8 +81,8 @@ class SpanStreamer(BaseStreamer):
     a list swap; capture row t is the query that predicted token t, so they hold the span's rows). The
     worker flushes them; nothing else happens per token in the producer."""
 
-    def __init__(self, model, capture, sink: Callable, progress: dict):
-        self.capture, self.sink, self.progress, self.eos_ids = capture, sink, progress, model.eos_ids
+    def __init__(self, model, capture, sink: Callable):
+        self.capture, self.sink, self.eos_ids = capture, sink, model.eos_ids
         self.splitter = SpanSplitter(model.decode)
         self.n_tokens = 0
         self.prompt_seen = self.ended = False
@@ -98,7 +98,6 @@ class SpanStreamer(BaseStreamer):
             self.ended = True
             return
         self.n_tokens += 1
-        self.progress["tokens"] = self.n_tokens
         span = self.splitter.feed(token)
         if span is not None:
             self._hand_over(span, rows=self.n_tokens)
@@ -109,15 +108,16 @@ class SpanStreamer(BaseStreamer):
             self._hand_over(span, rows=None)
 
     def _hand_over(self, span: Span, rows: int | None) -> None:
-        self.progress["span_closed_s"][span.start] = time.perf_counter()
-        self.sink(_ClosedSpan(span, self.capture.take_pending(), rows))
+        self.sink(ClosedSpan(span, self.capture.take_pending(), rows, time.perf_counter()))
 
 
 @dataclass
-class _ClosedSpan:
+class ClosedSpan:
+    """What the streamer hands the worker when a span closes."""
     span: Span
     records: list  # the capture's records since the previous span (`VisualAttentionCapture.take_pending`)
     rows: int | None  # rows the capture must hold after the flush (one per token generated), None: at least the span's
+    closed_s: float  # time.perf_counter() when it closed
 
 
 def stream_attributions(model, prepared, regions: Regions, estimator: LinearEstimator, max_new_tokens: int = 256,
@@ -132,26 +132,24 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
     second OpenMP pool that fights the first for the cores (3× slower decoding measured on 2 cores)."""
     work: queue.Queue = queue.Queue()
     events: list[SpanEvent] = []
-    progress = {"tokens": 0, "span_closed_s": {}}
     failures: list[BaseException] = []
     t0 = time.perf_counter()
 
-    capture = attributor = None  # set once the capture is open, before any span can close
+    capture = attributor = streamer = None  # set once the capture is open, before any span can close
 
-    def attribute(closed: _ClosedSpan) -> None:
+    def attribute(closed: ClosedSpan) -> None:
         if failures:
             return  # an earlier span failed: report the first failure
         try:
             capture.flush(closed.records)
             span = closed.span
-            expected = span.end if closed.rows is None else closed.rows
             if capture.n_rows < span.end or (closed.rows is not None and capture.n_rows != closed.rows):
                 raise RuntimeError(f"streaming expects one captured row per generated token; got {capture.n_rows} "
-                                   f"rows for {expected} tokens (batched or assisted decoding?)")
+                                   f"rows for {closed.rows or span.end} tokens (batched or assisted decoding?)")
             scores = attributor(span.start, span.end)
             now = time.perf_counter()
             event = SpanEvent(len(events), span.text, span.start, span.end, span.is_answer, scores, now - t0,
-                              progress["tokens"], now - progress["span_closed_s"][span.start])
+                              streamer.n_tokens, now - closed.closed_s)
             events.append(event)
             if on_event is not None:
                 on_event(event)
@@ -175,8 +173,9 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
         with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
             attributor = SpanAttributor(capture, regions, estimator)
             sink = work.put if thread is not None else attribute
+            streamer = SpanStreamer(model, capture, sink)
             try:
-                model.generate_ids(prepared, max_new_tokens, streamer=SpanStreamer(model, capture, sink, progress))
+                model.generate_ids(prepared, max_new_tokens, streamer=streamer)
             finally:
                 stop_worker()  # the worker writes the capture's buffers: done before the capture flushes on exit
     finally:
