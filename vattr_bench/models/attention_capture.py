@@ -237,13 +237,6 @@ def _repeat_heads(x: np.ndarray, groups: int) -> np.ndarray:
 def _decode_steps(pending: list, i: int, num_layers: int) -> int:
     """How many whole decode steps start at pending[i]: calls of one query for layers 0…L-1 in order,
     each step's key one longer than the last's."""
-    steps = (len(pending) - i) // num_layers
-    if steps:  # the usual case, a span's worth of steps and nothing else, checked in one go
-        calls = pending[i:i + steps * num_layers]
-        kv0 = calls[0][1]
-        if ([(c[0], c[1], c[2].shape[2]) for c in calls]
-                == [(layer, kv0 + step, 1) for step in range(steps) for layer in range(num_layers)]):
-            return steps
     steps = 0
     while i + (steps + 1) * num_layers <= len(pending):
         kv = pending[i + steps * num_layers][1]
