@@ -18,12 +18,13 @@ import time
 
 import torch
 
+from vattr_bench.amortized import SpanAttributor
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.models.attention_capture import VisualAttentionCapture
 from vattr_bench.models.spans import SpanSplitter
 from vattr_bench.perf import PerfConfig, prepare_items
-from vattr_bench.streaming import SpanAttributor, stream_attributions
+from vattr_bench.streaming import stream_attributions
 
 PIECES = {"capture record": (VisualAttentionCapture, "record"), "splitter feed": (SpanSplitter, "feed"),
           "splitter close": (SpanSplitter, "_close"), "capture flush": (VisualAttentionCapture, "flush"),

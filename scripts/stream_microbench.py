@@ -1,4 +1,4 @@
-"""Two micro-measurements behind streaming.py's SpanAttributor (README quotes them):
+"""Two micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (README quotes them):
 
     python scripts/stream_microbench.py [--rounds 15]
 
@@ -17,12 +17,11 @@ import timeit
 import numpy as np
 import torch
 
-from vattr_bench.amortized import uses_value_norms
+from vattr_bench.amortized import SpanAttributor, uses_value_norms
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.regions import make_regions
-from vattr_bench.streaming import SpanAttributor
 
 
 def best_us(fn, n=1000):

@@ -112,3 +112,38 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     ctx = AttributionContext(model, s, prepared, model.generate(prepared, max_new_tokens=128), regions, "knockout")
     scores = Amortized(str(out)).attribute(ctx)
     assert scores.shape == (len(ctx.trace.spans), 16) and np.isfinite(scores).all()
+
+
+def test_amortized_method_equals_the_estimator_on_reference_features(tiny):
+    """The method scores span by span off one captured pass (the streaming worker's computation); the numbers
+    are the estimator applied to the defining features: eager attention pooled per (span, region), value
+    weighted with norms computed without Gram matrices. An adapter that cannot capture gets them through
+    its attention_to_visual instead."""
+    from test_streaming import value_norms_the_long_way
+    from vattr_bench.benchmarks import synthetic_sample
+    from vattr_bench.methods.amortized import Amortized
+
+    s = synthetic_sample("document", 2)
+    prepared = tiny.prepare(s.image, s.prompt)
+    trace = tiny.generate(prepared, max_new_tokens=128)
+    regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
+    ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
+    method = Amortized()
+    estimator = method.estimator_for(ctx)
+    assert estimator.meta["features"] == "value-weighted"
+    eager = tiny.attention_to_visual(prepared, trace.token_ids, eager=True)
+    reference = estimator.predict(span_region_features(eager, trace.spans, regions.token_matrix, "sum",
+                                                       value_norms_the_long_way(tiny, prepared)))
+    scores = method.attribute(ctx)
+    assert len(trace.spans) > 1 and scores.shape == reference.shape
+    np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-5)
+
+    class NoCapture:  # the adapter contract's optional parts left out
+        def __getattr__(self, name):
+            return getattr(tiny, name)
+
+        def capture_visual_attention(self, *args, **kwargs):
+            raise NotImplementedError("no capture")
+
+    ctx.model = NoCapture()
+    np.testing.assert_allclose(method.attribute(ctx), scores, rtol=1e-5, atol=1e-6)

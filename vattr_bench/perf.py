@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .amortized import uses_value_norms
+from .amortized import SpanAttributor, uses_value_norms
 from .benchmarks import resolve_families, synthetic_sample
 from .methods import AttributionContext, load_method
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
 from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
-from .streaming import SpanAttributor, SpanStreamer, stream_attributions
+from .streaming import SpanStreamer, stream_attributions
 from .types import Trace
 
 GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)

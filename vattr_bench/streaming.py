@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from transformers.generation.streamers import BaseStreamer
 
-from .amortized import LinearEstimator, region_pool_matrix, uses_value_norms
+from .amortized import LinearEstimator, SpanAttributor, uses_value_norms
 from .models.spans import SpanSplitter
 from .types import Regions, Span
 
@@ -39,40 +39,6 @@ class SpanEvent:
     emitted_s: float  # seconds since generation started
     tokens_generated: int  # how many trace tokens existed when the event was emitted
     lag_s: float = 0.0  # seconds from the span's last token to this event
-
-
-class SpanAttributor:
-    """The amortized method's whole per-span cost once generation has run: a span's captured rows →
-    attention weights to the visual tokens → pooled → estimator → (K,) scores.
-
-    The same numbers as ``estimator.predict(span_region_features(...))``, in the cheaper order: the
-    estimator is linear in the pooled attention, so the weights are applied per visual token and summed
-    over the span's tokens in one pass (Σ_lh c_lh,n · Σ_t a_lh,t,n / n, with c = w, or w·‖W_O^h v_n‖ for
-    value-weighted features, folded once per stream) and only that (N,) vector is pooled into regions.
-    All numpy (see VisualAttentionCapture.rows); reducing first also keeps each BLAS call small enough
-    for OpenBLAS to stay on one thread, off the cores generation uses (whether a multi-threaded call
-    would slow generation was not measurable above noise on 2 cores: scripts/stream_microbench.py)."""
-
-    def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
-        self.capture = capture
-        self.weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
-        self.bias = estimator.bias
-        self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
-        self.value_weighted = uses_value_norms(estimator.meta)
-        self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
-
-    def __call__(self, start: int, end: int) -> np.ndarray:
-        """(K,) scores of the span of trace tokens [start, end)."""
-        rows = self.capture.weights(*self.capture.rows(start, end))  # (L, H, n, N)
-        L, H, n, N = rows.shape
-        if L * H != len(self.weights):
-            raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
-        if self._per_token is None:
-            norms = self.capture.value_norms.reshape(L * H, N) if self.value_weighted else np.ones((L * H, N))
-            self._per_token = (self.weights[:, None] * norms).astype(np.float32)
-        # Σ_lh Σ_t c_lh,n a_lh,t,n in one float32 pass (~1e-7 relative here; float64 cost 2× the time)
-        per_visual_token = np.einsum("htn,hn->n", rows.reshape(L * H, n, N), self._per_token)
-        return self.pool @ (per_visual_token / n) + self.bias
 
 
 class SpanStreamer(BaseStreamer):

@@ -9,7 +9,8 @@ from ..benchmarks import resolve_families, synthetic_sample
 from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
 from .estimator import LinearEstimator, train_estimator
-from .features import feature_kind, span_region_features, uses_value_norms
+from .attributor import trace_features
+from .features import feature_kind, uses_value_norms
 
 
 def collect_example(model, sample, regions: str, k: int, ablation: str, n_subsets: int, seed: int, region_pool: str,
@@ -19,9 +20,7 @@ def collect_example(model, sample, regions: str, k: int, ablation: str, n_subset
     if not trace.spans:
         return None
     reg, _ = make_regions(regions, model, prepared, k=k, sample=sample)
-    value_norms = model.visual_value_norms(prepared) if uses_value_norms({"features": features}) else None
-    feats = span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, reg.token_matrix,
-                                 region_pool, value_norms)
+    feats = trace_features(model, prepared, trace, reg.token_matrix, region_pool, uses_value_norms({"features": features}))
     truth = ground_truth(model, prepared, trace, reg, ablation, n_subsets, seed)
     return {"family": sample.family, "features": feats, "masks": truth.masks, "subset_effects": truth.subset_effects,
             "single_effects": truth.effects}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..amortized import LinearEstimator, span_region_features, uses_value_norms
+from ..amortized import LinearEstimator, attribute_trace
 from .base import AttributionContext, AttributionMethod
 
 SHIPPED = {"vattr-tiny": Path(__file__).parents[1] / "amortized" / "vattr-tiny.estimator.json"}
@@ -40,10 +40,6 @@ class Amortized(AttributionMethod):
         return self.load_for(ctx.model, ctx.regions.protocol, ctx.operator)
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
-        est = self.estimator_for(ctx)
-        value_norms = None
-        if uses_value_norms(est.meta):
-            value_norms = ctx.cached("visual_value_norms", lambda: ctx.model.visual_value_norms(ctx.prepared))
-        feats = span_region_features(ctx.attention_to_visual(), ctx.trace.spans, ctx.regions.token_matrix,
-                                     est.meta.get("region_pool", "sum"), value_norms)
-        return est.predict(feats)
+        # its own captured pass (attention rows and value norms together), then the streaming worker's
+        # per-span computation: memory of one span, not the (L, H, T, N) attention the baselines share
+        return attribute_trace(ctx.model, ctx.prepared, ctx.trace, ctx.regions, self.estimator_for(ctx))

@@ -1,0 +1,81 @@
+"""Amortized scores of a trace's spans, from a model's attention capture: the one computation behind both
+the offline `amortized` method and the streaming worker."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import Regions, Trace
+from .estimator import LinearEstimator
+from .features import region_pool_matrix, span_region_features, uses_value_norms
+
+
+class SpanAttributor:
+    """The amortized method's whole per-span cost once the model has run: a span's captured rows →
+    attention weights to the visual tokens → pooled → estimator → (K,) scores.
+
+    The same numbers as ``estimator.predict(span_region_features(...))``, in the cheaper order: the
+    estimator is linear in the pooled attention, so the weights are applied per visual token and summed
+    over the span's tokens in one pass (Σ_lh c_lh,n · Σ_t a_lh,t,n / n, with c = w, or w·‖W_O^h v_n‖ for
+    value-weighted features, folded once per capture) and only that (N,) vector is pooled into regions.
+    Memory is one span's weights, whatever the trace length. All numpy (see VisualAttentionCapture.rows):
+    the streaming worker calls it from its own thread; reducing first also keeps each BLAS call small
+    enough for OpenBLAS to stay on one thread, off the cores generation uses (whether a multi-threaded
+    call would slow generation was not measurable above noise on 2 cores: scripts/stream_microbench.py)."""
+
+    def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
+        self.capture = capture
+        self.weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
+        self.bias = estimator.bias
+        self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
+        self.value_weighted = uses_value_norms(estimator.meta)
+        self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
+
+    def __call__(self, start: int, end: int) -> np.ndarray:
+        """(K,) scores of the span of trace tokens [start, end)."""
+        rows = self.capture.weights(*self.capture.rows(start, end))  # (L, H, n, N)
+        L, H, n, N = rows.shape
+        if L * H != len(self.weights):
+            raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
+        if self._per_token is None:
+            norms = self.capture.value_norms.reshape(L * H, N) if self.value_weighted else np.ones((L * H, N))
+            self._per_token = (self.weights[:, None] * norms).astype(np.float32)
+        # Σ_lh Σ_t c_lh,n a_lh,t,n in one float32 pass (~1e-7 relative here; float64 cost 2× the time)
+        per_visual_token = np.einsum("htn,hn->n", rows.reshape(L * H, n, N), self._per_token)
+        return self.pool @ (per_visual_token / n) + self.bias
+
+
+def capture_trace(model, prepared, trace_ids, value_norms: bool = False):
+    """The model's attention capture after one teacher-forced pass over prompt + trace: every trace token's
+    query row (and, with ``value_norms``, the visual tokens' ‖W_O^h v_n‖). Raises NotImplementedError for
+    an adapter that cannot capture."""
+    with model.capture_visual_attention(prepared, value_norms=value_norms) as capture:
+        model.token_logprobs(prepared, list(trace_ids))
+    return capture
+
+
+def attribute_trace(model, prepared, trace: Trace, regions: Regions, estimator: LinearEstimator) -> np.ndarray:
+    """(n_spans, K) amortized scores of a finished trace: one teacher-forced pass with the capture on, then
+    span by span what the streaming worker does. An adapter without a capture gets the reference
+    computation instead: its full (L, H, T, N) attention pooled by `span_region_features`."""
+    weighted = uses_value_norms(estimator.meta)
+    try:
+        capture = capture_trace(model, prepared, trace.token_ids, weighted)
+    except NotImplementedError:
+        return estimator.predict(trace_features(model, prepared, trace, regions.token_matrix,
+                                                estimator.meta.get("region_pool", "sum"), weighted))
+    attributor = SpanAttributor(capture, regions, estimator)
+    return np.array([attributor(s.start, s.end) for s in trace.spans]).reshape(len(trace.spans), regions.k)
+
+
+def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, region_pool: str = "sum",
+                   value_weighted: bool = False) -> np.ndarray:
+    """(n_spans, K, L·H) features of a finished trace (what the estimator trains on): the attention and
+    value norms from one captured pass, or from the adapter's `attention_to_visual` and
+    `visual_value_norms` where it cannot capture."""
+    try:
+        capture = capture_trace(model, prepared, trace.token_ids, value_weighted)
+        attention, norms = capture.attention(len(trace.token_ids)), capture.value_norms if value_weighted else None
+    except NotImplementedError:
+        attention = model.attention_to_visual(prepared, trace.token_ids)
+        norms = model.visual_value_norms(prepared) if value_weighted else None
+    return span_region_features(attention, trace.spans, token_matrix, region_pool, norms)
