@@ -7,7 +7,8 @@ Collects, once, the per-token attention rows and the ablation ground truth of n 
 samples, traces, regions and masks `vattr-bench train-estimator --n-train n` uses), holds out 20% the
 same way, then prints held-out r2 / LDS for: each training target; the estimator fitted on the held-out
 samples themselves (the linear map's capacity on these features); pooling variants (one of them each
-visual token's attention weighted by its value norm ‖W_O^h v_n‖); feature transforms;
+visual token's attention weighted by its value norm ‖W_O^h v_n‖, and the logit-weighted features, with
+and without the magnitude per token); feature transforms;
 and the estimator restricted to random subsets of the L·H heads (how r2 moves with the estimator's
 capacity — the model's head count is the lever `train-model --num-heads` exposes).
 
@@ -18,6 +19,7 @@ import argparse
 import numpy as np
 from tqdm.auto import tqdm
 
+from vattr_bench.amortized import capture_trace, span_region_features
 from vattr_bench.amortized.estimator import train_estimator
 from vattr_bench.amortized.train import heldout_scores, split_heldout
 from vattr_bench.benchmarks import resolve_families, synthetic_sample
@@ -25,8 +27,13 @@ from vattr_bench.models import load_model
 from vattr_bench.regions import ground_truth, make_regions
 
 
-def pooled(attention, spans, token_matrix, variant, vnorm=None):
-    """(S, K, L·H) features under a pooling variant; "mean" is the shipped one (span_region_features)."""
+def pooled(attention, spans, token_matrix, variant, vnorm=None, logit_values=None):
+    """(S, K, L·H) features under a pooling variant; "mean" is plain attention (span_region_features)."""
+    if variant == "logit-weighted":  # the shipped estimator's features
+        return span_region_features(attention, spans, token_matrix, "sum", logit_values=logit_values)
+    if variant == "logit-weighted, signed":  # the same without the magnitude per token
+        per_token = np.einsum("lhtn,kn->tklh", attention * logit_values.astype(np.float64), token_matrix.astype(np.float64))
+        return np.stack([per_token[s.start:s.end].mean(0) for s in spans]).reshape(len(spans), token_matrix.shape[0], -1)
     per_span = []
     for s in spans:
         a = attention[:, :, s.start:s.end].astype(np.float64)  # (L, H, n, N)
@@ -58,7 +65,7 @@ def main():
     probes = {"targets", "capacity", "pooling", "transforms", "heads"} if a.probes == "all" else set(a.probes.split(","))
     model = load_model(a.model)
     families = resolve_families("all")
-    variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted")
+    variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted", "logit-weighted", "logit-weighted, signed")
     examples = []
     for family in families:
         for i in tqdm(range(a.n // len(families)), desc=f"collect {family}"):
@@ -73,7 +80,8 @@ def main():
             ex = {"family": family, "masks": truth.masks, "subset_effects": truth.subset_effects,
                   "single_effects": truth.effects}
             vnorm = model.visual_value_norms(prepared)
-            ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm) for v in variants})
+            logit_values = capture_trace(model, prepared, trace.token_ids, logit_readout=True).logit_values(trace.token_ids)
+            ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm, logit_values) for v in variants})
             examples.append(ex)
     train, held = split_heldout(examples, 0.2, 0)
 

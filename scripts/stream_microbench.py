@@ -17,7 +17,7 @@ import timeit
 import numpy as np
 import torch
 
-from vattr_bench.amortized import SpanAttributor, uses_value_norms
+from vattr_bench.amortized import SpanAttributor, capture_options
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
@@ -39,7 +39,7 @@ def main():
     prepared = model.prepare(sample.image, sample.prompt)
     regions, _ = make_regions("feature-ward", model, prepared, k=16)
     estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
-    with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
+    with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
         trace = model.trace_from_ids(prepared, model.generate_ids(prepared, 128))
     span = trace.spans[1]
     attributor = SpanAttributor(capture, regions, estimator)
@@ -52,7 +52,7 @@ def main():
     per_token = np.ones((L * H, N), np.float32)
     print(f"| estimator weights, summed over tokens | "
           f"{best_us(lambda: np.einsum('htn,hn->n', weights.reshape(L * H, n, N), per_token)):.1f} |")
-    print(f"| whole SpanAttributor | {best_us(lambda: attributor(span.start, span.end)):.1f} |")
+    print(f"| whole SpanAttributor | {best_us(lambda: attributor(span.start, span.end, trace.token_ids[span.start:span.end])):.1f} |")
 
     w, big, small = np.random.rand(64), np.random.rand(64, 640), np.random.rand(64, 64)
     before = {"nothing": lambda: None, "64×640 gemv": lambda: w @ big, "64×64 gemv": lambda: w @ small}

@@ -103,7 +103,7 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--output", str(out)]) == 0
     assert "held-out (1 samples" in capsys.readouterr().out
     est = LinearEstimator.load(out)
-    assert est.meta["features"] == "value-weighted" and est.meta["n_train"] == 3 and len(est.weights) == 64
+    assert est.meta["features"] == "logit-weighted" and est.meta["n_train"] == 3 and len(est.weights) == 64
     assert np.isfinite(est.weights).all() and {"r2", "lds"} <= set(est.meta["heldout"])
     model = tiny
     s = synthetic_sample("math", 0)
@@ -114,12 +114,13 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert scores.shape == (len(ctx.trace.spans), 16) and np.isfinite(scores).all()
 
 
-def test_amortized_method_equals_the_estimator_on_reference_features(tiny):
+def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_path):
     """The method scores span by span off one captured pass (the streaming worker's computation); the numbers
-    are the estimator applied to the defining features: eager attention pooled per (span, region), value
-    weighted with norms computed without Gram matrices. An adapter that cannot capture gets them through
-    its attention_to_visual instead."""
-    from test_streaming import value_norms_the_long_way
+    are the estimator applied to the defining features: eager attention pooled per (span, region), weighted
+    by logit or value terms computed the long way (each head's full write into the residual stream). An
+    adapter that cannot capture gets value-weighted scores through its attention_to_visual, and a clear
+    error for logit-weighted ones."""
+    from test_streaming import logit_values_the_long_way, value_norms_the_long_way
     from vattr_bench.benchmarks import synthetic_sample
     from vattr_bench.methods.amortized import Amortized
 
@@ -128,15 +129,19 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny):
     trace = tiny.generate(prepared, max_new_tokens=128)
     regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
     ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
-    method = Amortized()
-    estimator = method.estimator_for(ctx)
-    assert estimator.meta["features"] == "value-weighted"
+    shipped = Amortized().estimator_for(ctx)
     eager = tiny.attention_to_visual(prepared, trace.token_ids, eager=True)
-    reference = estimator.predict(span_region_features(eager, trace.spans, regions.token_matrix, "sum",
-                                                       value_norms_the_long_way(tiny, prepared)))
-    scores = method.attribute(ctx)
-    assert len(trace.spans) > 1 and scores.shape == reference.shape
-    np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-5)
+    reference = {"logit-weighted": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
+                                                        logit_values=logit_values_the_long_way(tiny, prepared, trace.token_ids)),
+                 "value-weighted": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
+                                                        value_norms_the_long_way(tiny, prepared))}
+    methods = {}
+    for kind, features in reference.items():
+        LinearEstimator(shipped.weights, 0.0, dict(shipped.meta, features=kind)).save(tmp_path / f"{kind}.json")
+        methods[kind] = Amortized(str(tmp_path / f"{kind}.json"))
+        scores = methods[kind].attribute(ctx)
+        assert len(trace.spans) > 1 and scores.shape == (len(trace.spans), regions.k)
+        np.testing.assert_allclose(scores, features @ shipped.weights, rtol=1e-4, atol=1e-5)
 
     class NoCapture:  # the adapter contract's optional parts left out
         def __getattr__(self, name):
@@ -146,4 +151,7 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny):
             raise NotImplementedError("no capture")
 
     ctx.model = NoCapture()
-    np.testing.assert_allclose(method.attribute(ctx), scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(methods["value-weighted"].attribute(ctx), reference["value-weighted"] @ shipped.weights,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="logit-weighted features need"):
+        methods["logit-weighted"].attribute(ctx)

@@ -46,27 +46,31 @@ def test_stream_on_the_paper_architectures_equals_offline(arch):
     silent = [i for i in range(out.shape[0]) if i >= len(model.tokenizer) or not model.decode([i]).strip()]
     with torch.no_grad():  # a random model may write only tokens without text (so no span): make it write words
         out[silent] = 0  # logit 0 for them, while about half the words score above 0
+        model.model.model.language_model.norm.weight.uniform_(0.5, 1.5)  # a final-norm gain that is not all ones
     prepared = model.prepare(synthetic_sample("general", 0).image.resize((96, 64)), "what color is the circle ?")
     regions, _ = make_regions("grid", model, prepared, k=16)
     rng = np.random.default_rng(0)
     trace = model.generate(prepared, max_new_tokens=10)
     eager = model.attention_to_visual(prepared, trace.token_ids, eager=True)
     value_norms = value_norms_the_long_way(model, prepared)
-    for pool, features in (("sum", "attention"), ("mean", "attention"), ("sum", "value-weighted")):
+    logit_values = logit_values_the_long_way(model, prepared, trace.token_ids)
+    for pool, features in (("sum", "attention"), ("mean", "attention"), ("sum", "value-weighted"),
+                           ("sum", "logit-weighted"), ("mean", "logit-weighted")):
         estimator = LinearEstimator(rng.normal(size=model.num_layers * model.num_heads), 0.3,
                                     {"region_pool": pool, "features": features})
         events = stream_attributions(model, prepared, regions, estimator, max_new_tokens=10)
         assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
-        offline = estimator.predict(span_region_features(eager, trace.spans, regions.token_matrix, pool,
-                                                         value_norms if features == "value-weighted" else None))
+        offline = estimator.predict(span_region_features(
+            eager, trace.spans, regions.token_matrix, pool, value_norms if features == "value-weighted" else None,
+            logit_values if features == "logit-weighted" else None))
         np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
-def value_norms_the_long_way(model, prepared):
-    """Reference ‖W_O^h v_n‖: each layer's v_proj output (read by a hook in a plain forward, no capture),
-    per head through its block of o_proj, every hidden dimension (no Gram matrices). A hook rather than
-    the hidden states: Qwen3-VL adds visual features to the stream after early layers (deepstack)."""
+def visual_values_the_long_way(model, prepared):
+    """Each layer's visual value vectors (N, H, d), grouped heads repeated, read off v_proj by a hook in a
+    plain forward (no capture). A hook rather than the hidden states: Qwen3-VL adds visual features to
+    the stream after early layers (deepstack)."""
     layers = model.model.model.language_model.layers
     values = {}
     hooks = [layer.self_attn.v_proj.register_forward_hook(lambda m, i, out, l=l: values.setdefault(l, out[0]))
@@ -77,14 +81,35 @@ def value_norms_the_long_way(model, prepared):
         for h in hooks:
             h.remove()
     vis = torch.as_tensor(prepared.visual_positions)
-    norms = []
+    out = []
     for l, layer in enumerate(layers):
-        attn = layer.self_attn
-        v = values[l][vis].view(len(vis), -1, attn.head_dim)  # (N, H_kv, d)
-        v = v.repeat_interleave(model.num_heads // v.shape[1], dim=1)
-        w_o = attn.o_proj.weight.view(-1, model.num_heads, attn.head_dim)  # (hidden, H, d)
+        v = values[l][vis].view(len(vis), -1, layer.self_attn.head_dim)  # (N, H_kv, d)
+        out.append(v.repeat_interleave(model.num_heads // v.shape[1], dim=1))
+    return out
+
+
+@torch.no_grad()
+def value_norms_the_long_way(model, prepared):
+    """Reference ‖W_O^h v_n‖: per head through its block of o_proj, every hidden dimension (no Gram matrices)."""
+    norms = []
+    for layer, v in zip(model.model.model.language_model.layers, visual_values_the_long_way(model, prepared)):
+        w_o = layer.self_attn.o_proj.weight.view(-1, model.num_heads, layer.self_attn.head_dim)  # (hidden, H, d)
         norms.append(torch.stack([(v[:, h] @ w_o[:, h].T).norm(dim=-1) for h in range(model.num_heads)]))
     return torch.stack(norms).numpy()
+
+
+@torch.no_grad()
+def logit_values_the_long_way(model, prepared, token_ids):
+    """Reference u_tᵀ W_O^h v_n (L, H, T, N): each head's write from each visual token into the residual
+    stream, in full, dotted with the unembedding row of each token times the final norm's gain."""
+    language_model = model.model.model.language_model
+    u = model.model.get_output_embeddings().weight[list(token_ids)] * language_model.norm.weight  # (T, hidden)
+    per_layer = []
+    for layer, v in zip(language_model.layers, visual_values_the_long_way(model, prepared)):
+        w_o = layer.self_attn.o_proj.weight.view(-1, model.num_heads, layer.self_attn.head_dim)
+        writes = torch.stack([v[:, h] @ w_o[:, h].T for h in range(model.num_heads)])  # (H, N, hidden)
+        per_layer.append(torch.einsum("hnc,tc->htn", writes, u))
+    return torch.stack(per_layer).numpy()
 
 
 def test_value_weighted_amortized_streams_what_it_scores_offline(tiny, tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .amortized import SpanAttributor, uses_value_norms
+from .amortized import SpanAttributor, capture_options
 from .benchmarks import resolve_families, synthetic_sample
 from .methods import AttributionContext, load_method
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
@@ -61,24 +61,26 @@ def _worker_pass(model, prepared, regions, estimator, trace: Trace | None = None
     buffers and attribute it. Without ``trace``, the rows are what generation with the streamer hands
     over, span by span, as in a stream; with one, what a teacher-forced pass over it records (lengths
     generation does not reach). Returns (callable, spans)."""
-    with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
+    with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
         if trace is None:
             closed = []
             model.generate_ids(prepared, max_new_tokens,
                                streamer=SpanStreamer(model, capture, closed.append))
-            work = [(c.records, c.span) for c in closed]
+            work = [(c.records, c.span, c.token_ids) for c in closed]
         else:
             model.token_logprobs(prepared, trace.token_ids)
-            work = [(capture.take_pending(), trace.spans[0])] + [([], span) for span in trace.spans[1:]]
+            ids = list(trace.token_ids)
+            work = [(capture.take_pending() if i == 0 else [], span, ids[span.start:span.end])
+                    for i, span in enumerate(trace.spans)]
 
     def run():
         capture.clear_reads()  # a stream reads the prompt once, so every pass does
         attributor = SpanAttributor(capture, regions, estimator)
-        for records, span in work:
+        for records, span, ids in work:
             capture.flush(records)  # rewrites the same rows each pass
-            attributor(span.start, span.end)
+            attributor(span.start, span.end, ids)
 
-    return run, [span for _, span in work]
+    return run, [span for _, span, _ in work]
 
 
 def _best_seconds(passes: dict, rounds: int = 5, min_total_s: float = 0.25) -> dict:

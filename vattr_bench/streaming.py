@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from transformers.generation.streamers import BaseStreamer
 
-from .amortized import LinearEstimator, SpanAttributor, uses_value_norms
+from .amortized import LinearEstimator, SpanAttributor, capture_options
 from .models.spans import SpanSplitter
 from .types import Regions, Span
 
@@ -50,8 +50,12 @@ class SpanStreamer(BaseStreamer):
     def __init__(self, model, capture, sink: Callable):
         self.capture, self.sink, self.eos_ids = capture, sink, model.eos_ids
         self.splitter = SpanSplitter(model.decode)
-        self.n_tokens = 0
+        self.token_ids: list[int] = []  # the trace so far (logit-weighted features read the span's)
         self.prompt_seen = self.ended = False
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate hands the prompt over first
@@ -63,7 +67,7 @@ class SpanStreamer(BaseStreamer):
         if self.ended or token in self.eos_ids:
             self.ended = True
             return
-        self.n_tokens += 1
+        self.token_ids.append(token)
         span = self.splitter.feed(token)
         if span is not None:
             self._hand_over(span, rows=self.n_tokens)
@@ -74,13 +78,15 @@ class SpanStreamer(BaseStreamer):
             self._hand_over(span, rows=None)
 
     def _hand_over(self, span: Span, rows: int | None) -> None:
-        self.sink(ClosedSpan(span, self.capture.take_pending(), rows, time.perf_counter()))
+        self.sink(ClosedSpan(span, self.token_ids[span.start:span.end], self.capture.take_pending(), rows,
+                             time.perf_counter()))
 
 
 @dataclass
 class ClosedSpan:
     """What the streamer hands the worker when a span closes."""
     span: Span
+    token_ids: list[int]  # the span's tokens
     records: list  # the capture's records since the previous span (`VisualAttentionCapture.take_pending`)
     rows: int | None  # rows the capture must hold after the flush (one per token generated), None: at least the span's
     closed_s: float  # time.perf_counter() when it closed
@@ -112,7 +118,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
             if capture.n_rows < span.end or (closed.rows is not None and capture.n_rows != closed.rows):
                 raise RuntimeError(f"streaming expects one captured row per generated token; got {capture.n_rows} "
                                    f"rows for {closed.rows or span.end} tokens (batched or assisted decoding?)")
-            scores = attributor(span.start, span.end)
+            scores = attributor(span.start, span.end, closed.token_ids)
             now = time.perf_counter()
             event = SpanEvent(len(events), span.text, span.start, span.end, span.is_answer, scores, now - t0,
                               streamer.n_tokens, now - closed.closed_s)
@@ -136,7 +142,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
     if thread is not None:
         thread.start()
     try:
-        with model.capture_visual_attention(prepared, value_norms=uses_value_norms(estimator.meta)) as capture:
+        with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
             attributor = SpanAttributor(capture, regions, estimator)
             sink = work.put if thread is not None else attribute
             streamer = SpanStreamer(model, capture, sink)

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import Regions, Trace
+from ..types import Regions, Span, Trace
 from .estimator import LinearEstimator
-from .features import region_pool_matrix, span_region_features, uses_value_norms
+from .features import capture_options, feature_kind, region_pool_matrix, span_region_features
 
 
 class SpanAttributor:
     """The amortized method's whole per-span cost once the model has run: a span's captured rows →
     attention weights to the visual tokens → pooled → estimator → (K,) scores.
 
-    The same numbers as ``estimator.predict(span_region_features(...))``, in the cheaper order: the
-    estimator is linear in the pooled attention, so the weights are applied per visual token and summed
-    over the span's tokens in one pass (Σ_lh c_lh,n · Σ_t a_lh,t,n / n, with c = w, or w·‖W_O^h v_n‖ for
-    value-weighted features, folded once per capture) and only that (N,) vector is pooled into regions.
+    The same numbers as ``estimator.predict(span_region_features(...))``, for attention and value-weighted
+    features in the cheaper order: the estimator is linear in the pooled attention, so the weights are
+    applied per visual token and summed over the span's tokens in one pass (Σ_lh c_lh,n · Σ_t a_lh,t,n / n,
+    with c = w, or w·‖W_O^h v_n‖ for value-weighted features, folded once per capture) and only that (N,)
+    vector is pooled into regions. Logit-weighted features take a magnitude per token after the region
+    sum, so they go through `span_region_features` on the span's rows, then the weights.
     Memory is one span's weights, whatever the trace length. All numpy (see VisualAttentionCapture.rows):
     the streaming worker calls it from its own thread; reducing first also keeps each BLAS call small
     enough for OpenBLAS to stay on one thread, off the cores generation uses (whether a multi-threaded
@@ -27,28 +29,38 @@ class SpanAttributor:
         self.weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
         self.bias = estimator.bias
         self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
-        self.value_weighted = uses_value_norms(estimator.meta)
+        self.kind = feature_kind(estimator.meta)
+        self.region_pool = estimator.meta.get("region_pool", "sum")
+        self.token_matrix = regions.token_matrix
         self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
 
-    def __call__(self, start: int, end: int) -> np.ndarray:
-        """(K,) scores of the span of trace tokens [start, end)."""
+    def __call__(self, start: int, end: int, token_ids=None) -> np.ndarray:
+        """(K,) scores of the span of trace tokens [start, end); ``token_ids``, the span's tokens, only
+        logit-weighted features need."""
         rows = self.capture.weights(*self.capture.rows(start, end))  # (L, H, n, N)
         L, H, n, N = rows.shape
         if L * H != len(self.weights):
             raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
+        if self.kind == "logit-weighted":
+            if token_ids is None or len(token_ids) != n:
+                raise ValueError(f"logit-weighted features need the span's {n} token ids, got "
+                                 f"{None if token_ids is None else len(token_ids)}")
+            features = span_region_features(rows, [Span(0, n, "")], self.token_matrix, self.region_pool,
+                                            logit_values=self.capture.logit_values(token_ids))
+            return features[0] @ self.weights + self.bias
         if self._per_token is None:
-            norms = self.capture.value_norms.reshape(L * H, N) if self.value_weighted else np.ones((L * H, N))
+            norms = self.capture.value_norms.reshape(L * H, N) if self.kind == "value-weighted" else np.ones((L * H, N))
             self._per_token = (self.weights[:, None] * norms).astype(np.float32)
         # Σ_lh Σ_t c_lh,n a_lh,t,n in one float32 pass (~1e-7 relative here; float64 cost 2× the time)
         per_visual_token = np.einsum("htn,hn->n", rows.reshape(L * H, n, N), self._per_token)
         return self.pool @ (per_visual_token / n) + self.bias
 
 
-def capture_trace(model, prepared, trace_ids, value_norms: bool = False):
+def capture_trace(model, prepared, trace_ids, **options):
     """The model's attention capture after one teacher-forced pass over prompt + trace: every trace token's
-    query row (and, with ``value_norms``, the visual tokens' ‖W_O^h v_n‖). Raises NotImplementedError for
-    an adapter that cannot capture."""
-    with model.capture_visual_attention(prepared, value_norms=value_norms) as capture:
+    query row (``options``: what else to keep, `capture_options`). Raises NotImplementedError for an
+    adapter that cannot capture."""
+    with model.capture_visual_attention(prepared, **options) as capture:
         model.token_logprobs(prepared, list(trace_ids))
     return capture
 
@@ -57,25 +69,31 @@ def attribute_trace(model, prepared, trace: Trace, regions: Regions, estimator: 
     """(n_spans, K) amortized scores of a finished trace: one teacher-forced pass with the capture on, then
     span by span what the streaming worker does. An adapter without a capture gets the reference
     computation instead: its full (L, H, T, N) attention pooled by `span_region_features`."""
-    weighted = uses_value_norms(estimator.meta)
     try:
-        capture = capture_trace(model, prepared, trace.token_ids, weighted)
+        capture = capture_trace(model, prepared, trace.token_ids, **capture_options(estimator.meta))
     except NotImplementedError:
         return estimator.predict(trace_features(model, prepared, trace, regions.token_matrix,
-                                                estimator.meta.get("region_pool", "sum"), weighted))
+                                                estimator.meta.get("region_pool", "sum"), feature_kind(estimator.meta)))
     attributor = SpanAttributor(capture, regions, estimator)
-    return np.array([attributor(s.start, s.end) for s in trace.spans]).reshape(len(trace.spans), regions.k)
+    ids = list(trace.token_ids)
+    return np.array([attributor(s.start, s.end, ids[s.start:s.end]) for s in trace.spans]).reshape(len(trace.spans), regions.k)
 
 
 def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, region_pool: str = "sum",
-                   value_weighted: bool = False) -> np.ndarray:
-    """(n_spans, K, L·H) features of a finished trace (what the estimator trains on): the attention and
-    value norms from one captured pass, or from the adapter's `attention_to_visual` and
-    `visual_value_norms` where it cannot capture."""
+                   features: str = "attention") -> np.ndarray:
+    """(n_spans, K, L·H) features of kind ``features`` for a finished trace (what the estimator trains on):
+    the attention and what weighs it from one captured pass, or, for an adapter that cannot capture,
+    from its `attention_to_visual` and `visual_value_norms`."""
+    options = capture_options({"features": features})
     try:
-        capture = capture_trace(model, prepared, trace.token_ids, value_weighted)
-        attention, norms = capture.attention(len(trace.token_ids)), capture.value_norms if value_weighted else None
+        capture = capture_trace(model, prepared, trace.token_ids, **options)
     except NotImplementedError:
-        attention = model.attention_to_visual(prepared, trace.token_ids)
-        norms = model.visual_value_norms(prepared) if value_weighted else None
-    return span_region_features(attention, trace.spans, token_matrix, region_pool, norms)
+        if options["logit_readout"]:
+            raise NotImplementedError(f"{type(model).__name__} cannot capture attention, which logit-weighted "
+                                      "features need; use an estimator trained with --features value-weighted") from None
+        norms = model.visual_value_norms(prepared) if options["value_norms"] else None
+        return span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, token_matrix,
+                                    region_pool, norms)
+    return span_region_features(capture.attention(len(trace.token_ids)), trace.spans, token_matrix, region_pool,
+                                capture.value_norms if options["value_norms"] else None,
+                                capture.logit_values(trace.token_ids) if options["logit_readout"] else None)

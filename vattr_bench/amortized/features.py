@@ -8,13 +8,20 @@ more) or the mean (``region_pool="mean"``).
 ``features="value-weighted"`` multiplies each head's attention to visual token n by ‖W_O^h v_n‖, how
 much that head writes into the residual stream from n per unit of attention (Kobayashi et al. 2020):
 still L·H features, the same estimator, one multiply more per span.
+
+``features="logit-weighted"`` weighs each head's attention to visual token n by u_tᵀ W_O^h v_n, how far
+what the head reads from n pushes the logit of the token y_t the row predicts (u_t: y_t's unembedding
+row times the final norm's gain — the direct path through the logit lens), sums that over the region's
+tokens and takes the magnitude per token: |Σ_{n∈k} a_{t,n} u_tᵀ W_O^h v_n|, mean over the span's tokens.
+Signed contributions of a region's tokens can cancel, so the sum comes before the magnitude. Still L·H
+features and the same linear estimator.
 """
 from __future__ import annotations
 
 import numpy as np
 
 REGION_POOLS = ("sum", "mean")
-FEATURES = ("attention", "value-weighted")
+FEATURES = ("attention", "value-weighted", "logit-weighted")
 
 
 def feature_kind(meta: dict) -> str:
@@ -25,9 +32,11 @@ def feature_kind(meta: dict) -> str:
     return kind
 
 
-def uses_value_norms(meta: dict) -> bool:
-    """Whether an estimator's features need ‖W_O^h v_n‖ of the visual tokens."""
-    return feature_kind(meta) == "value-weighted"
+def capture_options(meta: dict) -> dict:
+    """What a model's attention capture must keep for an estimator's features (keyword arguments of
+    `capture_visual_attention`)."""
+    kind = feature_kind(meta)
+    return {"value_norms": kind == "value-weighted", "logit_readout": kind == "logit-weighted"}
 
 
 def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:
@@ -40,11 +49,17 @@ def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np
 
 
 def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum",
-                         value_norms: np.ndarray | None = None) -> np.ndarray:
+                         value_norms: np.ndarray | None = None, logit_values: np.ndarray | None = None) -> np.ndarray:
     """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H); with ``value_norms``
-    (L, H, N), the value-weighted features."""
+    (L, H, N), the value-weighted features; with ``logit_values`` (L, H, T, N) — u_tᵀ W_O^h v_n of the
+    token each row predicts (`VisualAttentionCapture.logit_values`) — the logit-weighted ones."""
     L, H = attention.shape[:2]
     pool = region_pool_matrix(token_matrix, region_pool)
+    if logit_values is not None:  # the magnitude is taken per token, after the sum over the region's tokens
+        # one small product per head (numpy loops over the leading axes), each below OpenBLAS's threading size
+        per_token = np.abs(np.matmul(attention * logit_values.astype(np.float64), pool.T))  # (L, H, T, K)
+        feats = np.stack([per_token[:, :, s.start:s.end].mean(2) for s in spans])  # (S, L, H, K)
+        return feats.transpose(0, 3, 1, 2).reshape(len(spans), pool.shape[0], L * H)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative
     per_span = np.stack([attention[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, N)
     if value_norms is not None:

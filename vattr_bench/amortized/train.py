@@ -10,7 +10,7 @@ from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
 from .estimator import LinearEstimator, train_estimator
 from .attributor import trace_features
-from .features import feature_kind, uses_value_norms
+from .features import feature_kind
 
 
 def collect_example(model, sample, regions: str, k: int, ablation: str, n_subsets: int, seed: int, region_pool: str,
@@ -20,7 +20,7 @@ def collect_example(model, sample, regions: str, k: int, ablation: str, n_subset
     if not trace.spans:
         return None
     reg, _ = make_regions(regions, model, prepared, k=k, sample=sample)
-    feats = trace_features(model, prepared, trace, reg.token_matrix, region_pool, uses_value_norms({"features": features}))
+    feats = trace_features(model, prepared, trace, reg.token_matrix, region_pool, features)
     truth = ground_truth(model, prepared, trace, reg, ablation, n_subsets, seed)
     return {"family": sample.family, "features": feats, "masks": truth.masks, "subset_effects": truth.subset_effects,
             "single_effects": truth.effects}
@@ -85,7 +85,7 @@ def format_transfer(table: dict) -> str:
 
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
-        transfer=False, features="value-weighted", log=print) -> LinearEstimator:
+        transfer=False, features="logit-weighted", log=print) -> LinearEstimator:
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")

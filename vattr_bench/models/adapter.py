@@ -52,11 +52,13 @@ class VisionLanguageModel(ABC):
         new token as it is chosen (the transformers streamer protocol). Streaming builds on it."""
         raise NotImplementedError(f"{type(self).__name__} cannot stream generation")
 
-    def capture_visual_attention(self, prepared: PreparedInput, first_row: int | None = None, value_norms: bool = False):
+    def capture_visual_attention(self, prepared: PreparedInput, first_row: int | None = None, value_norms: bool = False,
+                                 logit_readout: bool = False):
         """Context manager yielding a VisualAttentionCapture that records, during any forward inside it,
         each query row at position ≥ first_row (default: the one predicting trace token 0) to the
         visual tokens — the attention features without the eager kernel (models/attention_capture.py);
-        with ``value_norms``, also ‖W_O^h v_n‖ of the visual tokens."""
+        with ``value_norms``, also ‖W_O^h v_n‖ of the visual tokens; with ``logit_readout``, what
+        `logit_values` needs (the visual values, every o_proj, the unembedding and final-norm gain)."""
         raise NotImplementedError(f"{type(self).__name__} cannot capture attention")
 
     def visual_value_norms(self, prepared: PreparedInput) -> np.ndarray:

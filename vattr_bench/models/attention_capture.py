@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import weakref
 from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,9 +55,10 @@ class VisualAttentionCapture:
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
-                 value_grams: list[np.ndarray] | None = None):
-        """``value_grams``: per layer, the (H, d, d) W_O^hᵀW_O^h of `o_proj_gram`; given them, the capture also
-        keeps the visual values, for ‖W_O^h v_n‖ (the value-weighted features' factor, `value_norms`)."""
+                 value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None):
+        """``value_grams``: per layer, the (H, d, d) W_O^hᵀW_O^h of `o_proj_gram`, for ‖W_O^h v_n‖ (the
+        value-weighted features' factor, `value_norms`); ``readout``: what `logit_values` reads the visual
+        values with (the logit-weighted features). Given either, the capture also keeps the visual values."""
         self.layer_of = layer_of
         self.num_layers = len(layer_of)
         positions = np.asarray(visual_positions, dtype=np.int64)
@@ -68,11 +71,14 @@ class VisualAttentionCapture:
         # per layer, from its first call (the prompt): visual keys, visual values (or None), query heads per kv head
         self._prompt: list[tuple[torch.Tensor, torch.Tensor | None, int] | None] = [None] * self.num_layers
         self._value_grams = None if value_grams is None else np.stack(value_grams)  # (L, H, d, d)
+        self.readout = readout
+        self._keep_values = value_grams is not None or readout is not None
         self._queries: np.ndarray | None = None  # (L, H, capacity, d)
         self._lse: np.ndarray | None = None  # (L, H, capacity)
         self.n_rows = 0  # rows flushed in every layer so far
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, key length, query, lse)
         self._keys_t: np.ndarray | None = None  # (L, H, d, N), built at the first read
+        self._values: np.ndarray | None = None  # (L, H, N, d), built at the first read
         self._value_norms: np.ndarray | None = None  # (L, H, N), built at the first read
 
     # -- called from inside the attention backend --------------------------------------------------
@@ -82,7 +88,7 @@ class VisualAttentionCapture:
         are cut out once, as torch tensors; turning them into numpy, repeating grouped heads and the value
         norms wait for the first read (the streaming worker, off the generating thread)."""
         if self._prompt[layer] is None:  # the layer's first call: the prompt, visual tokens included
-            values = self._visual_rows(value) if self._value_grams is not None else None
+            values = self._visual_rows(value) if self._keep_values else None
             self._prompt[layer] = (self._visual_rows(key), values, query.shape[1] // key.shape[1])
             self.scale[layer] = scale
         self._pending.append((layer, key.shape[2], query, lse))
@@ -169,7 +175,7 @@ class VisualAttentionCapture:
     def clear_reads(self) -> None:
         """Forget what the first read built from the prompt (K_vis, value norms); the next read builds it
         again. `perf` times a stream's whole worker work with it."""
-        self._keys_t = self._value_norms = None
+        self._keys_t = self._values = self._value_norms = None
 
     def _prompt_rows(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
         if any(p is None for p in self._prompt):
@@ -186,6 +192,14 @@ class VisualAttentionCapture:
             self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
         return self._keys_t
 
+    def _visual_values(self) -> np.ndarray:
+        """The visual tokens' values as (L, H, N, d), grouped heads repeated, built once."""
+        if self._values is None:
+            if not self._keep_values:
+                raise RuntimeError("no visual values kept: open the capture with value_norms or logit_readout")
+            self._values = np.stack([_repeat_heads(_numpy(v)[0], groups) for _, v, groups in self._prompt_rows()])
+        return self._values
+
     @property
     def value_norms(self) -> np.ndarray:
         """(L, H, N) ‖W_O^h v_n‖, once the prompt has been through every layer (computed at the first read,
@@ -193,9 +207,21 @@ class VisualAttentionCapture:
         if self._value_grams is None:
             raise RuntimeError("no value norms: open the capture with value_norms=True and run the prompt through it")
         if self._value_norms is None:
-            values = np.stack([_repeat_heads(_numpy(v)[0], groups) for _, v, groups in self._prompt_rows()])
-            self._value_norms = visual_value_norms(self._value_grams, values)
+            self._value_norms = visual_value_norms(self._value_grams, self._visual_values())
         return self._value_norms
+
+    def logit_values(self, token_ids) -> np.ndarray:
+        """(L, H, n, N) u_tᵀ W_O^h v_n: how far head h, reading visual token n, pushes the logit of token y_t
+        (u_t: y_t's unembedding row times the final norm's gain — the direct path, the norm's scale left
+        out) for the tokens ``token_ids`` that a run of rows predicts. Numpy only, as `rows`."""
+        if self.readout is None:
+            raise RuntimeError("no logit readout: open the capture with logit_readout=True")
+        values = self._visual_values()  # (L, H, N, d)
+        L, H, N, d = values.shape
+        u = self.readout.unembed(list(token_ids))  # (n, hidden)
+        # W_O^hᵀ u_t per head, (L·H) small products (one big one would start OpenBLAS's threads in the worker)
+        per_head = np.matmul(u[None], self.readout.w_o).reshape(L, H, len(u), d)
+        return np.matmul(per_head, values.swapaxes(-1, -2))
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
@@ -218,6 +244,13 @@ def o_proj_gram(module, num_heads: int) -> np.ndarray:
         w_o = o_proj.weight.float().reshape(o_proj.weight.shape[0], num_heads, -1)  # (hidden, H, d): heads concatenated
         _O_GRAMS[module] = _numpy(torch.einsum("ohd,ohe->hde", w_o, w_o)).copy()
     return _O_GRAMS[module]
+
+
+@dataclass
+class LogitReadout:
+    """What the logit-weighted features read visual values with (`VisualAttentionCapture.logit_values`)."""
+    w_o: np.ndarray  # (L·H, hidden, d): every head's block of its layer's output projection, layer-major
+    unembed: Callable[[list], np.ndarray]  # token ids -> (n, hidden) float32 unembedding rows × final-norm gain
 
 
 def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:

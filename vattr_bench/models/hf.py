@@ -21,7 +21,7 @@ from PIL import Image
 from ..images import check_image
 from ..types import Trace
 from .adapter import PreparedInput, VisionLanguageModel
-from .attention_capture import CAPTURE_BACKEND, VisualAttentionCapture, activate, o_proj_gram
+from .attention_capture import CAPTURE_BACKEND, LogitReadout, VisualAttentionCapture, _numpy, activate, o_proj_gram
 from .prompting import answer_from_trace, build_prompt
 from .spans import split_spans
 
@@ -50,6 +50,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
         self._token_text: dict[int, str] = {}  # decode of single tokens: the span splitter asks per token
+        self._readout: LogitReadout | None = None  # built at the first logit-weighted capture
         self._install_capture_backend()
 
     @property
@@ -227,16 +228,18 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 self._install_capture_backend()  # the call above reset the decoder too
 
     @contextmanager
-    def capture_visual_attention(self, prepared, first_row: int | None = None, value_norms: bool = False):
+    def capture_visual_attention(self, prepared, first_row: int | None = None, value_norms: bool = False,
+                                 logit_readout: bool = False):
         """While active, every forward of this model records each decoder query row at position ≥
         ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
-        visual keys once (and, with ``value_norms``, ‖W_O^h v_n‖ of the visual tokens); see
-        attention_capture. Yields the VisualAttentionCapture."""
+        visual keys once (and, with ``value_norms``, ‖W_O^h v_n‖ of the visual tokens; with
+        ``logit_readout``, what `logit_values` needs); see attention_capture. Yields the capture."""
         decoder = self._decoder
         layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
         grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
-                                         prepared.prompt_length - 1 if first_row is None else first_row, grams)
+                                         prepared.prompt_length - 1 if first_row is None else first_row, grams,
+                                         self.logit_readout() if logit_readout else None)
         # the decoder only (the vision tower keeps its kernel), and only if it is not on the backend already
         previous = decoder.config._attn_implementation
         if previous != CAPTURE_BACKEND:
@@ -248,6 +251,25 @@ class HFVisionLanguageModel(VisionLanguageModel):
             if previous != CAPTURE_BACKEND:
                 decoder.set_attn_implementation(previous)
             capture.flush()  # rows recorded before an error are kept too
+
+    @torch.no_grad()
+    def logit_readout(self) -> LogitReadout:
+        """Every decoder head's block of o_proj and the unembedding rows times the final norm's gain
+        (RMSNorm-style γ·x/rms(x); a norm without a weight counts as gain 1), as float32 numpy, built once:
+        on the CPU views of the weights, on a GPU one copy to the host (the vocabulary table included)."""
+        if self._readout is None:
+            decoder = self._decoder
+            for layer in decoder.layers:
+                if getattr(layer.self_attn, "o_proj", None) is None:
+                    raise ValueError(f"logit-weighted features need the attention output projection `o_proj`; "
+                                     f"{type(layer.self_attn).__name__} has none")
+            w_o = np.concatenate([_numpy(layer.self_attn.o_proj.weight).reshape(-1, self.num_heads, layer.self_attn.head_dim)
+                                  .transpose(1, 0, 2) for layer in decoder.layers])  # (L·H, hidden, d)
+            table = _numpy(self.model.get_output_embeddings().weight)  # (vocab, hidden)
+            norm_weight = getattr(getattr(decoder, "norm", None), "weight", None)
+            gain = None if norm_weight is None else _numpy(norm_weight)
+            self._readout = LogitReadout(w_o, lambda ids: table[ids] if gain is None else table[ids] * gain)
+        return self._readout
 
     @torch.no_grad()
     def visual_value_norms(self, prepared) -> np.ndarray:
