@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.attention_capture import serial_matmul
+
 REGION_POOLS = ("sum", "mean")
+
 FEATURES = ("attention", "value-weighted", "logit-weighted")
 
 
@@ -56,9 +59,10 @@ def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray,
     L, H = attention.shape[:2]
     pool = region_pool_matrix(token_matrix, region_pool)
     if logit_values is not None:  # the magnitude is taken per token, after the sum over the region's tokens
-        # one small product per head (numpy loops over the leading axes), each below OpenBLAS's threading size
-        per_token = np.abs(np.matmul(attention * logit_values.astype(np.float64), pool.T))  # (L, H, T, K)
-        feats = np.stack([per_token[:, :, s.start:s.end].mean(2) for s in spans])  # (S, L, H, K)
+        # in the inputs' precision (float32 from a capture: ~1e-6 relative); float64 from the mean on
+        weighted = attention * logit_values
+        per_token = np.abs(serial_matmul(weighted, pool.T.astype(weighted.dtype)))  # (L, H, T, K)
+        feats = np.stack([per_token[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, K)
         return feats.transpose(0, 3, 1, 2).reshape(len(spans), pool.shape[0], L * H)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative
     per_span = np.stack([attention[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, N)

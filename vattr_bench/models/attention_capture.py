@@ -80,6 +80,7 @@ class VisualAttentionCapture:
         self._keys_t: np.ndarray | None = None  # (L, H, d, N), built at the first read
         self._values: np.ndarray | None = None  # (L, H, N, d), built at the first read
         self._value_norms: np.ndarray | None = None  # (L, H, N), built at the first read
+        self._logit_rows: dict[int, np.ndarray] = {}  # token id -> (L, H, N) `logit_values` row
 
     # -- called from inside the attention backend --------------------------------------------------
     def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float,
@@ -173,9 +174,10 @@ class VisualAttentionCapture:
         return np.exp(scores, out=scores)
 
     def clear_reads(self) -> None:
-        """Forget what the first read built from the prompt (K_vis, value norms); the next read builds it
-        again. `perf` times a stream's whole worker work with it."""
+        """Forget what reads built from the prompt (K_vis, values, value norms, logit rows); the next read
+        builds it again. `perf` times a stream's whole worker work with it."""
         self._keys_t = self._values = self._value_norms = None
+        self._logit_rows = {}
 
     def _prompt_rows(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
         if any(p is None for p in self._prompt):
@@ -216,12 +218,16 @@ class VisualAttentionCapture:
         out) for the tokens ``token_ids`` that a run of rows predicts. Numpy only, as `rows`."""
         if self.readout is None:
             raise RuntimeError("no logit readout: open the capture with logit_readout=True")
-        values = self._visual_values()  # (L, H, N, d)
-        L, H, N, d = values.shape
-        u = self.readout.unembed(list(token_ids))  # (n, hidden)
-        # W_O^hᵀ u_t per head, (L·H) small products (one big one would start OpenBLAS's threads in the worker)
-        per_head = np.matmul(u[None], self.readout.w_o).reshape(L, H, len(u), d)
-        return np.matmul(per_head, values.swapaxes(-1, -2))
+        token_ids = list(token_ids)
+        new = [t for t in dict.fromkeys(token_ids) if t not in self._logit_rows]
+        if new:  # a token's row depends on the prompt only: computed once per token a capture reads
+            values = self._visual_values()  # (L, H, N, d)
+            L, H, N, d = values.shape
+            u = self.readout.unembed(new)  # (m, hidden)
+            per_head = serial_matmul(u, self.readout.w_o).reshape(len(new), L, H, d).transpose(1, 2, 0, 3)  # W_O^hᵀ u
+            rows = np.matmul(per_head, values.swapaxes(-1, -2))  # (L, H, m, N), one small product per head
+            self._logit_rows.update({t: rows[:, :, i] for i, t in enumerate(new)})
+        return np.stack([self._logit_rows[t] for t in token_ids], axis=2)
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
@@ -249,7 +255,7 @@ def o_proj_gram(module, num_heads: int) -> np.ndarray:
 @dataclass
 class LogitReadout:
     """What the logit-weighted features read visual values with (`VisualAttentionCapture.logit_values`)."""
-    w_o: np.ndarray  # (L·H, hidden, d): every head's block of its layer's output projection, layer-major
+    w_o: np.ndarray  # (hidden, L·H·d): every decoder layer's output projection side by side, layer-major
     unembed: Callable[[list], np.ndarray]  # token ids -> (n, hidden) float32 unembedding rows × final-norm gain
 
 
@@ -285,6 +291,23 @@ def _decode_steps(pending: list, i: int, num_layers: int) -> int:
 
 # at::internal::GRAIN_SIZE: a CPU op on fewer elements runs in the calling thread, never in an OpenMP region
 _TORCH_GRAIN = 32768
+
+
+# OpenBLAS runs a matrix product on one thread while m·n·k stays at or below 65536 × 4 (its SMP threshold
+# times GEMM_MULTITHREAD_THRESHOLD); in the streaming worker a threaded one would wake a spinning thread
+# on the cores generation uses
+_OPENBLAS_SERIAL_SIZE = 65536 * 4
+
+
+def serial_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (..., n) @ b (n, k) as 2-D products over chunks of a's rows, each small enough for OpenBLAS to
+    keep on the calling thread."""
+    rows = a.reshape(-1, a.shape[-1])
+    step = max(1, _OPENBLAS_SERIAL_SIZE // (b.shape[0] * b.shape[1]))
+    out = np.empty((rows.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    for i in range(0, rows.shape[0], step):
+        np.matmul(rows[i:i + step], b, out=out[i:i + step])
+    return out.reshape(*a.shape[:-1], b.shape[1])
 
 
 def _cat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:

@@ -254,7 +254,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @torch.no_grad()
     def logit_readout(self) -> LogitReadout:
-        """Every decoder head's block of o_proj and the unembedding rows times the final norm's gain
+        """Every decoder layer's o_proj side by side and the unembedding rows times the final norm's gain
         (RMSNorm-style γ·x/rms(x); a norm without a weight counts as gain 1), as float32 numpy, built once:
         on the CPU views of the weights, on a GPU one copy to the host (the vocabulary table included)."""
         if self._readout is None:
@@ -263,8 +263,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 if getattr(layer.self_attn, "o_proj", None) is None:
                     raise ValueError(f"logit-weighted features need the attention output projection `o_proj`; "
                                      f"{type(layer.self_attn).__name__} has none")
-            w_o = np.concatenate([_numpy(layer.self_attn.o_proj.weight).reshape(-1, self.num_heads, layer.self_attn.head_dim)
-                                  .transpose(1, 0, 2) for layer in decoder.layers])  # (L·H, hidden, d)
+            w_o = np.concatenate([_numpy(layer.self_attn.o_proj.weight) for layer in decoder.layers], axis=1)  # (hidden, L·H·d)
             table = _numpy(self.model.get_output_embeddings().weight)  # (vocab, hidden)
             norm_weight = getattr(getattr(decoder, "norm", None), "weight", None)
             gain = None if norm_weight is None else _numpy(norm_weight)
