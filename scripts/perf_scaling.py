@@ -1,5 +1,6 @@
-"""How `vattr-bench perf`'s ratios move with the size of the model: the amortized method's cost depends
-on L·H and the visual tokens only, ablation and gradients pay for whole forward/backward passes.
+"""How `vattr-bench perf`'s ratios move with the size of the model: the amortized method's cost grows with
+L·H and the visual tokens (and, for logit-weighted features, with the hidden width once per distinct
+token), ablation and gradients pay for whole forward/backward passes.
 
     python scripts/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1]
 
@@ -8,9 +9,10 @@ vision tower config, tokenizer and processor and a decoder of that size with ran
 weights do not write sentences, so every model is made to write vattr-tiny's own greedy trace for each
 prompt (a logits processor forces the next token, in every mode alike): spans then close where they
 do for the real model, and every row is timed on the same tokens and spans. The estimator is random
-too (its values do not change its cost). Measured with perf's own functions, one run per size: the
-streaming overhead and lag (interleaved rounds, medians) and the cost per span of amortized, exhaustive
-ablation and input×gradient (perf's fastest gradient baseline). Costs only: nothing here is faithful.
+too: its values do not change its cost, its feature kind does (`--features`, the shipped kind by
+default). Measured with perf's own functions, one run per size: the streaming overhead and lag
+(interleaved rounds, medians) and the cost per span of amortized, exhaustive ablation and
+input×gradient (perf's fastest gradient baseline). Costs only: nothing here is faithful.
 """
 import argparse
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
-from vattr_bench.amortized import LinearEstimator
+from vattr_bench.amortized import FEATURES, LinearEstimator
 from vattr_bench.methods.gradients import InputXGradientMethod
 from vattr_bench.models import BUILTIN, load_model
 from vattr_bench.models.hf import HFVisionLanguageModel, load_processor
@@ -67,6 +69,8 @@ def main():
     p.add_argument("--sizes", default="128x4,512x8,1024x12", help="decoder hidden width × layers, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--per-family", type=int, default=1)
+    p.add_argument("--features", default="logit-weighted", choices=FEATURES,
+                   help="the random estimator's feature kind (its cost differs; its values do not matter)")
     a = p.parse_args()
     cfg = PerfConfig(per_family=a.per_family, rounds=a.rounds, regions="grid", max_new_tokens=128)
     tiny = load_model("vattr-tiny")
@@ -78,7 +82,8 @@ def main():
         vlm = tiny if size == "vattr-tiny" else random_decoder_model(*map(int, size.split("x")))
         write_traces(vlm, traces)
         rng = np.random.default_rng(0)
-        estimator = LinearEstimator(rng.normal(size=vlm.num_layers * vlm.num_heads), 0.0, {"region_pool": "sum"})
+        estimator = LinearEstimator(rng.normal(size=vlm.num_layers * vlm.num_heads), 0.0,
+                                    {"region_pool": "sum", "features": a.features})
         items = prepare_items(vlm, cfg)
         warm_up(vlm, items, estimator, cfg, methods=(InputXGradientMethod,))
         streaming = measure_streaming(vlm, items, estimator, cfg)

@@ -29,7 +29,7 @@ from .methods import AttributionContext, load_method
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
 from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
-from .streaming import SpanStreamer, stream_attributions
+from .streaming import SpanStreamer, one_blas_thread, stream_attributions
 from .types import Trace
 
 GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)
@@ -76,9 +76,10 @@ def _worker_pass(model, prepared, regions, estimator, trace: Trace | None = None
     def run():
         capture.clear_reads()  # a stream reads the prompt once, so every pass does
         attributor = SpanAttributor(capture, regions, estimator)
-        for records, span, ids in work:
-            capture.flush(records)  # rewrites the same rows each pass
-            attributor(span.start, span.end, ids)
+        with one_blas_thread():  # as in a stream
+            for records, span, ids in work:
+                capture.flush(records)  # rewrites the same rows each pass
+                attributor(span.start, span.end, ids)
 
     return run, [span for _, span, _ in work]
 

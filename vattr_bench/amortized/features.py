@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.attention_capture import serial_matmul
-
 REGION_POOLS = ("sum", "mean")
-
 FEATURES = ("attention", "value-weighted", "logit-weighted")
 
 
@@ -61,7 +58,7 @@ def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray,
     if logit_values is not None:  # the magnitude is taken per token, after the sum over the region's tokens
         # in the inputs' precision (float32 from a capture: ~1e-6 relative); float64 from the mean on
         weighted = attention * logit_values
-        per_token = np.abs(serial_matmul(weighted, pool.T.astype(weighted.dtype)))  # (L, H, T, K)
+        per_token = np.abs(weighted @ pool.T.astype(weighted.dtype))  # (L, H, T, K)
         feats = np.stack([per_token[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, K)
         return feats.transpose(0, 3, 1, 2).reshape(len(spans), pool.shape[0], L * H)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative

@@ -224,8 +224,8 @@ class VisualAttentionCapture:
             values = self._visual_values()  # (L, H, N, d)
             L, H, N, d = values.shape
             u = self.readout.unembed(new)  # (m, hidden)
-            per_head = serial_matmul(u, self.readout.w_o).reshape(len(new), L, H, d).transpose(1, 2, 0, 3)  # W_O^hᵀ u
-            rows = np.matmul(per_head, values.swapaxes(-1, -2))  # (L, H, m, N), one small product per head
+            per_head = (u @ self.readout.w_o).reshape(len(new), L, H, d).transpose(1, 2, 0, 3)  # (L, H, m, d): W_O^hᵀ u
+            rows = np.matmul(per_head, values.swapaxes(-1, -2))  # (L, H, m, N)
             self._logit_rows.update({t: rows[:, :, i] for i, t in enumerate(new)})
         return np.stack([self._logit_rows[t] for t in token_ids], axis=2)
 
@@ -291,23 +291,6 @@ def _decode_steps(pending: list, i: int, num_layers: int) -> int:
 
 # at::internal::GRAIN_SIZE: a CPU op on fewer elements runs in the calling thread, never in an OpenMP region
 _TORCH_GRAIN = 32768
-
-
-# OpenBLAS runs a matrix product on one thread while m·n·k stays at or below 65536 × 4 (its SMP threshold
-# times GEMM_MULTITHREAD_THRESHOLD); in the streaming worker a threaded one would wake a spinning thread
-# on the cores generation uses
-_OPENBLAS_SERIAL_SIZE = 65536 * 4
-
-
-def serial_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (..., n) @ b (n, k) as 2-D products over chunks of a's rows, each small enough for OpenBLAS to
-    keep on the calling thread."""
-    rows = a.reshape(-1, a.shape[-1])
-    step = max(1, _OPENBLAS_SERIAL_SIZE // (b.shape[0] * b.shape[1]))
-    out = np.empty((rows.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    for i in range(0, rows.shape[0], step):
-        np.matmul(rows[i:i + step], b, out=out[i:i + step])
-    return out.reshape(*a.shape[:-1], b.shape[1])
 
 
 def _cat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
