@@ -20,9 +20,8 @@ class SpanAttributor:
     vector is pooled into regions. Logit-weighted features take a magnitude per token after the region
     sum, so they go through `span_region_features` on the span's rows, then the weights.
     Memory is one span's weights, whatever the trace length. All numpy (see VisualAttentionCapture.rows):
-    the streaming worker calls it from its own thread; reducing first also keeps each BLAS call small
-    enough for OpenBLAS to stay on one thread, off the cores generation uses (whether a multi-threaded
-    call would slow generation was not measurable above noise on 2 cores: scripts/stream_microbench.py)."""
+    the streaming worker calls it from its own thread, with numpy's BLAS held to one thread
+    (`streaming.one_blas_thread`) so that it stays off the cores generation uses."""
 
     def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
         self.capture = capture
