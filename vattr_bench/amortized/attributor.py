@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import Regions, Span, Trace
+from ..types import Regions, Trace
 from .estimator import LinearEstimator
-from .features import capture_options, feature_kind, region_pool_matrix, span_region_features
+from .features import capture_options, feature_kind, logit_weighted_per_token, region_pool_matrix, span_region_features
 
 
 class SpanAttributor:
@@ -18,7 +18,8 @@ class SpanAttributor:
     applied per visual token and summed over the span's tokens in one pass (Σ_lh c_lh,n · Σ_t a_lh,t,n / n,
     with c = w, or w·‖W_O^h v_n‖ for value-weighted features, folded once per capture) and only that (N,)
     vector is pooled into regions. Logit-weighted features take a magnitude per token after the region
-    sum, so they go through `span_region_features` on the span's rows, then the weights.
+    sum, so they are pooled per token (`logit_weighted_per_token`, as `span_region_features` does), averaged
+    over the span's tokens, then weighted.
     Memory is one span's weights, whatever the trace length. All numpy (see VisualAttentionCapture.rows):
     the streaming worker calls it from its own thread, with numpy's BLAS held to one thread
     (`streaming.one_blas_thread`) so that it stays off the cores generation uses."""
@@ -29,8 +30,6 @@ class SpanAttributor:
         self.bias = estimator.bias
         self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
         self.kind = feature_kind(estimator.meta)
-        self.region_pool = estimator.meta.get("region_pool", "sum")
-        self.token_matrix = regions.token_matrix
         self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
 
     def __call__(self, start: int, end: int, token_ids=None) -> np.ndarray:
@@ -44,9 +43,9 @@ class SpanAttributor:
             if token_ids is None or len(token_ids) != n:
                 raise ValueError(f"logit-weighted features need the span's {n} token ids, got "
                                  f"{None if token_ids is None else len(token_ids)}")
-            features = span_region_features(rows, [Span(0, n, "")], self.token_matrix, self.region_pool,
-                                            logit_values=self.capture.logit_values(token_ids))
-            return features[0] @ self.weights + self.bias
+            per_token = logit_weighted_per_token(rows, self.capture.logit_values(token_ids), self.pool)  # (L, H, n, K)
+            features = per_token.mean(2, dtype=np.float64).reshape(L * H, -1)  # (L·H, K)
+            return self.weights @ features + self.bias
         if self._per_token is None:
             norms = self.capture.value_norms.reshape(L * H, N) if self.kind == "value-weighted" else np.ones((L * H, N))
             self._per_token = (self.weights[:, None] * norms).astype(np.float32)

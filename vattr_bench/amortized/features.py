@@ -55,10 +55,8 @@ def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray,
     token each row predicts (`VisualAttentionCapture.logit_values`) — the logit-weighted ones."""
     L, H = attention.shape[:2]
     pool = region_pool_matrix(token_matrix, region_pool)
-    if logit_values is not None:  # the magnitude is taken per token, after the sum over the region's tokens
-        # in the inputs' precision (float32 from a capture: ~1e-6 relative); float64 from the mean on
-        weighted = attention * logit_values
-        per_token = np.abs(weighted @ pool.T.astype(weighted.dtype))  # (L, H, T, K)
+    if logit_values is not None:
+        per_token = logit_weighted_per_token(attention, logit_values, pool)  # (L, H, T, K)
         feats = np.stack([per_token[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, K)
         return feats.transpose(0, 3, 1, 2).reshape(len(spans), pool.shape[0], L * H)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative
@@ -67,3 +65,11 @@ def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray,
         per_span = per_span * value_norms
     feats = np.einsum("slhn,kn->sklh", per_span, pool)  # (S, K, L, H)
     return feats.reshape(len(spans), pool.shape[0], L * H)
+
+
+def logit_weighted_per_token(attention: np.ndarray, logit_values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """(L, H, T, K) |Σ_{n∈k} a_{t,n} u_tᵀW_O^h v_n| for (L, H, T, N) attention and logit values and a (K, N)
+    `region_pool_matrix`: the magnitude per token, after the sum over the region's tokens. In the inputs'
+    precision (float32 from a capture: ~1e-6 relative)."""
+    weighted = attention * logit_values
+    return np.abs(weighted @ pool.T.astype(weighted.dtype))
