@@ -172,3 +172,24 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     report = json.loads(out_json.read_text())
     assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}
     assert main(["perf", "--lengths", "64"]) == 2
+
+
+def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monkeypatch):
+    """The capture's table of logit rows grows as new tokens come, and the model's cache of head directions
+    stops at its byte limit: read a few tokens at a time past both, the rows still equal the long way."""
+    from vattr_bench.models.attention_capture import LogitReadout, VisualAttentionCapture
+    s = synthetic_sample("code", 2)
+    prepared = tiny.prepare(s.image, s.prompt)
+    ids = tiny.generate(prepared, max_new_tokens=128).token_ids
+    readout = LogitReadout(tiny.logit_readout().w_o, tiny.logit_readout().unembed)  # a cache of its own
+    readout.CACHE_BYTES = 3 * readout.w_o.nbytes // readout.w_o.shape[0]  # room for three tokens' directions
+    monkeypatch.setattr(tiny, "_readout", readout)
+    monkeypatch.setattr(VisualAttentionCapture, "INITIAL_LOGIT_SLOTS", 2)
+    with tiny.capture_visual_attention(prepared, logit_readout=True) as capture:
+        tiny.token_logprobs(prepared, ids)
+    pieces = [capture.logit_values(ids[i:i + 3]) for i in range(0, len(ids), 3)]
+    distinct = len(set(ids))
+    assert distinct > 4 and capture._logit_table.shape[1] >= distinct and len(capture._logit_slot) == distinct
+    assert len(readout._directions) == 3 and readout._cached_bytes <= readout.CACHE_BYTES
+    np.testing.assert_allclose(np.concatenate(pieces, axis=2), logit_values_the_long_way(tiny, prepared, ids),
+                               rtol=1e-4, atol=1e-5)

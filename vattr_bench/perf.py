@@ -9,6 +9,10 @@
    into the buffers, weights, pooling, estimator, and its share of reading the prompt's visual keys and
    value norms once per stream; what the capture adds inside generation is what (1) measures) vs each
    Captum gradient baseline vs exhaustive ablation (K forward passes, batched as `evaluate` runs them).
+   Logit-weighted features also read each token's head directions W_O^hᵀu_t, which depend on the weights
+   only and are kept per model across streams (`LogitReadout.head_directions`): a process's first streams
+   compute them, the timed passes (after warm-up and the stream each pass replays) find them kept, as a
+   long-running process would; the rows that depend on the prompt are computed again every pass.
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
    length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
 """

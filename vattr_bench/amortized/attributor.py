@@ -29,6 +29,7 @@ class SpanAttributor:
         self.weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
         self.bias = estimator.bias
         self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
+        self.pool32 = self.pool.astype(np.float32)  # for float32 captures' products
         self.kind = feature_kind(estimator.meta)
         self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
 
@@ -43,9 +44,9 @@ class SpanAttributor:
             if token_ids is None or len(token_ids) != n:
                 raise ValueError(f"logit-weighted features need the span's {n} token ids, got "
                                  f"{None if token_ids is None else len(token_ids)}")
-            per_token = logit_weighted_per_token(rows, self.capture.logit_values(token_ids), self.pool)  # (L, H, n, K)
-            features = per_token.mean(2, dtype=np.float64).reshape(L * H, -1)  # (L·H, K)
-            return self.weights @ features + self.bias
+            per_token = logit_weighted_per_token(rows, self.capture.logit_values(token_ids), self.pool32)  # (L, H, n, K)
+            # the mean over the span's tokens folded into the weights: Σ_lh w_lh Σ_t f_lh,t / n, one product
+            return (np.repeat(self.weights / n, n) @ per_token.reshape(L * H * n, -1)) + self.bias
         if self._per_token is None:
             norms = self.capture.value_norms.reshape(L * H, N) if self.kind == "value-weighted" else np.ones((L * H, N))
             self._per_token = (self.weights[:, None] * norms).astype(np.float32)

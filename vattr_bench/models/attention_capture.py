@@ -53,6 +53,7 @@ class VisualAttentionCapture:
     """
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
+    INITIAL_LOGIT_SLOTS = 64  # `logit_values` table slots (distinct tokens) at first; doubled likewise
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
                  value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None):
@@ -80,7 +81,9 @@ class VisualAttentionCapture:
         self._keys_t: np.ndarray | None = None  # (L, H, d, N), built at the first read
         self._values: np.ndarray | None = None  # (L, H, N, d), built at the first read
         self._value_norms: np.ndarray | None = None  # (L, H, N), built at the first read
-        self._logit_rows: dict[int, np.ndarray] = {}  # token id -> (L, H, N) `logit_values` row
+        self._values_t: np.ndarray | None = None  # (L·H, d, N), for the logit rows, built at their first read
+        self._logit_table: np.ndarray | None = None  # (L·H, capacity, N): `logit_values` rows, one slot per token
+        self._logit_slot: dict[int, int] = {}  # token id -> its slot in the table
 
     # -- called from inside the attention backend --------------------------------------------------
     def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float,
@@ -176,8 +179,8 @@ class VisualAttentionCapture:
     def clear_reads(self) -> None:
         """Forget what reads built from the prompt (K_vis, values, value norms, logit rows); the next read
         builds it again. `perf` times a stream's whole worker work with it."""
-        self._keys_t = self._values = self._value_norms = None
-        self._logit_rows = {}
+        self._keys_t = self._values = self._value_norms = self._values_t = self._logit_table = None
+        self._logit_slot = {}
 
     def _prompt_rows(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
         if any(p is None for p in self._prompt):
@@ -215,19 +218,36 @@ class VisualAttentionCapture:
     def logit_values(self, token_ids) -> np.ndarray:
         """(L, H, n, N) u_tᵀ W_O^h v_n: how far head h, reading visual token n, pushes the logit of token y_t
         (u_t: y_t's unembedding row times the final norm's gain — the direct path, the norm's scale left
-        out) for the tokens ``token_ids`` that a run of rows predicts. Numpy only, as `rows`."""
+        out) for the tokens ``token_ids`` that a run of rows predicts. Numpy only, as `rows`.
+
+        A token's row depends on the prompt only, so each is computed once per capture, all of a call's new
+        tokens in one product, into a table gathered from per call (one `np.take`, contiguous)."""
         if self.readout is None:
             raise RuntimeError("no logit readout: open the capture with logit_readout=True")
         token_ids = list(token_ids)
-        new = [t for t in dict.fromkeys(token_ids) if t not in self._logit_rows]
-        if new:  # a token's row depends on the prompt only: computed once per token a capture reads
+        new = [t for t in dict.fromkeys(token_ids) if t not in self._logit_slot]
+        if new:
+            self._add_logit_rows(new)
+        slots = [self._logit_slot[t] for t in token_ids]
+        rows = np.take(self._logit_table, slots, axis=1)  # (L·H, n, N)
+        return rows.reshape(self.num_layers, -1, *rows.shape[1:])
+
+    def _add_logit_rows(self, token_ids: list) -> None:
+        if self._values_t is None:
             values = self._visual_values()  # (L, H, N, d)
-            L, H, N, d = values.shape
-            u = self.readout.unembed(new)  # (m, hidden)
-            per_head = (u @ self.readout.w_o).reshape(len(new), L, H, d).transpose(1, 2, 0, 3)  # (L, H, m, d): W_O^hᵀ u
-            rows = np.matmul(per_head, values.swapaxes(-1, -2))  # (L, H, m, N)
-            self._logit_rows.update({t: rows[:, :, i] for i, t in enumerate(new)})
-        return np.stack([self._logit_rows[t] for t in token_ids], axis=2)
+            self._values_t = np.ascontiguousarray(values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2))
+        LH, d, N = self._values_t.shape
+        per_head = self.readout.head_directions(token_ids).reshape(len(token_ids), LH, d).swapaxes(0, 1)  # (L·H, m, d)
+        first = len(self._logit_slot)
+        if self._logit_table is None or first + len(token_ids) > self._logit_table.shape[1]:
+            held = 0 if self._logit_table is None else self._logit_table.shape[1]
+            capacity = max(self.INITIAL_LOGIT_SLOTS, first + len(token_ids), 2 * held)
+            table = np.empty((LH, capacity, N), np.float32)
+            if first:
+                table[:, :first] = self._logit_table[:, :first]
+            self._logit_table = table
+        np.matmul(per_head, self._values_t, out=self._logit_table[:, first:first + len(token_ids)])
+        self._logit_slot.update({t: first + i for i, t in enumerate(token_ids)})
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
@@ -252,11 +272,32 @@ def o_proj_gram(module, num_heads: int) -> np.ndarray:
     return _O_GRAMS[module]
 
 
-@dataclass
 class LogitReadout:
-    """What the logit-weighted features read visual values with (`VisualAttentionCapture.logit_values`)."""
-    w_o: np.ndarray  # (hidden, L·H·d): every decoder layer's output projection side by side, layer-major
-    unembed: Callable[[list], np.ndarray]  # token ids -> (n, hidden) float32 unembedding rows × final-norm gain
+    """What the logit-weighted features read visual values with (`VisualAttentionCapture.logit_values`):
+    ``w_o`` (hidden, L·H·d), every decoder layer's output projection side by side, layer-major, and
+    ``unembed``, token ids -> (n, hidden) float32 unembedding rows × final-norm gain. One per model."""
+
+    CACHE_BYTES = 256 * 2**20  # head directions kept per model; a 7 B model's take ~0.4 MB a token
+
+    def __init__(self, w_o: np.ndarray, unembed: Callable[[list], np.ndarray]):
+        self.w_o, self.unembed = w_o, unembed
+        self._directions: dict[int, np.ndarray] = {}  # token id -> (L·H·d,) row of `head_directions`
+        self._cached_bytes = 0
+
+    def head_directions(self, token_ids: list) -> np.ndarray:
+        """(m, L·H·d) W_O^hᵀ u_t of every head, layer-major: what head h's value vector is dotted with to give
+        its push on token y_t's logit. Depends on the weights only, so kept per token id across captures
+        (up to CACHE_BYTES; past it, tokens not yet kept are computed each time): it is an o_proj product
+        per layer, L·hidden² a token, the biggest part of a new token's row on a big model."""
+        missing = [t for t in dict.fromkeys(token_ids) if t not in self._directions]
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            computed = self.unembed(missing) @ self.w_o
+            fresh = dict(zip(missing, computed))
+            if self._cached_bytes + computed.nbytes <= self.CACHE_BYTES:
+                self._directions.update(fresh)  # one dict update: concurrent streams at worst compute a row twice
+                self._cached_bytes += computed.nbytes
+        return np.stack([fresh[t] if t in fresh else self._directions[t] for t in token_ids])
 
 
 def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
