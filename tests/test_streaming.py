@@ -167,11 +167,14 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
                             "amortized_cost_ratio_64_vs_32"}
     assert all(np.isfinite(v) for v in summary.values()) and summary["speedup_vs_ablation"] > 0
     text = "\n".join(lines)
+    assert "(logit-weighted estimator)" in lines[0]  # the shipped one's features
     for row in ("overhead", "median lag", "| amortized |", "| saliency |", "| integrated_gradients |", "| ablation |"):
         assert row in text
     report = json.loads(out_json.read_text())
     assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}
     assert main(["perf", "--lengths", "64"]) == 2
+    assert main(["perf", "--estimator", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err
 
 
 def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monkeypatch):

@@ -152,7 +152,8 @@ def _cmd_perf(args) -> int:
     if args.per_family < 1 or args.rounds < 1 or len(lengths) < 2 or min(lengths) < 16:
         raise ValueError("--per-family and --rounds must be ≥ 1, --lengths at least two lengths ≥ 16")
     cfg = PerfConfig(benchmark=args.benchmark, per_family=args.per_family, rounds=args.rounds, lengths=lengths,
-                     gradient_spans=args.gradient_spans, regions=args.regions, k=args.k, seed=args.seed)
+                     gradient_spans=args.gradient_spans, regions=args.regions, k=args.k, seed=args.seed,
+                     estimator=args.estimator)
     report = run_perf(load_model(args.model), cfg)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1, default=float))
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--regions", default="feature-ward")
     pf.add_argument("--k", type=int, default=16)
     pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR), "
+                    "e.g. the shipped value-weighted one to time the cheaper features")
     pf.add_argument("--output", default=None, help="also write the full report as JSON here")
     pf.set_defaults(func=_cmd_perf)
 

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .amortized import SpanAttributor, capture_options
+from .amortized import SpanAttributor, capture_options, feature_kind
 from .benchmarks import resolve_families, synthetic_sample
-from .methods import AttributionContext, load_method
+from .methods import AttributionContext
+from .methods.amortized import Amortized
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
 from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
@@ -51,6 +52,7 @@ class PerfConfig:
     ablation: str = "knockout"
     max_new_tokens: int = 128
     seed: int = 0
+    estimator: str | None = None  # estimator JSON; None: $VATTR_ESTIMATOR, else the model's shipped one
 
 
 def _timed(fn, *args, **kwargs):
@@ -211,7 +213,7 @@ def per_token_cost(model, items, estimator, cfg: PerfConfig) -> dict[str, dict[i
 
 
 def run_perf(model, cfg: PerfConfig, log=print) -> dict:
-    estimator = load_method("amortized").load_for(model, cfg.regions, cfg.ablation)
+    estimator = Amortized(cfg.estimator).load_for(model, cfg.regions, cfg.ablation)
     torch.manual_seed(cfg.seed)
     items = prepare_items(model, cfg)
     warm_up(model, items, estimator, cfg)
@@ -227,7 +229,8 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
         "speedup_vs_ablation": round(per_span["ablation"] / per_span["amortized"], 1),
         f"amortized_cost_ratio_{hi}_vs_{lo}": round(per_token["amortized"][hi] / per_token["amortized"][lo], 3),
     }
-    report = {"config": cfg.__dict__, "model": model.name, "n_samples": len(items), "n_spans": n_spans,
+    report = {"config": cfg.__dict__, "model": model.name, "features": feature_kind(estimator.meta),
+              "n_samples": len(items), "n_spans": n_spans,
               **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
               "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token, "summary": summary}
     log(format_perf(report))
@@ -238,7 +241,8 @@ def format_perf(report: dict) -> str:
     ps, pt, g = report["per_span_s"], report["per_token_s"], report["generation_s"]
     lengths = sorted(next(iter(pt.values())))
     lines = [
-        f"vattr-bench perf — {report['model']}, {report['n_samples']} samples, {report['n_spans']} spans, one run",
+        f"vattr-bench perf — {report['model']} ({report['features']} estimator), {report['n_samples']} samples, "
+        f"{report['n_spans']} spans, one run",
         "",
         "| streaming | value |",
         "|---|---|",
