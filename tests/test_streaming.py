@@ -168,7 +168,7 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     assert all(np.isfinite(v) for v in summary.values()) and summary["speedup_vs_ablation"] > 0
     text = "\n".join(lines)
     assert "(logit-weighted estimator)" in lines[0]  # the shipped one's features
-    for row in ("overhead", "median lag", "| amortized |", "| saliency |", "| integrated_gradients |", "| ablation |"):
+    for row in ("overhead", "median lag", "| amortized |", "| amortized, first stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
         assert row in text
     report = json.loads(out_json.read_text())
     assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}
@@ -194,5 +194,9 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     distinct = len(set(ids))
     assert distinct > 4 and capture._logit_table.shape[1] >= distinct and len(capture._logit_slot) == distinct
     assert len(readout._directions) == 3 and readout._cached_bytes <= readout.CACHE_BYTES
+    with readout.nothing_kept():  # perf's first stream: none kept inside, the kept ones back after
+        assert not readout._directions
+        readout.head_directions(ids[-2:])
+    assert len(readout._directions) == 3 and readout._cached_bytes == 3 * readout.w_o.nbytes // readout.w_o.shape[0]
     np.testing.assert_allclose(np.concatenate(pieces, axis=2), logit_values_the_long_way(tiny, prepared, ids),
                                rtol=1e-4, atol=1e-5)
