@@ -184,8 +184,9 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     s = synthetic_sample("code", 2)
     prepared = tiny.prepare(s.image, s.prompt)
     ids = tiny.generate(prepared, max_new_tokens=128).token_ids
-    readout = LogitReadout(tiny.logit_readout().w_o, tiny.logit_readout().unembed)  # a cache of its own
-    readout.CACHE_BYTES = 3 * readout.w_o.nbytes // readout.w_o.shape[0]  # room for three tokens' directions
+    readout = LogitReadout(tiny.logit_readout().directions)  # a cache of its own
+    row_bytes = readout.directions(ids[:1]).nbytes
+    readout.CACHE_BYTES = 3 * row_bytes  # room for three tokens' directions
     monkeypatch.setattr(tiny, "_readout", readout)
     monkeypatch.setattr(VisualAttentionCapture, "INITIAL_LOGIT_SLOTS", 2)
     with tiny.capture_visual_attention(prepared, logit_readout=True) as capture:
@@ -197,6 +198,11 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     with readout.nothing_kept():  # perf's first stream: none kept inside, the kept ones back after
         assert not readout._directions
         readout.head_directions(ids[-2:])
-    assert len(readout._directions) == 3 and readout._cached_bytes == 3 * readout.w_o.nbytes // readout.w_o.shape[0]
+    assert len(readout._directions) == 3 and readout._cached_bytes == 3 * row_bytes
+    # a model on an accelerator computes the directions there (only the rows come over): the same rows
+    on_device = tiny.logit_readout(on_device=True)
+    assert on_device is not tiny.logit_readout()
+    np.testing.assert_allclose(on_device.head_directions(ids), tiny.logit_readout().head_directions(ids),
+                               rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.concatenate(pieces, axis=2), logit_values_the_long_way(tiny, prepared, ids),
                                rtol=1e-4, atol=1e-5)

@@ -274,13 +274,15 @@ def o_proj_gram(module, num_heads: int) -> np.ndarray:
 
 class LogitReadout:
     """What the logit-weighted features read visual values with (`VisualAttentionCapture.logit_values`):
-    ``w_o`` (hidden, L·H·d), every decoder layer's output projection side by side, layer-major, and
-    ``unembed``, token ids -> (n, hidden) float32 unembedding rows × final-norm gain. One per model."""
+    ``directions``, token ids -> (m, L·H·d) float32 numpy W_O^hᵀu_t of every decoder head, layer-major (u_t:
+    the token's unembedding row times the final norm's gain), wherever the weights live — numpy on CPU
+    views of them, or the model's device with only the rows coming back (`HFVisionLanguageModel.logit_readout`).
+    One per model: the rows it returns are kept per token id (`head_directions`)."""
 
     CACHE_BYTES = 256 * 2**20  # head directions kept per model; a 7 B model's take ~0.4 MB a token
 
-    def __init__(self, w_o: np.ndarray, unembed: Callable[[list], np.ndarray]):
-        self.w_o, self.unembed = w_o, unembed
+    def __init__(self, directions: Callable[[list], np.ndarray]):
+        self.directions = directions
         self._directions: dict[int, np.ndarray] = {}  # token id -> (L·H·d,) row of `head_directions`
         self._cached_bytes = 0
 
@@ -292,7 +294,7 @@ class LogitReadout:
         missing = [t for t in dict.fromkeys(token_ids) if t not in self._directions]
         fresh: dict[int, np.ndarray] = {}
         if missing:
-            computed = self.unembed(missing) @ self.w_o
+            computed = self.directions(missing)
             fresh = dict(zip(missing, computed))
             if self._cached_bytes + computed.nbytes <= self.CACHE_BYTES:
                 self._directions.update(fresh)  # one dict update: concurrent streams at worst compute a row twice

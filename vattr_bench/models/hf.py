@@ -252,23 +252,44 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 decoder.set_attn_implementation(previous)
             capture.flush()  # rows recorded before an error are kept too
 
-    @torch.no_grad()
-    def logit_readout(self) -> LogitReadout:
-        """Every decoder layer's o_proj side by side and the unembedding rows times the final norm's gain
-        (RMSNorm-style γ·x/rms(x); a norm without a weight counts as gain 1), as float32 numpy, built once:
-        on the CPU views of the weights, on a GPU one copy to the host (the vocabulary table included)."""
+    def logit_readout(self, on_device: bool | None = None) -> LogitReadout:
+        """What logit-weighted features read the visual values with: each token's unembedding row times the
+        final norm's gain (RMSNorm-style γ·x/rms(x); a norm without a weight counts as gain 1) through every
+        layer's o_proj. On the CPU from float32 numpy views of the weights (torch ops in the streaming worker
+        would start a second OpenMP pool); on an accelerator on the model's device, in the weights' dtype, so
+        only the (m, L·H·d) rows come to the host, not the vocabulary table and every o_proj. The model's
+        own readout (and the head directions it keeps) is built once; ``on_device`` other than the default
+        for the model's device builds a separate one (tests compare the two paths on the CPU)."""
+        default = self.device.type != "cpu"
+        if on_device is not None and on_device != default:
+            return self._build_logit_readout(on_device)
         if self._readout is None:
-            decoder = self._decoder
-            for layer in decoder.layers:
-                if getattr(layer.self_attn, "o_proj", None) is None:
-                    raise ValueError(f"logit-weighted features need the attention output projection `o_proj`; "
-                                     f"{type(layer.self_attn).__name__} has none")
-            w_o = np.concatenate([_numpy(layer.self_attn.o_proj.weight) for layer in decoder.layers], axis=1)  # (hidden, L·H·d)
-            table = _numpy(self.model.get_output_embeddings().weight)  # (vocab, hidden)
-            norm_weight = getattr(getattr(decoder, "norm", None), "weight", None)
-            gain = None if norm_weight is None else _numpy(norm_weight)
-            self._readout = LogitReadout(w_o, lambda ids: table[ids] if gain is None else table[ids] * gain)
+            self._readout = self._build_logit_readout(default)
         return self._readout
+
+    @torch.no_grad()
+    def _build_logit_readout(self, on_device: bool) -> LogitReadout:
+        decoder = self._decoder
+        for layer in decoder.layers:
+            if getattr(layer.self_attn, "o_proj", None) is None:
+                raise ValueError(f"logit-weighted features need the attention output projection `o_proj`; "
+                                 f"{type(layer.self_attn).__name__} has none")
+        o_projs = [layer.self_attn.o_proj.weight for layer in decoder.layers]  # (hidden, H·d) each
+        table = self.model.get_output_embeddings().weight  # (vocab, hidden)
+        gain = getattr(getattr(decoder, "norm", None), "weight", None)
+        if on_device:
+            @torch.no_grad()
+            def directions(ids):
+                u = table[torch.as_tensor(ids, device=table.device)].float()
+                u = u if gain is None else u * gain.float()
+                return torch.cat([u.to(w.dtype) @ w for w in o_projs], dim=1).float().cpu().numpy()
+        else:
+            w_o = np.concatenate([_numpy(w) for w in o_projs], axis=1)  # (hidden, L·H·d), layer-major
+            table_np, gain_np = _numpy(table), None if gain is None else _numpy(gain)
+
+            def directions(ids):
+                return (table_np[ids] if gain_np is None else table_np[ids] * gain_np) @ w_o
+        return LogitReadout(directions)
 
     @torch.no_grad()
     def visual_value_norms(self, prepared) -> np.ndarray:
