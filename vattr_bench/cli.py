@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--n-subsets", type=int, default=32, help="random region subsets for LDS")
     e.add_argument("--split", default="test", choices=SPLITS)
-    e.add_argument("--save-heatmaps", action="store_true", help="write PNG overlays per span")
+    e.add_argument("--save-heatmaps", action="store_true",
+                   help="one PNG per sample: the ablation truth and each method, a panel per span")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("regions", help="compute (and draw) the regions of a sample or an image")

@@ -117,14 +117,13 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                                                "n_spans": 0, "error": f"sample: {type(e).__name__}: {e}"}) + "\n")
                     sink.flush()
                     continue
+                records = []
                 for method in todo:
-                    record = _run_method(method, shared, family, log)
-                    sink.write(json.dumps(record) + "\n")
+                    records.append(_run_method(method, shared, family, log))
+                    sink.write(json.dumps(records[-1]) + "\n")
                     sink.flush()
-                    if cfg.save_heatmaps and "error" not in record:
-                        save_heatmap_png(out / "heatmaps" / family / f"{sample.id}-{method.name}.png", sample.image,
-                                         shared.ctx.regions, np.array(record["scores"]), [s.text for s in shared.ctx.trace.spans],
-                                         f"{method.name} on {sample.id}: {sample.prompt}")
+                if cfg.save_heatmaps:
+                    _save_sample_heatmaps(out / "heatmaps" / family / f"{sample.id}.png", shared, records)
     config = {**asdict(cfg), "methods": [m.name for m in methods], "r2": "squared Pearson correlation",
               "method_errors": method_errors}
     results = build_results(cfg.model, config, read_records(samples_path))
@@ -132,6 +131,22 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     log(format_table(results))
     log(f"wrote {out / 'results.json'} and {samples_path}")
     return results
+
+
+def _save_sample_heatmaps(path: Path, shared: "_Shared", records: list[dict]) -> None:
+    """One picture per sample: the ablation truth's row, then each method scored in this run (its per-span
+    r2 under each panel); a method whose scores are the truth's (``ablation``) is the first row already."""
+    ctx = shared.ctx
+    truth = ctx.ablation_effects()
+    rows, captions = {"ablation (truth)": truth}, {}
+    for record in records:
+        scores = np.array(record.get("scores", []), dtype=np.float64)
+        if "error" in record or np.array_equal(scores, truth):
+            continue
+        rows[record["method"]] = scores
+        captions[record["method"]] = [f"r2 {v:.2f}" if v is not None else "r2 –" for v in record["span_metrics"]["r2"]]
+    save_heatmap_png(path, ctx.sample.image, ctx.regions, rows, [s.text for s in ctx.trace.spans],
+                     f"{ctx.sample.id}: {ctx.sample.prompt}", captions)
 
 
 def _claim_output_dir(out: Path, cfg: EvalConfig) -> None:

@@ -31,24 +31,39 @@ def save_regions_png(path: Path, image, regions: Regions, title: str = "") -> No
     _save(fig, path)
 
 
-def save_heatmap_png(path: Path, image, regions: Regions, scores: np.ndarray, span_texts: list[str], title: str) -> None:
-    """One panel per span: the image with each region tinted by the span's score (normalised per span)."""
+def save_heatmap_png(path: Path, image, regions: Regions, scores, span_texts: list[str], title: str,
+                     captions: dict[str, list[str]] | None = None) -> None:
+    """One column per span, one row per set of scores — ``scores`` is a dict (row label -> (n_spans, K)),
+    or one (n_spans, K) array for a single unlabelled row: the image with each region tinted by the span's
+    score, normalised per panel (brighter = larger). Under each panel its top region and that score,
+    then ``captions[label][span]`` when given — the truth's magnitude is read there, not off the colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = scores if isinstance(scores, dict) else {"": scores}
     n = len(span_texts)
-    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.9), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.3 * n + 0.4, 2.6 * len(rows) + 0.4), squeeze=False)
     labels = regions.label_map()
-    for ax, span_scores, text in zip(axes[0], scores, span_texts):
-        lo, hi = span_scores.min(), span_scores.max()
-        norm = (span_scores - lo) / (hi - lo) if hi > lo else np.zeros_like(span_scores)
-        heat = np.where(labels >= 0, norm[np.clip(labels, 0, None)], np.nan)
-        ax.imshow(image)
-        ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-        ax.set_title("\n".join(textwrap.wrap(text, 22)[:3]), fontsize=7)
-        ax.axis("off")
+    for r, (label, row) in enumerate(rows.items()):
+        for s, (ax, span_scores) in enumerate(zip(axes[r], np.asarray(row, dtype=np.float64))):
+            lo, hi = span_scores.min(), span_scores.max()
+            norm = (span_scores - lo) / (hi - lo) if hi > lo else np.zeros_like(span_scores)
+            heat = np.where(labels >= 0, norm[np.clip(labels, 0, None)], np.nan)
+            ax.imshow(image)
+            ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title("\n".join(textwrap.wrap(span_texts[s], 22)[:3]), fontsize=7)
+            top = int(np.argmax(span_scores))
+            caption = f"top region {top}: {span_scores[top]:+.3g}"
+            if captions and label in captions:
+                caption += f"\n{captions[label][s]}"
+            ax.set_xlabel(caption, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if s == 0 and label:
+                ax.set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=8)
     _save(fig, path)
 
