@@ -160,7 +160,7 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     """Behaviour only (the numbers are the benchmark's business): every row and key is there."""
     out_json = tmp_path / "perf.json"
     assert main(["perf", "--benchmark", "math", "--per-family", "1", "--rounds", "1", "--lengths", "32,64",
-                 "--gradient-spans", "1", "--output", str(out_json)]) == 0
+                 "--gradient-spans", "1", "--output", str(out_json), "--save-png", str(tmp_path / "perf.png")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert set(summary) == {"overhead_pct", "lag_decode_steps", "speedup_vs_fastest_gradient", "speedup_vs_ablation",
@@ -172,6 +172,7 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
         assert row in text
     report = json.loads(out_json.read_text())
     assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}
+    assert (tmp_path / "perf.png").stat().st_size > 0
     assert main(["perf", "--lengths", "64"]) == 2
     assert main(["perf", "--estimator", str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err

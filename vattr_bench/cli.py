@@ -158,6 +158,11 @@ def _cmd_perf(args) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1, default=float))
         print(f"wrote {args.output}", file=sys.stderr)
+    if args.save_png:
+        from .heatmaps import save_perf_png
+
+        save_perf_png(report, Path(args.save_png))
+        print(f"wrote {args.save_png}", file=sys.stderr)
     return 0
 
 
@@ -271,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR), "
                     "e.g. the shipped value-weighted one to time the cheaper features")
     pf.add_argument("--output", default=None, help="also write the full report as JSON here")
+    pf.add_argument("--save-png", default=None, help="also draw the cost per span and per token here")
     pf.set_defaults(func=_cmd_perf)
 
     lb = sub.add_parser("leaderboard", help="Gradio leaderboard over results.json files, with a live streaming demo")

@@ -1,4 +1,4 @@
-"""Pictures: region maps over an image, and per-span attribution heatmaps."""
+"""Pictures: region maps over an image, per-span attribution heatmaps, and `perf`'s costs."""
 from __future__ import annotations
 
 import textwrap
@@ -65,6 +65,45 @@ def save_heatmap_png(path: Path, image, regions: Regions, scores, span_texts: li
             if s == 0 and label:
                 ax.set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=8)
+    _save(fig, path)
+
+
+def save_perf_png(report: dict, path: Path) -> None:
+    """`perf`'s report (as `run_perf` returns it or `--output` saved it) as two panels: seconds per span of
+    each method on the same spans (log scale, with how many times amortized's), and seconds per token of
+    attribution against trace length (log-log: flat is cost proportional to the tokens attributed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_span = sorted(report["per_span_s"].items(), key=lambda kv: kv[1])
+    base = report["per_span_s"]["amortized"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names, seconds = zip(*per_span)
+    bars = left.barh(names, seconds, color=["tab:orange" if n.startswith("amortized") else "tab:gray" for n in names])
+    left.set_xscale("log")
+    left.set_xlim(min(seconds) / 10, max(seconds) * 8)  # room for the bars to start and the labels to end
+    left.invert_yaxis()
+    left.set_xlabel("seconds per span (log)")
+    left.bar_label(bars, labels=[f" {s / base:.0f}×" if s / base >= 10 else f" {s / base:.1f}×" for s in seconds],
+                   fontsize=7)
+    left.set_title(f"cost per span, {report['n_spans']} spans (× amortized's)", fontsize=9)
+    others = iter(["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:gray"])  # orange is amortized's
+    for name, row in report["per_token_s"].items():
+        lengths = sorted(row, key=int)
+        right.plot([int(n) for n in lengths], [row[n] for n in lengths], marker="o", label=name,
+                   color="tab:orange" if name == "amortized" else next(others, None))
+    right.set_xscale("log", base=2)
+    right.set_xticks([int(n) for n in lengths], [str(n) for n in lengths])
+    right.set_yscale("log")
+    right.set_xlabel("trace length (tokens)")
+    right.set_ylabel("seconds per attributed token (log)")
+    right.legend(fontsize=7)
+    right.set_title("per-token cost against trace length", fontsize=9)
+    summary = report["summary"]
+    fig.suptitle(f"vattr-bench perf — {report['model']} ({report.get('features', 'attention')} estimator): streaming "
+                 f"overhead {summary['overhead_pct']:+.2f}%, lag {summary['lag_decode_steps']:.2f} decode steps", fontsize=9)
     _save(fig, path)
 
 
