@@ -2,9 +2,10 @@
 
     python scripts/stream_microbench.py [--rounds 15]
 
-1. The streaming worker's pieces for one span of a real trace (best of 5 × 1000 calls): reading the
-   span's captured rows, turning them into weights, applying the estimator's weights summed over the
-   span's tokens, and the whole SpanAttributor.
+1. The streaming worker's pieces for one span of a real trace (best of 5 × 1000 calls): writing the
+   records streamed generation hands over for the span into the buffers (the flush), reading the span's
+   captured rows, turning them into weights, applying the estimator's weights summed over the span's
+   tokens, and the whole SpanAttributor. Hot caches: the same span again and again.
 2. Whether a multi-threaded BLAS call in the worker would slow generation: one `generate` timed right
    after nothing, after a 64×640 matrix-vector product (big enough for OpenBLAS to use its threads,
    which then spin for a while) and after a 64×64 one (single-threaded), interleaved, medians.
@@ -22,6 +23,7 @@ from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.regions import make_regions
+from vattr_bench.streaming import SpanStreamer
 
 
 def best_us(fn, n=1000):
@@ -40,13 +42,17 @@ def main():
     regions, _ = make_regions("feature-ward", model, prepared, k=16)
     estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
     with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
-        trace = model.trace_from_ids(prepared, model.generate_ids(prepared, 128))
-    span = trace.spans[1]
+        closed = []
+        trace = model.trace_from_ids(prepared, model.generate_ids(
+            prepared, 128, streamer=SpanStreamer(model, capture, closed.append)))
+    span, records = trace.spans[1], closed[1].records
+    capture.flush(records)  # the streamer took them: rewrite the span's rows, as the worker does
     attributor = SpanAttributor(capture, regions, estimator)
     queries, lse = capture.rows(span.start, span.end)
     weights = capture.weights(queries, lse)
     L, H, n, N = weights.shape
     print(f"| worker step, one span of {n} tokens | µs |\n|---|---|")
+    print(f"| flush the span's records ({len(records)} layer calls) | {best_us(lambda: capture.flush(records)):.1f} |")
     print(f"| read rows | {best_us(lambda: capture.rows(span.start, span.end)):.1f} |")
     print(f"| weights | {best_us(lambda: capture.weights(queries, lse)):.1f} |")
     per_token = np.ones((L * H, N), np.float32)
