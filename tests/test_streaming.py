@@ -29,6 +29,7 @@ def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
     assert [(e.start, e.end, e.text, e.is_answer) for e in events] == [(sp.start, sp.end, sp.text, sp.is_answer) for sp in trace.spans]
     assert [e.index for e in events] == list(range(len(events)))
     assert all(a.emitted_s <= b.emitted_s for a, b in zip(events, events[1:]))
+    assert all(0 < e.attribution_s <= e.lag_s for e in events)  # the work starts after the span closed
     # emitted while generating: a thinking span's event comes before the answer is written
     assert events[0].tokens_generated < events[-1].end
     # float32 kernels of different shapes (one decode step vs one teacher-forced pass): equal to ~1e-6 relative
@@ -168,10 +169,11 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     assert all(np.isfinite(v) for v in summary.values()) and summary["speedup_vs_ablation"] > 0
     text = "\n".join(lines)
     assert "(logit-weighted estimator)" in lines[0]  # the shipped one's features
-    for row in ("overhead", "median lag", "| amortized |", "| amortized, first stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
+    for row in ("overhead", "median lag", "| amortized |", "| amortized, first stream |", "| amortized, in the stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
         assert row in text
     report = json.loads(out_json.read_text())
     assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}
+    assert 0 < report["per_span_s"]["amortized, in the stream"] < report["per_span_s"]["ablation"]
     assert (tmp_path / "perf.png").stat().st_size > 0
     assert main(["perf", "--lengths", "64"]) == 2
     assert main(["perf", "--estimator", str(tmp_path / "none.json")]) == 2

@@ -12,7 +12,10 @@
    Logit-weighted features also read each token's head directions W_O^hᵀu_t, which depend on the weights
    only and are kept per model across streams (`LogitReadout.head_directions`): the amortized row finds
    them kept, as a long-running process would (the rows that depend on the prompt are computed again every
-   pass); the row "amortized, first stream" times the same passes with none kept at the start.
+   pass); the row "amortized, first stream" times the same passes with none kept at the start. Those
+   passes replay each stream's records over and over, 20 streams interleaved, so caches are colder than
+   in a stream, where a span's records are a few decode steps old: the row "amortized, in the stream" is
+   the same work timed in place, each span's attribution in (1)'s inline streams (medians over rounds).
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
    length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
 """
@@ -41,6 +44,7 @@ from .types import Trace
 
 GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)
 FIRST_STREAM = "amortized, first stream"  # the per-span row with no head directions kept yet
+IN_STREAM = "amortized, in the stream"  # the per-span row timed in place, in (1)'s inline streams
 
 
 @dataclass
@@ -135,6 +139,7 @@ def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
     modes = ("plain", "stream", "inline")  # inline: attribution in the producer, no worker thread
     seconds = {mode: [[] for _ in items] for mode in modes}
     lags, steps, tokens = [], [], [0] * len(items)
+    in_place: dict[tuple[int, int], list[float]] = {}  # (prompt, span) -> inline attribution seconds per round
     for r in tqdm(range(cfg.rounds), desc="overhead rounds"):
         for i, (s, prepared, regions) in enumerate(items):
             shift = (r + i) % len(modes)
@@ -148,6 +153,9 @@ def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
                                              worker=mode == "stream")
                     if mode == "stream":
                         lags.extend(e.lag_s for e in events)
+                    else:  # inline: each span's attribution timed in place, between decode steps
+                        for e in events:
+                            in_place.setdefault((i, e.index), []).append(e.attribution_s)
                 seconds[mode][i].append(elapsed)
     total = {mode: sum(statistics.median(x) for x in seconds[mode]) for mode in modes}
     # the spread: each round's own overhead (all prompts once), so a reader sees how far one number goes
@@ -159,7 +167,9 @@ def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
             "overhead_pct": 100.0 * (total["stream"] - total["plain"]) / total["plain"],
             "overhead_pct_rounds": (min(per_round), max(per_round)),
             "overhead_us_per_token": 1e6 * (total["stream"] - total["plain"]) / sum(tokens),  # what carries over
-            "tokens": sum(tokens), "decode_step_s": step_s, "lag_s_median": lag_s, "lag_decode_steps": lag_s / step_s}
+            "tokens": sum(tokens), "decode_step_s": step_s, "lag_s_median": lag_s, "lag_decode_steps": lag_s / step_s,
+            "in_stream_s_per_span": statistics.mean(statistics.median(x) for x in in_place.values()) if in_place
+            else float("nan")}
 
 
 def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> tuple[dict, int]:
@@ -227,6 +237,7 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
     warm_up(model, items, estimator, cfg)
     streaming = measure_streaming(model, items, estimator, cfg)
     per_span, n_spans = cost_per_span(model, items, estimator, cfg)
+    per_span[IN_STREAM] = streaming.pop("in_stream_s_per_span")
     fastest_gradient = min(GRADIENT_METHODS, key=lambda m: per_span[m.name]).name
     per_token = per_token_cost(model, items, estimator, cfg)
     lo, hi = min(cfg.lengths), max(cfg.lengths)

@@ -52,6 +52,9 @@ class SpanEvent:
     emitted_s: float  # seconds since generation started
     tokens_generated: int  # how many trace tokens existed when the event was emitted
     lag_s: float = 0.0  # seconds from the span's last token to this event
+    # seconds spent attributing this span (flush, features, estimator); in the worker thread that is wall
+    # time, waits for the interpreter lock included — run inline (worker=False) it is the work alone
+    attribution_s: float = 0.0
 
 
 class SpanStreamer(BaseStreamer):
@@ -126,6 +129,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
         if failures:
             return  # an earlier span failed: report the first failure
         try:
+            start = time.perf_counter()
             capture.flush(closed.records)
             span = closed.span
             if capture.n_rows < span.end or (closed.rows is not None and capture.n_rows != closed.rows):
@@ -134,7 +138,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
             scores = attributor(span.start, span.end, closed.token_ids)
             now = time.perf_counter()
             event = SpanEvent(len(events), span.text, span.start, span.end, span.is_answer, scores, now - t0,
-                              streamer.n_tokens, now - closed.closed_s)
+                              streamer.n_tokens, now - closed.closed_s, now - start)
             events.append(event)
             if on_event is not None:
                 on_event(event)
