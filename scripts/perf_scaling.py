@@ -14,7 +14,8 @@ too: its values do not change its cost, its feature kind does (`--features`, the
 default). Measured with perf's own functions, one run per size: the streaming overhead and lag
 (interleaved rounds, medians) and the cost per span of amortized, exhaustive ablation and
 input×gradient (perf's fastest gradient baseline); for logit-weighted features also amortized in a
-process's first stream (no head directions kept yet). Costs only: nothing here is faithful.
+process's first stream (no head directions kept yet), and timed in place in the inline streams (perf's
+"amortized, in the stream"). Costs only: nothing here is faithful.
 """
 import argparse
 
@@ -97,13 +98,13 @@ def main():
 
     print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, 2 CPU cores\n")
     print("| decoder | params (M) | L·H | decode step | overhead (single rounds) | inline, no thread | lag (steps) "
-          "| amortized / span | first stream | ablation / span | × | input×gradient / span | × |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| amortized / span | first stream | in the stream | ablation / span | × | input×gradient / span | × |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, params, lh, st, ps, _ in rows:
         g, (lo, hi) = st["generation_s"], st["overhead_pct_rounds"]
         print(f"| {size} | {params:.1f} | {lh} | {st['decode_step_s'] * 1e3:.1f} ms | {st['overhead_pct']:+.1f}% ({lo:+.1f} to {hi:+.1f}) "
               f"| {100 * (g['inline'] / g['plain'] - 1):+.1f}% | {st['lag_decode_steps']:.2f} | {ps['amortized'] * 1e6:.0f} µs "
-              f"| {f'{ps[FIRST_STREAM] * 1e6:.0f} µs' if FIRST_STREAM in ps else '–'} "
+              f"| {f'{ps[FIRST_STREAM] * 1e6:.0f} µs' if FIRST_STREAM in ps else '–'} | {st['in_stream_s_per_span'] * 1e6:.0f} µs "
               f"| {ps['ablation'] * 1e3:.1f} ms | {ps['ablation'] / ps['amortized']:.0f}× "
               f"| {ps['input_x_gradient'] * 1e3:.1f} ms | {ps['input_x_gradient'] / ps['amortized']:.0f}× |")
 

@@ -13,9 +13,9 @@
    only and are kept per model across streams (`LogitReadout.head_directions`): the amortized row finds
    them kept, as a long-running process would (the rows that depend on the prompt are computed again every
    pass); the row "amortized, first stream" times the same passes with none kept at the start. Those
-   passes replay each stream's records over and over, 20 streams interleaved, so caches are colder than
-   in a stream, where a span's records are a few decode steps old: the row "amortized, in the stream" is
-   the same work timed in place, each span's attribution in (1)'s inline streams (medians over rounds).
+   passes replay each stream's records, back to back; the row "amortized, in the stream" is the same work
+   timed in place, each span's attribution between decode steps in (1)'s inline streams (medians over
+   rounds) — on vattr-tiny about twice the replayed cost (README: perf).
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
    length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
 """
