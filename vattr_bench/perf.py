@@ -14,8 +14,8 @@
    them kept, as a long-running process would (the rows that depend on the prompt are computed again every
    pass); the row "amortized, first stream" times the same passes with none kept at the start. Those
    passes replay each stream's records, back to back; the row "amortized, in the stream" is the same work
-   timed in place, each span's attribution between decode steps in (1)'s inline streams (medians over
-   rounds) — on vattr-tiny about twice the replayed cost (README: perf).
+   timed in place, each span's attribution between decode steps in (1)'s inline streams (each prompt's
+   best round, as the replayed rows take each stream's best pass) — dearer on vattr-tiny (README: perf).
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
    length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
 """
@@ -139,7 +139,8 @@ def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
     modes = ("plain", "stream", "inline")  # inline: attribution in the producer, no worker thread
     seconds = {mode: [[] for _ in items] for mode in modes}
     lags, steps, tokens = [], [], [0] * len(items)
-    in_place: dict[tuple[int, int], list[float]] = {}  # (prompt, span) -> inline attribution seconds per round
+    in_place = [[] for _ in items]  # per prompt: each inline round's attribution seconds, its spans summed
+    n_spans = [0] * len(items)
     for r in tqdm(range(cfg.rounds), desc="overhead rounds"):
         for i, (s, prepared, regions) in enumerate(items):
             shift = (r + i) % len(modes)
@@ -154,8 +155,8 @@ def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
                     if mode == "stream":
                         lags.extend(e.lag_s for e in events)
                     else:  # inline: each span's attribution timed in place, between decode steps
-                        for e in events:
-                            in_place.setdefault((i, e.index), []).append(e.attribution_s)
+                        in_place[i].append(sum(e.attribution_s for e in events))
+                        n_spans[i] = len(events)
                 seconds[mode][i].append(elapsed)
     total = {mode: sum(statistics.median(x) for x in seconds[mode]) for mode in modes}
     # the spread: each round's own overhead (all prompts once), so a reader sees how far one number goes
@@ -168,8 +169,8 @@ def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
             "overhead_pct_rounds": (min(per_round), max(per_round)),
             "overhead_us_per_token": 1e6 * (total["stream"] - total["plain"]) / sum(tokens),  # what carries over
             "tokens": sum(tokens), "decode_step_s": step_s, "lag_s_median": lag_s, "lag_decode_steps": lag_s / step_s,
-            "in_stream_s_per_span": statistics.mean(statistics.median(x) for x in in_place.values()) if in_place
-            else float("nan")}
+            # each prompt's best round, as the replayed amortized row takes each stream's best pass
+            "in_stream_s_per_span": sum(min(x) for x in in_place) / sum(n_spans) if sum(n_spans) else float("nan")}
 
 
 def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> tuple[dict, int]:
