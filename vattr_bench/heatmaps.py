@@ -48,11 +48,8 @@ def save_heatmap_png(path: Path, image, regions: Regions, scores, span_texts: li
     labels = regions.label_map()
     for r, (label, row) in enumerate(rows.items()):
         for s, (ax, span_scores) in enumerate(zip(axes[r], np.asarray(row, dtype=np.float64))):
-            lo, hi = span_scores.min(), span_scores.max()
-            norm = (span_scores - lo) / (hi - lo) if hi > lo else np.zeros_like(span_scores)
-            heat = np.where(labels >= 0, norm[np.clip(labels, 0, None)], np.nan)
             ax.imshow(image)
-            ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            ax.imshow(_pixel_heat(labels, span_scores, np.nan), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
             if r == 0:
                 ax.set_title("\n".join(textwrap.wrap(span_texts[s], 22)[:3]), fontsize=7)
             top = int(np.argmax(span_scores))
@@ -113,14 +110,21 @@ def overlay(image, regions: Regions, span_scores: np.ndarray, size: int = 320):
     from matplotlib import colormaps
     from PIL import Image
 
-    lo, hi = float(np.min(span_scores)), float(np.max(span_scores))
-    norm = (span_scores - lo) / (hi - lo) if hi > lo else np.zeros_like(span_scores, dtype=np.float64)
     labels = regions.label_map()
-    heat = colormaps["inferno"](np.where(labels >= 0, norm[np.clip(labels, 0, None)], 0.0))[..., :3]
+    heat = colormaps["inferno"](_pixel_heat(labels, span_scores, 0.0))[..., :3]
     base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     blended = np.where((labels >= 0)[..., None], 0.45 * base + 0.55 * heat, base)
     out = Image.fromarray((blended * 255).round().astype(np.uint8))
     return out.resize((size, max(1, round(size * out.height / out.width))), Image.NEAREST)
+
+
+def _pixel_heat(labels: np.ndarray, span_scores: np.ndarray, outside: float) -> np.ndarray:
+    """Each pixel's region score, normalised to the span (0: its lowest region, 1: its highest; all 0 when
+    the regions tie), ``outside`` where a pixel is in no region (``labels`` from `Regions.label_map`)."""
+    span_scores = np.asarray(span_scores, dtype=np.float64)
+    lo, hi = span_scores.min(), span_scores.max()
+    norm = (span_scores - lo) / (hi - lo) if hi > lo else np.zeros_like(span_scores)
+    return np.where(labels >= 0, norm[np.clip(labels, 0, None)], outside)
 
 
 def _save(fig, path: Path) -> None:
