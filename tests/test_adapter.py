@@ -139,10 +139,10 @@ def test_an_sdpa_decoder_runs_on_the_capture_backend_from_load(model, image):
 
 
 def test_attention_capture_fallback_equals_eager_attention(model, image, monkeypatch):
-    """Where the CPU flash kernel does not fit (a GPU, a mask), lse comes from an explicit q·Kᵀ: same weights."""
+    """Where no fused kernel fits (a mask, another device), lse comes from an explicit q·Kᵀ: same weights."""
     from vattr_bench.models import attention_capture
 
-    monkeypatch.setattr(attention_capture, "_cpu_flash_fits", lambda *args: False)
+    monkeypatch.setattr(attention_capture, "_fused_fits", lambda *args: False)
     prepared = model.prepare(image, "what color is the circle ?")
     trace = _trace(model, "the circle is red .")
     with model.capture_visual_attention(prepared) as capture:
@@ -150,6 +150,32 @@ def test_attention_capture_fallback_equals_eager_attention(model, image, monkeyp
     np.testing.assert_allclose(capture.attention(len(ids)), model.attention_to_visual(prepared, ids, eager=True), atol=1e-5)
     np.testing.assert_allclose(model.attention_to_visual(prepared, trace),
                                model.attention_to_visual(prepared, trace, eager=True), atol=1e-5)
+
+
+def test_a_fused_kernel_whose_lse_disagrees_is_not_trusted(tiny, monkeypatch):
+    """Each fused kernel's lse is checked once against q·Kᵀ's: a kernel answering in another unit (here log₂)
+    is dropped with a warning and the weights stay exact; the real CPU kernel passes the check."""
+    from vattr_bench.models import attention_capture
+
+    prepared = tiny.prepare(synthetic_sample("general", 0).image, "what color is the circle ?")
+    trace = _trace(tiny, "the circle is red .")
+    eager = tiny.attention_to_visual(prepared, trace, eager=True)
+    monkeypatch.setattr(attention_capture, "_FUSED_OK", {})
+    tiny.attention_to_visual(prepared, trace)
+    assert list(attention_capture._FUSED_OK.values()) == [True]  # the CPU flash kernel, trusted and used
+
+    cpu_flash = attention_capture._FUSED_KERNELS["cpu"]
+
+    def log2_lse(*args):
+        out, lse = cpu_flash(*args)
+        return out, lse / np.log(2)
+
+    monkeypatch.setattr(attention_capture, "_FUSED_OK", {})
+    monkeypatch.setitem(attention_capture._FUSED_KERNELS, "cpu", log2_lse)
+    with pytest.warns(UserWarning, match="differs from q·Kᵀ"):
+        fast = tiny.attention_to_visual(prepared, trace)
+    assert list(attention_capture._FUSED_OK.values()) == [False]
+    np.testing.assert_allclose(fast, eager, atol=1e-5)
 
 
 def test_attention_captured_during_generation_equals_teacher_forced(model, image):

@@ -6,12 +6,15 @@ the N visual tokens, every layer and head. Those are exactly
 
     w_n = exp(q · k_n · scale − lse),   lse = log Σ_j exp(q · k_j · scale)  over all keys j,
 
-and a flash-style kernel computes the log-sum-exp anyway. So while a capture is active, the decoder's
-attention runs through torch's CPU flash kernel (same output as sdpa), which hands back the lse; the
-capture keeps each new query row with its lse, and the visual keys once (they never change after the
-prompt). Turning rows into weights is then O(L·H·N·d) per token, whatever the context length.
-Elsewhere (a GPU, or a mask the kernel cannot take) the lse comes from an explicit q·Kᵀ: still exact,
-but O(S) per row.
+and a fused attention kernel computes the log-sum-exp anyway. So while a capture is active, the decoder's
+attention runs through a fused kernel that hands the lse back — torch's flash kernel on the CPU, its
+memory-efficient one on CUDA (the kernel sdpa itself picks there for float32) — and the capture keeps
+each new query row with its lse, and the visual keys once (they never change after the prompt). Turning
+rows into weights is then O(L·H·N·d) per token, whatever the context length. Where no kernel fits (a
+mask beyond causal, dropout, a window, another device) the lse comes from an explicit q·Kᵀ: still
+exact, but O(S) per row and, on a GPU, a handful of extra kernel launches per layer and token. Each
+kernel's lse is checked once per process against the explicit one (`_fused_with_lse`), so a kernel
+that disagrees is never trusted.
 
 The backend is registered with transformers' AttentionInterface under ``CAPTURE_BACKEND`` and only
 switched on for the duration of a capture (`HFVisionLanguageModel.capture_visual_attention`); with no
@@ -19,6 +22,7 @@ capture active it is plain sdpa. Assumes batch 1 with no padding, which is how t
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -380,12 +384,54 @@ def _lse_explicit(query, key, attention_mask, scale):
     return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
-def _cpu_flash_fits(query, key, attention_mask, dropout, kwargs) -> bool:
-    """Whether torch's CPU flash kernel computes exactly this call: no mask beyond causal (one query over
-    the cache, or a full causal pass), no dropout, window or soft-capping."""
+# (device type, dtype, head dim, causal) -> whether the fused kernel runs there and its lse equals the explicit one
+_FUSED_OK: dict[tuple, bool] = {}
+
+
+def _cuda_efficient(query, key, value, scale: float, causal: bool):
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+        query, key, value, None, True, 0.0, causal, scale=scale)[:2]
+    return out, lse[..., :query.shape[2]]  # the kernel pads lse's rows to its block size
+
+
+_FUSED_KERNELS = {"cpu": lambda q, k, v, scale, causal: _cpu_flash(q, k, v, 0.0, causal, scale=scale)[:2],
+                  "cuda": _cuda_efficient}
+
+
+def _fused_fits(query, key, attention_mask, dropout, kwargs) -> bool:
+    """Whether a fused kernel computes exactly this call: no mask beyond causal (one query over the cache,
+    or a full causal pass), no dropout, window or soft-capping, on a device with a kernel in _FUSED_KERNELS."""
     q_len, kv_len = query.shape[2], key.shape[2]
-    return (query.device.type == "cpu" and attention_mask is None and not dropout and q_len in (1, kv_len)
+    return (query.device.type in _FUSED_KERNELS and attention_mask is None and not dropout and q_len in (1, kv_len)
             and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None)
+
+
+def _fused_with_lse(query, key, value, scale: float):
+    """(B, q, H, d) output and (B, H, q) lse from the device's fused kernel, or None where it does not run.
+    The first call of each (device, dtype, head dim, causal) also computes the explicit lse and keeps the
+    kernel only if the two agree: a kernel whose lse means something else (another base, other rows)
+    falls back, with a warning, instead of giving wrong weights."""
+    causal = query.shape[2] > 1
+    signature = (query.device.type, query.dtype, query.shape[-1], causal)
+    trusted = _FUSED_OK.get(signature)
+    if trusted is False:
+        return None
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    try:
+        out, lse = _FUSED_KERNELS[query.device.type](query, key, value, scale, causal)
+    except RuntimeError as e:  # e.g. a head dim or dtype the kernel does not take
+        _FUSED_OK[signature] = False
+        warnings.warn(f"attention capture: no fused kernel for {signature} ({e}); lse computed explicitly")
+        return None
+    if trusted is None:
+        explicit = _lse_explicit(query, key, None, scale)
+        _FUSED_OK[signature] = trusted = bool(torch.allclose(lse.float(), explicit, rtol=1e-4, atol=1e-3))
+        if not trusted:
+            warnings.warn(f"attention capture: the fused kernel's lse for {signature} differs from q·Kᵀ's by up to "
+                          f"{(lse.float() - explicit).abs().max().item():.3g}; lse computed explicitly")
+            return None
+    return out.transpose(1, 2).contiguous(), lse
 
 
 def capturing_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -395,15 +441,12 @@ def capturing_attention(module, query, key, value, attention_mask, dropout: floa
     if layer is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if _cpu_flash_fits(query, key, attention_mask, dropout, kwargs):
-        groups = query.shape[1] // key.shape[1]
-        q_len = query.shape[2]
-        out, lse = _cpu_flash(
-            query, repeat_kv(key, groups), repeat_kv(value, groups), 0.0, q_len > 1, scale=scale)
-        out = out.transpose(1, 2).contiguous()
-    else:
+    fused = _fused_with_lse(query, key, value, scale) if _fused_fits(query, key, attention_mask, dropout, kwargs) else None
+    if fused is None:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         lse = _lse_explicit(query, key, attention_mask, scale)
+    else:
+        out, lse = fused
     capture.record(layer, query, key, lse, scale, value)
     return out, None
 
