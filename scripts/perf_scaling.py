@@ -3,7 +3,7 @@ L·H and the visual tokens (and, for logit-weighted features, with L·hidden² p
 not seen yet: its head directions, kept per model), ablation and gradients pay for whole forward/backward
 passes.
 
-    python scripts/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1]
+    python scripts/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1] [--device cuda]
 
 For each size (decoder hidden width × layers, 16 heads, MLP 3× wide), a Llava model with vattr-tiny's
 vision tower config, tokenizer and processor and a decoder of that size with random weights. Random
@@ -55,7 +55,7 @@ def write_traces(vlm: HFVisionLanguageModel, traces: dict[tuple, list[int]]) -> 
     vlm.model.generate = forced_generate
 
 
-def random_decoder_model(hidden: int, layers: int, heads: int = 16) -> HFVisionLanguageModel:
+def random_decoder_model(hidden: int, layers: int, heads: int = 16, device: str = "cpu") -> HFVisionLanguageModel:
     source = str(BUILTIN["vattr-tiny"])
     config = AutoConfig.from_pretrained(source)
     text = config.text_config
@@ -63,7 +63,7 @@ def random_decoder_model(hidden: int, layers: int, heads: int = 16) -> HFVisionL
     text.num_attention_heads = text.num_key_value_heads = heads
     text.head_dim = hidden // heads
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
+    model = LlavaForConditionalGeneration(config).to(device)
     return HFVisionLanguageModel(model, load_processor(source, config.model_type), f"random-{hidden}x{layers}")
 
 
@@ -74,15 +74,16 @@ def main():
     p.add_argument("--per-family", type=int, default=1)
     p.add_argument("--features", default="logit-weighted", choices=FEATURES,
                    help="the random estimator's feature kind (its cost differs; its values do not matter)")
+    p.add_argument("--device", default="cpu", help="where the models run (the amortized worker stays on the host)")
     a = p.parse_args()
     cfg = PerfConfig(per_family=a.per_family, rounds=a.rounds, regions="grid", max_new_tokens=128)
-    tiny = load_model("vattr-tiny")
+    tiny = load_model("vattr-tiny", device=a.device)
     items = prepare_items(tiny, cfg)
     traces = {tuple(prepared.inputs["input_ids"][0].tolist()): tiny.generate_ids(prepared, cfg.max_new_tokens)
               for _, prepared, _ in items}
     rows = []
     for size in ["vattr-tiny"] + a.sizes.split(","):
-        vlm = tiny if size == "vattr-tiny" else random_decoder_model(*map(int, size.split("x")))
+        vlm = tiny if size == "vattr-tiny" else random_decoder_model(*map(int, size.split("x")), device=a.device)
         write_traces(vlm, traces)
         rng = np.random.default_rng(0)
         estimator = LinearEstimator(rng.normal(size=vlm.num_layers * vlm.num_heads), 0.0,
@@ -96,7 +97,9 @@ def main():
         print(f"{size}: {params:.1f} M decoder parameters, overhead {streaming['overhead_pct']:+.1f}%, ablation "
               f"{per_span['ablation'] / per_span['amortized']:.0f}× amortized per span", flush=True)
 
-    print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, 2 CPU cores\n")
+    where = (f"{torch.cuda.get_device_name(tiny.device)} (the worker on the host)" if tiny.device.type == "cuda"
+             else "2 CPU cores" if tiny.device.type == "cpu" else str(tiny.device))
+    print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, {where}\n")
     print("| decoder | params (M) | L·H | decode step | overhead (single rounds) | inline, no thread | lag (steps) "
           "| amortized / span | first stream | in the stream | ablation / span | × | input×gradient / span | × |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -29,6 +29,8 @@ def test_generate_writes_scored_traces(tmp_path, capsys):
     (["generate", "--benchmark", "chemistry", "--limit", "1"], "unknown benchmark 'chemistry'"),
     (["generate", "--model", "nobody/nothing", "--limit", "1"], "cannot load model 'nobody/nothing'"),
     (["generate", "--limit", "0"], "--limit must be at least 1"),
+    (["generate", "--limit", "1", "--device", "gpu0"], "--device 'gpu0' is not a device torch knows"),
+    (["evaluate", "--method", "random", "--limit", "1", "--device", "cuda:7"], "--device 'cuda:7': no cuda:7 device"),
 ])
 def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
     assert main(argv + ["--output-dir", str(tmp_path)]) == 2

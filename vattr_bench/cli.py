@@ -64,7 +64,7 @@ def _cmd_evaluate(args) -> int:
                      benchmark=args.benchmark, limit=args.limit, output_dir=args.output_dir, regions=args.regions,
                      k=args.k, ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, split=args.split,
                      region_backbone=args.region_backbone, save_heatmaps=args.save_heatmaps, source=args.source,
-                     real_set=args.real_set, data=args.data)
+                     real_set=args.real_set, data=args.data, device=args.device)
     evaluate(cfg)
     return 0
 
@@ -103,7 +103,7 @@ def _cmd_train_estimator(args) -> int:
     resolve_families(args.benchmark)
     if args.n_train < 2:
         raise ValueError("--n-train must be at least 2 (one sample is held out)")
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
         targets=args.targets, transfer=args.transfer, features=args.features)
@@ -118,7 +118,7 @@ def _cmd_stream(args) -> int:
     from .streaming import stream_attributions
 
     image = load_image(args.image)
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     prepared = model.prepare(image, args.prompt)
     regions, note = make_regions(args.regions, model, prepared, k=args.k)
     if note:
@@ -154,7 +154,7 @@ def _cmd_perf(args) -> int:
     cfg = PerfConfig(benchmark=args.benchmark, per_family=args.per_family, rounds=args.rounds, lengths=lengths,
                      gradient_spans=args.gradient_spans, regions=args.regions, k=args.k, seed=args.seed,
                      estimator=args.estimator)
-    report = run_perf(load_model(args.model), cfg)
+    report = run_perf(load_model(args.model, device=args.device), cfg)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1, default=float))
         print(f"wrote {args.output}", file=sys.stderr)
@@ -179,6 +179,11 @@ def _cmd_train_model(args) -> int:
     return train.main(args.train_args) or 0
 
 
+def _add_device(parser) -> None:
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, … (the amortized "
+                        "worker itself stays on the host CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vattr-bench", description="Benchmark visual attribution for thinking VLMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -193,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", choices=SPLITS)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--device", default="cpu")
+    _add_device(g)
     g.set_defaults(func=_cmd_generate)
 
     e = sub.add_parser("evaluate", help="score attribution methods against ablation on benchmark samples")
@@ -214,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=SPLITS)
     e.add_argument("--save-heatmaps", action="store_true",
                    help="one PNG per sample: the ablation truth and each method, a panel per span")
+    _add_device(e)
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("regions", help="compute (and draw) the regions of a sample or an image")
@@ -249,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--transfer", action="store_true",
                     help="also report cross-family transfer (train on the other families, test on each)")
     te.add_argument("--seed", type=int, default=0)
+    _add_device(te)
     te.set_defaults(func=_cmd_train_estimator)
 
     st = sub.add_parser("stream", help="generate on your image and stream per-span attributions (amortized)")
@@ -261,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR)")
     st.add_argument("--max-new-tokens", type=int, default=256)
     st.add_argument("--save-png", default=None, help="also draw every span's region scores over the image here")
+    _add_device(st)
     st.set_defaults(func=_cmd_stream)
 
     pf = sub.add_parser("perf", help="benchmark streaming attribution: overhead, lag, cost per span and per token")
@@ -277,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. the shipped value-weighted one to time the cheaper features")
     pf.add_argument("--output", default=None, help="also write the full report as JSON here")
     pf.add_argument("--save-png", default=None, help="also draw the cost per span and per token here")
+    _add_device(pf)
     pf.set_defaults(func=_cmd_perf)
 
     lb = sub.add_parser("leaderboard", help="Gradio leaderboard over results.json files, with a live streaming demo")

@@ -49,6 +49,7 @@ class EvalConfig:
     source: str = "synthetic"
     real_set: str | None = None
     data: str | None = None
+    device: str = "cpu"  # where the model runs; not part of the ground-truth key (the same numbers, up to rounding)
 
     def validate(self) -> list[str]:
         families = resolve_families(self.benchmark)
@@ -92,7 +93,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             log(f"warning: method {spec!r} skipped: {e}")
     if not methods:
         raise ValueError("no usable method: " + "; ".join(method_errors.values()))
-    model = load_model(cfg.model)
+    model = load_model(cfg.model, device=cfg.device)
     _claim_output_dir(out, cfg)
     samples_path = out / "samples.jsonl"
     previous = read_records(samples_path)

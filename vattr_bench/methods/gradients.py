@@ -22,14 +22,15 @@ class _CaptumOnVisualEmbeddings(AttributionMethod):
         return {}
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
-        embeds = torch.as_tensor(ctx.model.visual_features(ctx.prepared)).unsqueeze(0).requires_grad_(True)  # (1, N, D)
+        embeds = torch.as_tensor(ctx.model.visual_features(ctx.prepared), device=ctx.model.device)
+        embeds = embeds.unsqueeze(0).requires_grad_(True)  # (1, N, D), on the model's device
         ids = ctx.trace.token_ids
         token_scores = []
         for span in ctx.trace.spans:
             def span_logprob(visual, span=span):
                 return ctx.model.logprobs_from_visual_embeddings(ctx.prepared, ids, visual)[:, span.start:span.end].sum(1)
             attr = self._captum(span_logprob).attribute(embeds, **self._attribute_kwargs(embeds))
-            token_scores.append(attr[0].sum(-1).detach().numpy())
+            token_scores.append(attr[0].sum(-1).detach().cpu().numpy())
         return ctx.tokens_to_regions(np.stack(token_scores))
 
 

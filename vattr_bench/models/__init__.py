@@ -36,6 +36,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None)
         source = name_or_path
     else:
         source = name_or_path  # a hub id: found only if its weights are in the local cache
+    _check_device(device)
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
     try:
         processor = load_processor(source, AutoConfig.from_pretrained(source).model_type)
@@ -51,6 +52,24 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None)
             f"Known models: {known}"
         ) from e
     return HFVisionLanguageModel(model.to(device), processor, name_or_path)
+
+
+def _check_device(device: str) -> None:
+    """Fail before loading on a device string torch cannot parse or an accelerator this machine lacks."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:1, mps, …): {e}") from None
+    if parsed.type == "cpu":
+        return
+    module = getattr(torch, parsed.type, None)
+    available = module is not None and hasattr(module, "is_available") and module.is_available()
+    count = module.device_count() if available and hasattr(module, "device_count") else 1
+    if not available or (parsed.index or 0) >= count:
+        raise ValueError(f"--device {device!r}: no {parsed} device on this machine ({count if available else 0} "
+                         f"{parsed.type} devices, torch {torch.__version__}); use --device cpu")
 
 
 __all__ = ["load_model", "VisionLanguageModel", "PreparedInput", "BUILTIN", "PAPER_MODELS"]

@@ -336,7 +336,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 capture.append(embeds[0, positions])
             if replace is not None:  # (B, N, D) onto a batch of B identical rows
                 embeds = embeds.clone()
-                embeds[:, positions] = replace.to(embeds.dtype)
+                embeds[:, positions] = replace.to(embeds.device, embeds.dtype)
                 kwargs["inputs_embeds"] = embeds
             return args, kwargs
 
