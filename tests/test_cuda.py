@@ -69,7 +69,9 @@ def test_logit_readout_on_the_device_equals_the_hosts(gpu_model):
     on_device = gpu_model.logit_readout()
     host = gpu_model.logit_readout(on_device=False)
     assert on_device is not host
-    np.testing.assert_allclose(on_device.head_directions(ids), host.head_directions(ids), rtol=1e-5, atol=1e-6)
+    rows = on_device.head_directions(ids)
+    assert rows.device.type == "cuda"  # they stay there for a capture on the device
+    np.testing.assert_allclose(rows.cpu().numpy(), host.head_directions(ids), rtol=1e-5, atol=1e-6)
 
 
 def test_stream_on_cuda_equals_offline_and_the_cpu(gpu_tiny, tiny):

@@ -1,11 +1,12 @@
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
 import tiny_archs
-from vattr_bench.amortized import LinearEstimator, span_region_features
+from vattr_bench.amortized import LinearEstimator, SpanAttributor, span_region_features
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.cli import main
 from vattr_bench.methods import AttributionContext, load_method
@@ -38,11 +39,19 @@ def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
     np.testing.assert_allclose(np.stack([e.scores for e in inline]), np.stack([e.scores for e in events]), atol=1e-6)
 
 
+@pytest.mark.parametrize("on_device", [False, True], ids=["numpy", "torch"])
 @pytest.mark.parametrize("arch", tiny_archs.ARCHS)
-def test_stream_on_the_paper_architectures_equals_offline(arch):
+def test_stream_on_the_paper_architectures_equals_offline(arch, on_device, monkeypatch):
     """Streaming runs through the adapter alone: on tiny random Qwen2.5-VL / Qwen3-VL / GLM-4.1V its events
-    equal offline features (eager attention) through the same estimator."""
+    equal offline features (eager attention) through the same estimator. ``on_device``: the capture and the
+    worker's work in torch, as on an accelerator (here on the CPU's tensors; tests/test_cuda.py on a GPU)."""
     model = tiny_archs.build(arch)
+    device_spans = []
+    if on_device:
+        monkeypatch.setattr(model, "capture_visual_attention", partial(model.capture_visual_attention, on_device=True))
+        scores_on_device = SpanAttributor._scores_on_device
+        monkeypatch.setattr(SpanAttributor, "_scores_on_device",
+                            lambda self, *args: device_spans.append(args) or scores_on_device(self, *args))
     out = model.model.get_output_embeddings().weight
     silent = [i for i in range(out.shape[0]) if i >= len(model.tokenizer) or not model.decode([i]).strip()]
     with torch.no_grad():  # a random model may write only tokens without text (so no span): make it write words
@@ -65,6 +74,7 @@ def test_stream_on_the_paper_architectures_equals_offline(arch):
             eager, trace.spans, regions.token_matrix, pool, value_norms if features == "value-weighted" else None,
             logit_values if features == "logit-weighted" else None))
         np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
+    assert len(device_spans) == (5 * len(trace.spans) if on_device else 0)  # the torch path did the work
 
 
 @torch.no_grad()
@@ -202,10 +212,10 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
         assert not readout._directions
         readout.head_directions(ids[-2:])
     assert len(readout._directions) == 3 and readout._cached_bytes == 3 * row_bytes
-    # a model on an accelerator computes the directions there (only the rows come over): the same rows
+    # a model on an accelerator computes the directions there, as tensors on its device: the same rows
     on_device = tiny.logit_readout(on_device=True)
     assert on_device is not tiny.logit_readout()
-    np.testing.assert_allclose(on_device.head_directions(ids), tiny.logit_readout().head_directions(ids),
+    np.testing.assert_allclose(on_device.head_directions(ids).numpy(), tiny.logit_readout().head_directions(ids),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.concatenate(pieces, axis=2), logit_values_the_long_way(tiny, prepared, ids),
                                rtol=1e-4, atol=1e-5)

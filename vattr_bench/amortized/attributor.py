@@ -3,6 +3,7 @@ the offline `amortized` method and the streaming worker."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..types import Regions, Trace
 from .estimator import LinearEstimator
@@ -20,9 +21,11 @@ class SpanAttributor:
     vector is pooled into regions. Logit-weighted features take a magnitude per token after the region
     sum, so they are pooled per token (`logit_weighted_per_token`, as `span_region_features` does), averaged
     over the span's tokens, then weighted.
-    Memory is one span's weights, whatever the trace length. All numpy (see VisualAttentionCapture.rows):
-    the streaming worker calls it from its own thread, with numpy's BLAS held to one thread
-    (`streaming.one_blas_thread`) so that it stays off the cores generation uses."""
+    Memory is one span's weights, whatever the trace length. For a capture on the host all numpy (see
+    VisualAttentionCapture.rows): the streaming worker calls it from its own thread, with numpy's BLAS held
+    to one thread (`streaming.one_blas_thread`) so that it stays off the cores generation uses. For a
+    capture on an accelerator (``capture.on_device``) the same computation in torch there, in float32;
+    only the (K,) scores come back."""
 
     def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
         self.capture = capture
@@ -32,6 +35,7 @@ class SpanAttributor:
         self.pool32 = self.pool.astype(np.float32)  # for float32 captures' products
         self.kind = feature_kind(estimator.meta)
         self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
+        self._device_factors = None  # (c or w, pool) as float32 tensors on the capture's device, at its first span
 
     def __call__(self, start: int, end: int, token_ids=None) -> np.ndarray:
         """(K,) scores of the span of trace tokens [start, end); ``token_ids``, the span's tokens, only
@@ -40,10 +44,12 @@ class SpanAttributor:
         L, H, n, N = rows.shape
         if L * H != len(self.weights):
             raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
+        if self.kind == "logit-weighted" and (token_ids is None or len(token_ids) != n):
+            raise ValueError(f"logit-weighted features need the span's {n} token ids, got "
+                             f"{None if token_ids is None else len(token_ids)}")
+        if isinstance(rows, torch.Tensor):
+            return self._scores_on_device(rows, token_ids)
         if self.kind == "logit-weighted":
-            if token_ids is None or len(token_ids) != n:
-                raise ValueError(f"logit-weighted features need the span's {n} token ids, got "
-                                 f"{None if token_ids is None else len(token_ids)}")
             per_token = logit_weighted_per_token(rows, self.capture.logit_values(token_ids), self.pool32)  # (L, H, n, K)
             # the mean over the span's tokens folded into the weights: Σ_lh w_lh Σ_t f_lh,t / n, one product
             return (np.repeat(self.weights / n, n) @ per_token.reshape(L * H * n, -1)) + self.bias
@@ -53,6 +59,26 @@ class SpanAttributor:
         # Σ_lh Σ_t c_lh,n a_lh,t,n in one float32 pass (~1e-7 relative here; float64 cost 2× the time)
         per_visual_token = np.einsum("htn,hn->n", rows.reshape(L * H, n, N), self._per_token)
         return self.pool @ (per_visual_token / n) + self.bias
+
+    @torch.no_grad()
+    def _scores_on_device(self, rows: torch.Tensor, token_ids) -> np.ndarray:
+        """`__call__`'s computation in torch on the rows' device: a handful of kernels, then (K,) to the host."""
+        L, H, n, N = rows.shape
+        if self._device_factors is None:
+            weights = torch.as_tensor(self.weights, dtype=torch.float32, device=rows.device)
+            if self.kind == "logit-weighted":
+                per_token = weights
+            else:  # c_lh,n as on the host
+                norms = self.capture.value_norms.reshape(L * H, N) if self.kind == "value-weighted" else np.ones((L * H, N))
+                per_token = torch.as_tensor(self.weights[:, None] * norms, dtype=torch.float32, device=rows.device)
+            self._device_factors = per_token, torch.as_tensor(self.pool32, device=rows.device)
+        per_token, pool = self._device_factors
+        if self.kind == "logit-weighted":
+            weighted = (rows * self.capture.logit_values(token_ids)).reshape(-1, N) @ pool.T  # (L·H·n, K)
+            scores = (per_token / n) @ weighted.abs_().reshape(L * H, n, -1).sum(1)
+        else:
+            scores = pool @ (torch.einsum("htn,hn->n", rows.reshape(L * H, n, N), per_token) / n)
+        return scores.double().cpu().numpy() + self.bias
 
 
 def capture_trace(model, prepared, trace_ids, **options):
@@ -84,8 +110,8 @@ def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, regi
     the attention and what weighs it from one captured pass, or, for an adapter that cannot capture,
     from its `attention_to_visual` and `visual_value_norms`."""
     options = capture_options({"features": features})
-    try:
-        capture = capture_trace(model, prepared, trace.token_ids, **options)
+    try:  # on the host: the features are numpy, whichever device the model is on
+        capture = capture_trace(model, prepared, trace.token_ids, on_device=False, **options)
     except NotImplementedError:
         if options["logit_readout"]:
             raise NotImplementedError(f"{type(model).__name__} cannot capture attention, which logit-weighted "

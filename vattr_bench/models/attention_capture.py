@@ -53,17 +53,25 @@ class VisualAttentionCapture:
     CPU, ~120 µs per vattr-tiny decode step (measured in place, one-off). Reading a span's rows is then a
     slice. Rows count (``n_rows``) once flushed: in streaming the producer hands each span's records over
     (`take_pending`) and the worker flushes them; otherwise the capture context flushes when it exits.
-    On a GPU the flush is one device-to-host copy per run of steps.
+
+    ``on_device`` (a model on an accelerator): the buffers, visual keys and values and the logit table stay
+    torch tensors on the device the rows were recorded on, and reads (`rows`, `weights`, `logit_values`)
+    return such tensors, so the per-span work runs there and only a span's (K,) scores come to the host
+    (`SpanAttributor`). Off, everything is float32 numpy on the host: the CPU's path, and on a GPU one
+    device-to-host copy per run of steps. `attention` returns numpy either way.
     """
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
     INITIAL_LOGIT_SLOTS = 64  # `logit_values` table slots (distinct tokens) at first; doubled likewise
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
-                 value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None):
+                 value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None,
+                 on_device: bool = False):
         """``value_grams``: per layer, the (H, d, d) W_O^hᵀW_O^h of `o_proj_gram`, for ‖W_O^h v_n‖ (the
         value-weighted features' factor, `value_norms`); ``readout``: what `logit_values` reads the visual
         values with (the logit-weighted features). Given either, the capture also keeps the visual values."""
+        self.on_device = on_device
+        self._device: torch.device | None = None  # where the rows were recorded (the prompt's first call)
         self.layer_of = layer_of
         self.num_layers = len(layer_of)
         positions = np.asarray(visual_positions, dtype=np.int64)
@@ -99,6 +107,7 @@ class VisualAttentionCapture:
             values = self._visual_rows(value) if self._keep_values else None
             self._prompt[layer] = (self._visual_rows(key), values, query.shape[1] // key.shape[1])
             self.scale[layer] = scale
+            self._device = query.device
         self._pending.append((layer, key.shape[2], query, lse))
 
     def _visual_rows(self, t: torch.Tensor) -> torch.Tensor:
@@ -124,11 +133,11 @@ class VisualAttentionCapture:
                 chunk = pending[i:i + steps * L]
                 r0 = chunk[0][1] - 1 - self.first_row
                 if r0 >= 0:
-                    queries = _cat_numpy([c[2] for c in chunk])[0]  # (H, steps·L, d), step-major
-                    lse = _cat_numpy([c[3] for c in chunk])[0]
+                    queries = self._cat([c[2] for c in chunk])[0]  # (H, steps·L, d), step-major
+                    lse = self._cat([c[3] for c in chunk])[0]
                     H, d = queries.shape[0], queries.shape[-1]
-                    self._write(slice(None), r0, queries.reshape(H, steps, L, d).transpose(2, 0, 1, 3),
-                                lse.reshape(H, steps, L).transpose(2, 0, 1))
+                    self._write(slice(None), r0, _permute(queries.reshape(H, steps, L, d), 2, 0, 1, 3),
+                                _permute(lse.reshape(H, steps, L), 2, 0, 1))
                     i += steps * L
                     continue
             layer, kv_len, query, lse = pending[i]
@@ -136,7 +145,7 @@ class VisualAttentionCapture:
             first = kv_len - q_len  # absolute position of this call's first query (batch 1, no padding)
             lo = max(self.first_row - first, 0)
             if lo < q_len:
-                self._write(layer, first + lo - self.first_row, _numpy(query)[0, :, lo:], _numpy(lse)[0, :, lo:])
+                self._write(layer, first + lo - self.first_row, self._array(query)[0, :, lo:], self._array(lse)[0, :, lo:])
             i += 1
 
     def _write(self, layers, r0: int, queries: np.ndarray, lse: np.ndarray) -> None:
@@ -153,8 +162,8 @@ class VisualAttentionCapture:
         """Room for at least ``rows`` rows, doubling. Rows are written once and copied before the swap,
         so a reader holding the old buffers still reads every row recorded before it."""
         capacity = max(self.INITIAL_ROWS, rows, 2 * (0 if self._queries is None else self._queries.shape[2]))
-        queries = np.empty((self.num_layers, heads, capacity, dim), np.float32)
-        lse = np.empty((self.num_layers, heads, capacity), np.float32)
+        queries = self._empty((self.num_layers, heads, capacity, dim))
+        lse = self._empty((self.num_layers, heads, capacity))
         if self._queries is not None:
             n = self._queries.shape[2]
             queries[:, :, :n], lse[:, :, :n] = self._queries, self._lse
@@ -163,8 +172,8 @@ class VisualAttentionCapture:
     # -- read out ------------------------------------------------------------------------------------
     def rows(self, first: int = 0, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(L, H, r, d) queries and (L, H, r) lse of flushed rows [first, last) — views, no weights yet.
-        No torch op: the streaming worker calls this from its own thread, where torch ops would start
-        a second OpenMP pool competing with generation for the cores."""
+        On the host no torch op: the streaming worker calls this from its own thread, where torch ops
+        would start a second OpenMP pool competing with generation for the cores."""
         last = self.n_rows if last is None else min(last, self.n_rows)
         if first >= last:
             raise ValueError(f"no captured rows in [{first}, {last}); {self.n_rows} flushed")
@@ -172,13 +181,13 @@ class VisualAttentionCapture:
 
     def weights(self, queries: np.ndarray, lse: np.ndarray) -> np.ndarray:
         """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens,
-        in numpy for the same reason as `rows`."""
+        on the host in numpy for the same reason as `rows`."""
         keys_t = self._visual_keys_t()
         # (q·k)·scale in that order, as the eager kernel rounds it (scores reach tens: order shows at 1e-5)
-        scores = np.matmul(queries, keys_t)
+        scores = queries @ keys_t
         scores *= self._scale
         scores -= lse[..., None]
-        return np.exp(scores, out=scores)
+        return np.exp(scores, out=scores) if isinstance(scores, np.ndarray) else scores.exp_()
 
     def clear_reads(self) -> None:
         """Forget what reads built from the prompt (K_vis, values, value norms, logit rows); the next read
@@ -194,11 +203,11 @@ class VisualAttentionCapture:
     def _visual_keys_t(self) -> np.ndarray:
         """K_vis as (L, H, d, N), grouped heads repeated, built once: the visual keys never change."""
         if self._keys_t is None:
-            keys = [_repeat_heads(_numpy(k)[0], groups) for k, _, groups in self._prompt_rows()]  # (H, N, d) each
-            self._keys_t = np.empty((len(keys), *keys[0].shape[:-2], keys[0].shape[-1], keys[0].shape[-2]), np.float32)
+            keys = [_repeat_heads(self._array(k)[0], groups) for k, _, groups in self._prompt_rows()]  # (H, N, d) each
+            self._keys_t = self._empty((len(keys), *keys[0].shape[:-2], keys[0].shape[-1], keys[0].shape[-2]))
             for layer, k in enumerate(keys):  # one copy, straight into the transposed layout
                 self._keys_t[layer] = k.swapaxes(-1, -2)
-            self._scale = np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1)
+            self._scale = self._array(np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1))
         return self._keys_t
 
     def _visual_values(self) -> np.ndarray:
@@ -206,7 +215,8 @@ class VisualAttentionCapture:
         if self._values is None:
             if not self._keep_values:
                 raise RuntimeError("no visual values kept: open the capture with value_norms or logit_readout")
-            self._values = np.stack([_repeat_heads(_numpy(v)[0], groups) for _, v, groups in self._prompt_rows()])
+            values = [_repeat_heads(self._array(v)[0], groups) for _, v, groups in self._prompt_rows()]
+            self._values = np.stack(values) if isinstance(values[0], np.ndarray) else torch.stack(values)
         return self._values
 
     @property
@@ -216,13 +226,13 @@ class VisualAttentionCapture:
         if self._value_grams is None:
             raise RuntimeError("no value norms: open the capture with value_norms=True and run the prompt through it")
         if self._value_norms is None:
-            self._value_norms = visual_value_norms(self._value_grams, self._visual_values())
+            self._value_norms = visual_value_norms(self._value_grams, _numpy(self._visual_values()))
         return self._value_norms
 
     def logit_values(self, token_ids) -> np.ndarray:
         """(L, H, n, N) u_tᵀ W_O^h v_n: how far head h, reading visual token n, pushes the logit of token y_t
         (u_t: y_t's unembedding row times the final norm's gain — the direct path, the norm's scale left
-        out) for the tokens ``token_ids`` that a run of rows predicts. Numpy only, as `rows`.
+        out) for the tokens ``token_ids`` that a run of rows predicts. On the host numpy only, as `rows`.
 
         A token's row depends on the prompt only, so each is computed once per capture, all of a call's new
         tokens in one product, into a table gathered from per call (one `np.take`, contiguous)."""
@@ -233,29 +243,49 @@ class VisualAttentionCapture:
         if new:
             self._add_logit_rows(new)
         slots = [self._logit_slot[t] for t in token_ids]
-        rows = np.take(self._logit_table, slots, axis=1)  # (L·H, n, N)
+        rows = np.take(self._logit_table, slots, axis=1) if isinstance(self._logit_table, np.ndarray) \
+            else self._logit_table[:, slots]  # (L·H, n, N)
         return rows.reshape(self.num_layers, -1, *rows.shape[1:])
 
     def _add_logit_rows(self, token_ids: list) -> None:
         if self._values_t is None:
             values = self._visual_values()  # (L, H, N, d)
-            self._values_t = np.ascontiguousarray(values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2))
+            self._values_t = values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2)
+            self._values_t = self._values_t.contiguous() if self.on_device else np.ascontiguousarray(self._values_t)
         LH, d, N = self._values_t.shape
-        per_head = self.readout.head_directions(token_ids).reshape(len(token_ids), LH, d).swapaxes(0, 1)  # (L·H, m, d)
+        per_head = self._array(self.readout.head_directions(token_ids)).reshape(len(token_ids), LH, d).swapaxes(0, 1)  # (L·H, m, d)
         first = len(self._logit_slot)
         if self._logit_table is None or first + len(token_ids) > self._logit_table.shape[1]:
             held = 0 if self._logit_table is None else self._logit_table.shape[1]
             capacity = max(self.INITIAL_LOGIT_SLOTS, first + len(token_ids), 2 * held)
-            table = np.empty((LH, capacity, N), np.float32)
+            table = self._empty((LH, capacity, N))
             if first:
                 table[:, :first] = self._logit_table[:, :first]
             self._logit_table = table
-        np.matmul(per_head, self._values_t, out=self._logit_table[:, first:first + len(token_ids)])
+        if self.on_device:
+            self._logit_table[:, first:first + len(token_ids)] = per_head @ self._values_t
+        else:
+            np.matmul(per_head, self._values_t, out=self._logit_table[:, first:first + len(token_ids)])
         self._logit_slot.update({t: first + i for i, t in enumerate(token_ids)})
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
-        """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default)."""
-        return self.weights(*self.rows(0, n_rows))
+        """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default), as numpy."""
+        return _numpy(self.weights(*self.rows(0, n_rows)))
+
+    # -- the buffers' kind: float32 numpy on the host, or float32 torch on the rows' device ------------
+    def _array(self, t):
+        """A recorded tensor (or a host array) as this capture's kind."""
+        if not self.on_device:
+            return _numpy(t) if isinstance(t, torch.Tensor) else t
+        if isinstance(t, np.ndarray):
+            return torch.from_numpy(t).to(self._device)
+        return t.detach().float()
+
+    def _cat(self, tensors: list[torch.Tensor]):
+        return torch.cat(tensors, dim=2).float() if self.on_device else _cat_numpy(tensors)
+
+    def _empty(self, shape: tuple):
+        return torch.empty(shape, dtype=torch.float32, device=self._device) if self.on_device else np.empty(shape, np.float32)
 
 
 # W_O^hᵀ W_O^h per attention module, computed once: attribution runs on frozen weights
@@ -278,10 +308,11 @@ def o_proj_gram(module, num_heads: int) -> np.ndarray:
 
 class LogitReadout:
     """What the logit-weighted features read visual values with (`VisualAttentionCapture.logit_values`):
-    ``directions``, token ids -> (m, L·H·d) float32 numpy W_O^hᵀu_t of every decoder head, layer-major (u_t:
-    the token's unembedding row times the final norm's gain), wherever the weights live — numpy on CPU
-    views of them, or the model's device with only the rows coming back (`HFVisionLanguageModel.logit_readout`).
-    One per model: the rows it returns are kept per token id (`head_directions`)."""
+    ``directions``, token ids -> (m, L·H·d) float32 W_O^hᵀu_t of every decoder head, layer-major (u_t: the
+    token's unembedding row times the final norm's gain), wherever the weights live — numpy from CPU views
+    of them, or torch tensors on the model's device (`HFVisionLanguageModel.logit_readout`), which stay there
+    for a capture on the device and come to the host for one that is not. One per model: the rows it
+    returns are kept per token id (`head_directions`)."""
 
     CACHE_BYTES = 256 * 2**20  # head directions kept per model; a 7 B model's take ~0.4 MB a token
 
@@ -303,7 +334,8 @@ class LogitReadout:
             if self._cached_bytes + computed.nbytes <= self.CACHE_BYTES:
                 self._directions.update(fresh)  # one dict update: concurrent streams at worst compute a row twice
                 self._cached_bytes += computed.nbytes
-        return np.stack([fresh[t] if t in fresh else self._directions[t] for t in token_ids])
+        rows = [fresh[t] if t in fresh else self._directions[t] for t in token_ids]
+        return np.stack(rows) if isinstance(rows[0], np.ndarray) else torch.stack(rows)
 
     @contextmanager
     def nothing_kept(self):
@@ -325,9 +357,15 @@ def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(squared, 0), dtype=np.float32)
 
 
-def _repeat_heads(x: np.ndarray, groups: int) -> np.ndarray:
+def _repeat_heads(x, groups: int):
     """(H_kv, …) -> (H_kv·groups, …): grouped-query attention shares each key/value head among ``groups``."""
-    return x if groups == 1 else np.repeat(x, groups, axis=0)
+    if groups == 1:
+        return x
+    return np.repeat(x, groups, axis=0) if isinstance(x, np.ndarray) else x.repeat_interleave(groups, dim=0)
+
+
+def _permute(x, *axes):
+    return x.transpose(*axes) if isinstance(x, np.ndarray) else x.permute(*axes)
 
 
 def _decode_steps(pending: list, i: int, num_layers: int) -> int:
@@ -362,7 +400,9 @@ def _cat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     """float32 numpy: a view of a float32 CPU tensor without grad — the per-decode-step case, so tried
-    first and without torch ops — else a converted copy (grad, bf16, GPU)."""
+    first and without torch ops — else a converted copy (grad, bf16, GPU); numpy passes through."""
+    if isinstance(t, np.ndarray):
+        return t
     if t.dtype == torch.float32:
         try:
             return t.numpy()

@@ -229,17 +229,19 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @contextmanager
     def capture_visual_attention(self, prepared, first_row: int | None = None, value_norms: bool = False,
-                                 logit_readout: bool = False):
+                                 logit_readout: bool = False, on_device: bool | None = None):
         """While active, every forward of this model records each decoder query row at position ≥
         ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
         visual keys once (and, with ``value_norms``, ‖W_O^h v_n‖ of the visual tokens; with
-        ``logit_readout``, what `logit_values` needs); see attention_capture. Yields the capture."""
+        ``logit_readout``, what `logit_values` needs); see attention_capture. ``on_device`` (default: when
+        the model is on an accelerator) keeps the rows there and reads them there. Yields the capture."""
         decoder = self._decoder
         layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
         grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
                                          prepared.prompt_length - 1 if first_row is None else first_row, grams,
-                                         self.logit_readout() if logit_readout else None)
+                                         self.logit_readout() if logit_readout else None,
+                                         self.device.type != "cpu" if on_device is None else on_device)
         # the decoder only (the vision tower keeps its kernel), and only if it is not on the backend already
         previous = decoder.config._attn_implementation
         if previous != CAPTURE_BACKEND:
@@ -256,8 +258,8 @@ class HFVisionLanguageModel(VisionLanguageModel):
         """What logit-weighted features read the visual values with: each token's unembedding row times the
         final norm's gain (RMSNorm-style γ·x/rms(x); a norm without a weight counts as gain 1) through every
         layer's o_proj. On the CPU from float32 numpy views of the weights (torch ops in the streaming worker
-        would start a second OpenMP pool); on an accelerator on the model's device, in the weights' dtype, so
-        only the (m, L·H·d) rows come to the host, not the vocabulary table and every o_proj. The model's
+        would start a second OpenMP pool); on an accelerator on the model's device, in the weights' dtype,
+        as (m, L·H·d) float32 tensors there (a capture on the host copies just those rows over). The model's
         own readout (and the head directions it keeps) is built once; ``on_device`` other than the default
         for the model's device builds a separate one (tests compare the two paths on the CPU)."""
         default = self.device.type != "cpu"
@@ -282,7 +284,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
             def directions(ids):
                 u = table[torch.as_tensor(ids, device=table.device)].float()
                 u = u if gain is None else u * gain.float()
-                return torch.cat([u.to(w.dtype) @ w for w in o_projs], dim=1).float().cpu().numpy()
+                return torch.cat([u.to(w.dtype) @ w for w in o_projs], dim=1).float()
         else:
             w_o = np.concatenate([_numpy(w) for w in o_projs], axis=1)  # (hidden, L·H·d), layer-major
             table_np, gain_np = _numpy(table), None if gain is None else _numpy(gain)
