@@ -180,8 +180,8 @@ def _cmd_train_model(args) -> int:
 
 
 def _add_device(parser) -> None:
-    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, … (the amortized "
-                        "worker itself stays on the host CPU)")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, … (on an "
+                        "accelerator the amortized worker's per-span work runs there too)")
 
 
 def build_parser() -> argparse.ArgumentParser:

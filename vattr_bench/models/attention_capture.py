@@ -39,6 +39,7 @@ CAPTURE_BACKEND = "vattr_capture"
 _cpu_flash = getattr(torch, "_scaled_dot_product_flash_attention_for_cpu", None) \
     or torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _active: ContextVar["VisualAttentionCapture | None"] = ContextVar("vattr_active_capture", default=None)
+Array = "np.ndarray | torch.Tensor"  # a capture's reads: numpy on the host, torch on its device (``on_device``)
 
 
 class VisualAttentionCapture:
@@ -148,7 +149,7 @@ class VisualAttentionCapture:
                 self._write(layer, first + lo - self.first_row, self._array(query)[0, :, lo:], self._array(lse)[0, :, lo:])
             i += 1
 
-    def _write(self, layers, r0: int, queries: np.ndarray, lse: np.ndarray) -> None:
+    def _write(self, layers, r0: int, queries: Array, lse: Array) -> None:
         """Rows r0… of ``layers`` (one index, or a slice of all); n_rows moves once the last layer has them."""
         r1 = r0 + queries.shape[-2]
         if self._queries is None or r1 > self._queries.shape[2]:
@@ -170,7 +171,7 @@ class VisualAttentionCapture:
         self._queries, self._lse = queries, lse
 
     # -- read out ------------------------------------------------------------------------------------
-    def rows(self, first: int = 0, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def rows(self, first: int = 0, last: int | None = None) -> tuple[Array, Array]:
         """(L, H, r, d) queries and (L, H, r) lse of flushed rows [first, last) — views, no weights yet.
         On the host no torch op: the streaming worker calls this from its own thread, where torch ops
         would start a second OpenMP pool competing with generation for the cores."""
@@ -179,7 +180,7 @@ class VisualAttentionCapture:
             raise ValueError(f"no captured rows in [{first}, {last}); {self.n_rows} flushed")
         return self._queries[:, :, first:last], self._lse[:, :, first:last]
 
-    def weights(self, queries: np.ndarray, lse: np.ndarray) -> np.ndarray:
+    def weights(self, queries: Array, lse: Array) -> Array:
         """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens,
         on the host in numpy for the same reason as `rows`."""
         keys_t = self._visual_keys_t()
@@ -200,7 +201,7 @@ class VisualAttentionCapture:
             raise RuntimeError("the prompt has not been through every decoder layer inside this capture")
         return self._prompt
 
-    def _visual_keys_t(self) -> np.ndarray:
+    def _visual_keys_t(self) -> Array:
         """K_vis as (L, H, d, N), grouped heads repeated, built once: the visual keys never change."""
         if self._keys_t is None:
             keys = [_repeat_heads(self._array(k)[0], groups) for k, _, groups in self._prompt_rows()]  # (H, N, d) each
@@ -210,7 +211,7 @@ class VisualAttentionCapture:
             self._scale = self._array(np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1))
         return self._keys_t
 
-    def _visual_values(self) -> np.ndarray:
+    def _visual_values(self) -> Array:
         """The visual tokens' values as (L, H, N, d), grouped heads repeated, built once."""
         if self._values is None:
             if not self._keep_values:
@@ -229,7 +230,7 @@ class VisualAttentionCapture:
             self._value_norms = visual_value_norms(self._value_grams, _numpy(self._visual_values()))
         return self._value_norms
 
-    def logit_values(self, token_ids) -> np.ndarray:
+    def logit_values(self, token_ids) -> Array:
         """(L, H, n, N) u_tᵀ W_O^h v_n: how far head h, reading visual token n, pushes the logit of token y_t
         (u_t: y_t's unembedding row times the final norm's gain — the direct path, the norm's scale left
         out) for the tokens ``token_ids`` that a run of rows predicts. On the host numpy only, as `rows`.
