@@ -2,7 +2,7 @@
 # The checks that need a CUDA GPU, in one go (CI has none; run them where one is at hand):
 #   bash scripts/gpu_check.sh [OUTPUT_DIR]        (default runs/gpu; STEPS="tests perf" runs only those)
 # 1. tests/test_cuda.py: the capture's fused-kernel lse, the logit readout on the device, streaming and a
-#    whole evaluate run on CUDA against eager attention / the host / the CPU;
+#    whole evaluate run on CUDA against eager attention / the host / the CPU; the bf16 capture test on CUDA;
 # 2. where streaming's overhead goes on the GPU (scripts/overhead_split.py), the explicit lse included;
 # 3. `vattr-bench perf` and 4. scripts/perf_scaling.py with the models on the GPU.
 # Each step writes OUTPUT_DIR/<step>.log under its own time limit, so a slow step keeps the others' results.
@@ -23,7 +23,8 @@ step() {  # name, seconds allowed, command…
     echo "$name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s — $(tail -n 1 "$out/$name.log")"
 }
 
-step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    "tests/test_adapter.py::test_capture_in_bfloat16_runs_sdpas_own_kernel"
 step overhead 90 python3 scripts/overhead_split.py --device cuda --rounds 3 --per-family 2
 step perf 150 python3 -m vattr_bench.cli perf --model vattr-tiny --device cuda --per-family 2 --rounds 3 \
     --output "$out/perf.json"

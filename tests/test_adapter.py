@@ -178,6 +178,36 @@ def test_a_fused_kernel_whose_lse_disagrees_is_not_trusted(tiny, monkeypatch):
     np.testing.assert_allclose(fast, eager, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_capture_in_bfloat16_runs_sdpas_own_kernel(device, monkeypatch):
+    """A bf16 model (how real ones run on a GPU): the capture runs the kernel sdpa itself picks (the same
+    log-probs with and without a capture) — taking its lse where that kernel hands one back (CPU flash;
+    CUDA flash or memory-efficient), else computing lse explicitly (on an H200 with torch 2.11 sdpa picks
+    cuDNN for bf16) — and the weights equal those of the explicit q·Kᵀ (eager attention itself rounds its
+    bf16 scores: ~5e-2 off both here)."""
+    from vattr_bench.models import attention_capture
+
+    model = load_model("vattr-tiny", device=device, dtype="bfloat16")
+    prepared = model.prepare(synthetic_sample("general", 0).image, "what color is the circle ?")
+    monkeypatch.setattr(attention_capture, "_FUSED_OK", {})
+    with model.capture_visual_attention(prepared) as fused:
+        ids = model.generate_ids(prepared, max_new_tokens=8)
+    with model.capture_visual_attention(prepared):
+        captured = model.token_logprobs(prepared, ids)
+    np.testing.assert_allclose(captured, model.token_logprobs(prepared, ids), atol=1e-6)
+    with_lse = {torch.nn.attention.SDPBackend.FLASH_ATTENTION.value, torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION.value}
+    q, k = torch.zeros(1, 16, 1, 8, dtype=torch.bfloat16, device=device), torch.zeros(1, 16, 40, 8, dtype=torch.bfloat16, device=device)
+    sdpa_has_lse = device == "cpu" or torch._fused_sdp_choice(q, k, k, None, 0.0, False) in with_lse
+    assert all(attention_capture._FUSED_OK.values())
+    assert ((device, torch.bfloat16, 8, False) in attention_capture._FUSED_OK) == sdpa_has_lse  # decode steps
+    monkeypatch.setattr(attention_capture, "_fused_fits", lambda *args: False)
+    with model.capture_visual_attention(prepared) as explicit:
+        assert model.generate_ids(prepared, max_new_tokens=8) == ids
+    # bf16 activations through another kernel would differ from the next layer on (~6% on an H200): same kernel here
+    np.testing.assert_allclose(fused.attention(len(ids)), explicit.attention(len(ids)), atol=1e-3)
+
+
 def test_attention_captured_during_generation_equals_teacher_forced(model, image):
     """Decode steps (one query over the KV cache) capture the same rows as one teacher-forced pass."""
     prepared = model.prepare(image, "what color is the circle ?")

@@ -31,6 +31,7 @@ def test_generate_writes_scored_traces(tmp_path, capsys):
     (["generate", "--limit", "0"], "--limit must be at least 1"),
     (["generate", "--limit", "1", "--device", "gpu0"], "--device 'gpu0' is not a device torch knows"),
     (["evaluate", "--method", "random", "--limit", "1", "--device", "cuda:7"], "--device 'cuda:7': no cuda:7 device"),
+    (["generate", "--limit", "1", "--dtype", "float8"], "--dtype 'float8': choose from float32, bfloat16, float16"),
 ])
 def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
     assert main(argv + ["--output-dir", str(tmp_path)]) == 2

@@ -62,6 +62,9 @@ def test_capture_on_cuda_takes_the_fused_kernels_lse_and_equals_eager(gpu_model,
     assert ("cuda", torch.float32, head_dim, True) in attention_capture._FUSED_OK
     assert all(attention_capture._FUSED_OK.values()), attention_capture._FUSED_OK
     assert len(explicit) == len(attention_capture._FUSED_OK)  # only the checks: every other call used the kernel
+    with gpu_model.capture_visual_attention(prepared):  # the kernel sdpa runs: the same log-probs as without
+        captured = gpu_model.token_logprobs(prepared, ids)
+    np.testing.assert_allclose(captured, gpu_model.token_logprobs(prepared, ids), atol=1e-5)
 
 
 def test_logit_readout_on_the_device_equals_the_hosts(gpu_model):

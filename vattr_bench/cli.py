@@ -49,7 +49,7 @@ def _cmd_generate(args) -> int:
     resolve_families(args.benchmark)  # fail on a bad name before the model loads
     if args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     summary = generate_traces(model, args.benchmark, args.limit, Path(args.output_dir), split=args.split,
                               seed=args.seed, max_new_tokens=args.max_new_tokens)
     print(format_summary(summary))
@@ -64,7 +64,7 @@ def _cmd_evaluate(args) -> int:
                      benchmark=args.benchmark, limit=args.limit, output_dir=args.output_dir, regions=args.regions,
                      k=args.k, ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, split=args.split,
                      region_backbone=args.region_backbone, save_heatmaps=args.save_heatmaps, source=args.source,
-                     real_set=args.real_set, data=args.data, device=args.device)
+                     real_set=args.real_set, data=args.data, device=args.device, dtype=args.dtype)
     evaluate(cfg)
     return 0
 
@@ -103,7 +103,7 @@ def _cmd_train_estimator(args) -> int:
     resolve_families(args.benchmark)
     if args.n_train < 2:
         raise ValueError("--n-train must be at least 2 (one sample is held out)")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
         targets=args.targets, transfer=args.transfer, features=args.features)
@@ -118,7 +118,7 @@ def _cmd_stream(args) -> int:
     from .streaming import stream_attributions
 
     image = load_image(args.image)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     prepared = model.prepare(image, args.prompt)
     regions, note = make_regions(args.regions, model, prepared, k=args.k)
     if note:
@@ -154,7 +154,7 @@ def _cmd_perf(args) -> int:
     cfg = PerfConfig(benchmark=args.benchmark, per_family=args.per_family, rounds=args.rounds, lengths=lengths,
                      gradient_spans=args.gradient_spans, regions=args.regions, k=args.k, seed=args.seed,
                      estimator=args.estimator)
-    report = run_perf(load_model(args.model, device=args.device), cfg)
+    report = run_perf(load_model(args.model, device=args.device, dtype=args.dtype), cfg)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1, default=float))
         print(f"wrote {args.output}", file=sys.stderr)
@@ -182,6 +182,8 @@ def _cmd_train_model(args) -> int:
 def _add_device(parser) -> None:
     parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, … (on an "
                         "accelerator the amortized worker's per-span work runs there too)")
+    parser.add_argument("--dtype", default=None, help="the model's weights: float32, bfloat16 or float16 (default: "
+                        "the checkpoint's own)")
 
 
 def build_parser() -> argparse.ArgumentParser:

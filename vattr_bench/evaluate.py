@@ -50,6 +50,7 @@ class EvalConfig:
     real_set: str | None = None
     data: str | None = None
     device: str = "cpu"  # where the model runs; not part of the ground-truth key (the same numbers, up to rounding)
+    dtype: str | None = None  # the weights' dtype (None: the checkpoint's); part of the key when set
 
     def validate(self) -> list[str]:
         families = resolve_families(self.benchmark)
@@ -77,6 +78,8 @@ class EvalConfig:
         """What the cached traces, regions and ablation effects depend on."""
         key = {k: getattr(self, k) for k in ("model", "regions", "k", "ablation", "seed", "n_subsets", "split",
                                              "region_backbone", "max_new_tokens", "source", "real_set", "data")}
+        if self.dtype is not None:  # only when set, so runs made before the option keep their key
+            key["dtype"] = self.dtype
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -93,7 +96,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             log(f"warning: method {spec!r} skipped: {e}")
     if not methods:
         raise ValueError("no usable method: " + "; ".join(method_errors.values()))
-    model = load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     _claim_output_dir(out, cfg)
     samples_path = out / "samples.jsonl"
     previous = read_records(samples_path)

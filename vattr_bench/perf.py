@@ -249,7 +249,8 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
         "speedup_vs_ablation": round(per_span["ablation"] / per_span["amortized"], 1),
         f"amortized_cost_ratio_{hi}_vs_{lo}": round(per_token["amortized"][hi] / per_token["amortized"][lo], 3),
     }
-    report = {"config": cfg.__dict__, "model": model.name, "device": str(model.device), "features": feature_kind(estimator.meta),
+    report = {"config": cfg.__dict__, "model": model.name, "device": str(getattr(model, "device", "cpu")),
+              "dtype": str(getattr(model, "dtype", "float32")).removeprefix("torch."), "features": feature_kind(estimator.meta),
               "n_samples": len(items), "n_spans": n_spans,
               **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
               "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token, "summary": summary}
@@ -261,7 +262,8 @@ def format_perf(report: dict) -> str:
     ps, pt, g = report["per_span_s"], report["per_token_s"], report["generation_s"]
     lengths = sorted(next(iter(pt.values())))
     lines = [
-        f"vattr-bench perf — {report['model']} on {report.get('device', 'cpu')} ({report['features']} estimator), "
+        f"vattr-bench perf — {report['model']} on {report.get('device', 'cpu')}, {report.get('dtype', 'float32')} "
+        f"({report['features']} estimator), "
         f"{report['n_samples']} samples, "
         f"{report['n_spans']} spans, one run",
         "",

@@ -17,6 +17,9 @@ PAPER_MODELS = {
 }
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None) -> VisionLanguageModel:
     """`vattr-tiny`, a folder saved with `save_pretrained`, or a hub id already in the local HF cache."""
     import torch
@@ -37,6 +40,8 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None)
     else:
         source = name_or_path  # a hub id: found only if its weights are in the local cache
     _check_device(device)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)} (default: the checkpoint's own)")
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
     try:
         processor = load_processor(source, AutoConfig.from_pretrained(source).model_type)

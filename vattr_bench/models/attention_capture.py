@@ -7,8 +7,8 @@ the N visual tokens, every layer and head. Those are exactly
     w_n = exp(q · k_n · scale − lse),   lse = log Σ_j exp(q · k_j · scale)  over all keys j,
 
 and a fused attention kernel computes the log-sum-exp anyway. So while a capture is active, the decoder's
-attention runs through a fused kernel that hands the lse back — torch's flash kernel on the CPU, its
-memory-efficient one on CUDA (the kernel sdpa itself picks there for float32) — and the capture keeps
+attention runs through a fused kernel that hands the lse back — torch's flash kernel on the CPU; on CUDA
+the one sdpa itself picks for the call, flash or memory-efficient — and the capture keeps
 each new query row with its lse, and the visual keys once (they never change after the prompt). Turning
 rows into weights is then O(L·H·N·d) per token, whatever the context length. Where no kernel fits (a
 mask beyond causal, dropout, a window, another device) the lse comes from an explicit q·Kᵀ: still
@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -429,14 +430,24 @@ def _lse_explicit(query, key, attention_mask, scale):
 _FUSED_OK: dict[tuple, bool] = {}
 
 
-def _cuda_efficient(query, key, value, scale: float, causal: bool):
-    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-        query, key, value, None, True, 0.0, causal, scale=scale)[:2]
-    return out, lse[..., :query.shape[2]]  # the kernel pads lse's rows to its block size
+def _cuda_fused(query, key, value, scale: float, causal: bool):
+    """The kernel sdpa itself runs for this call (`torch._fused_sdp_choice`), so the model's output under a
+    capture is what it is without one: flash attention or the memory-efficient kernel, both of which hand
+    back the lse; None where sdpa would run another (cuDNN, math). In bf16 another kernel's output differs
+    in the last bits and the layers above magnify it: flash in every decode step, where sdpa ran another
+    kernel, moved vattr-tiny's layer-2 weights by up to 6% on an H200."""
+    choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale)
+    if choice == SDPBackend.FLASH_ATTENTION.value:
+        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, causal, scale=scale)[:2]
+    if choice == SDPBackend.EFFICIENT_ATTENTION.value:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, None, True, 0.0, causal, scale=scale)[:2]
+        return out, lse[..., :query.shape[2]]  # the kernel pads lse's rows to its block size
+    return None
 
 
 _FUSED_KERNELS = {"cpu": lambda q, k, v, scale, causal: _cpu_flash(q, k, v, 0.0, causal, scale=scale)[:2],
-                  "cuda": _cuda_efficient}
+                  "cuda": _cuda_fused}
 
 
 def _fused_fits(query, key, attention_mask, dropout, kwargs) -> bool:
@@ -448,7 +459,7 @@ def _fused_fits(query, key, attention_mask, dropout, kwargs) -> bool:
 
 
 def _fused_with_lse(query, key, value, scale: float):
-    """(B, q, H, d) output and (B, H, q) lse from the device's fused kernel, or None where it does not run.
+    """(B, q, H, d) output and (B, H, q) lse from the device's fused kernel, or None where none runs.
     The first call of each (device, dtype, head dim, causal) also computes the explicit lse and keeps the
     kernel only if the two agree: a kernel whose lse means something else (another base, other rows)
     falls back, with a warning, instead of giving wrong weights."""
@@ -460,11 +471,14 @@ def _fused_with_lse(query, key, value, scale: float):
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     try:
-        out, lse = _FUSED_KERNELS[query.device.type](query, key, value, scale, causal)
+        fused = _FUSED_KERNELS[query.device.type](query, key, value, scale, causal)
     except RuntimeError as e:  # e.g. a head dim or dtype the kernel does not take
         _FUSED_OK[signature] = False
         warnings.warn(f"attention capture: no fused kernel for {signature} ({e}); lse computed explicitly")
         return None
+    if fused is None:  # sdpa runs a kernel without lse for this call
+        return None
+    out, lse = fused
     if trusted is None:
         explicit = _lse_explicit(query, key, None, scale)
         _FUSED_OK[signature] = trusted = bool(torch.allclose(lse.float(), explicit, rtol=1e-4, atol=1e-3))

@@ -69,6 +69,10 @@ class HFVisionLanguageModel(VisionLanguageModel):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     # -- input ---------------------------------------------------------------------------------------
     def prepare(self, image: Image.Image, prompt: str) -> PreparedInput:
         image = check_image(image)
