@@ -1,4 +1,4 @@
-"""Two micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (README quotes them):
+"""Three micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (README quotes them):
 
     python scripts/stream_microbench.py [--rounds 15]
 
@@ -9,6 +9,10 @@
 2. Whether a multi-threaded BLAS call in the worker would slow generation: one `generate` timed right
    after nothing, after a 64×640 matrix-vector product (big enough for OpenBLAS to use its threads,
    which then spin for a while) and after a 64×64 one (single-threaded), interleaved, medians.
+3. Why a span costs more in the stream than replayed back to back (perf's "in the stream" row): each span's
+   flush + SpanAttributor timed alone, for every span of the trace, with nothing before it, with 16 MB
+   written before it (caches evicted), and with one forward pass of the model before it (as a decode
+   step runs between spans in a stream), interleaved rounds, median and best per span.
 """
 import argparse
 import statistics
@@ -23,7 +27,7 @@ from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.regions import make_regions
-from vattr_bench.streaming import SpanStreamer
+from vattr_bench.streaming import SpanStreamer, one_blas_thread
 
 
 def best_us(fn, n=1000):
@@ -60,6 +64,8 @@ def main():
           f"{best_us(lambda: np.einsum('htn,hn->n', weights.reshape(L * H, n, N), per_token)):.1f} |")
     print(f"| whole SpanAttributor | {best_us(lambda: attributor(span.start, span.end, trace.token_ids[span.start:span.end])):.1f} |")
 
+    cache_state(model, prepared, capture, attributor, closed, trace, a.rounds * 10)
+
     w, big, small = np.random.rand(64), np.random.rand(64, 640), np.random.rand(64, 64)
     before = {"nothing": lambda: None, "64×640 gemv": lambda: w @ big, "64×64 gemv": lambda: w @ small}
     model.generate_ids(prepared, 128)
@@ -74,6 +80,27 @@ def main():
     print("\n| right before generate | generate (median) | vs nothing |\n|---|---|---|")
     for name, xs in seconds.items():
         print(f"| {name} | {statistics.median(xs) * 1e3:.1f} ms | {100 * (statistics.median(xs) / base - 1):+.1f}% |")
+
+
+def cache_state(model, prepared, capture, attributor, closed, trace, rounds: int) -> None:
+    ids, buffer = trace.token_ids, np.zeros(4 * 2**20, np.float32)  # 16 MB
+    before = {"nothing": lambda: None, "16 MB written": lambda: np.add(buffer, 1.0, out=buffer),
+              "one forward pass": lambda: model.token_logprobs(prepared, ids[:1])}
+    seconds = {k: [] for k in before}
+    with one_blas_thread():  # as in the worker
+        for _ in range(rounds):
+            for name, call in before.items():
+                for records, span in zip((c.records for c in closed), trace.spans):
+                    call()
+                    start = time.perf_counter()
+                    capture.flush(records)
+                    attributor(span.start, span.end, ids[span.start:span.end])
+                    seconds[name].append(time.perf_counter() - start)
+    base = statistics.median(seconds["nothing"])
+    print(f"\n| before each span's flush + attribution ({len(trace.spans)} spans × {rounds} rounds) | median µs | best µs "
+          f"| median vs nothing |\n|---|---|---|---|")
+    for name, xs in seconds.items():
+        print(f"| {name} | {statistics.median(xs) * 1e6:.0f} | {min(xs) * 1e6:.0f} | {statistics.median(xs) / base:.2f}× |")
 
 
 if __name__ == "__main__":
