@@ -74,7 +74,8 @@ def main():
     p.add_argument("--per-family", type=int, default=1)
     p.add_argument("--features", default="logit-weighted", choices=FEATURES,
                    help="the random estimator's feature kind (its cost differs; its values do not matter)")
-    p.add_argument("--device", default="cpu", help="where the models run (the amortized worker stays on the host)")
+    p.add_argument("--device", default="cpu", help="where the models run (on a GPU the amortized worker's per-span "
+                   "work runs there too)")
     a = p.parse_args()
     cfg = PerfConfig(per_family=a.per_family, rounds=a.rounds, regions="grid", max_new_tokens=128)
     tiny = load_model("vattr-tiny", device=a.device)
@@ -97,7 +98,7 @@ def main():
         print(f"{size}: {params:.1f} M decoder parameters, overhead {streaming['overhead_pct']:+.1f}%, ablation "
               f"{per_span['ablation'] / per_span['amortized']:.0f}× amortized per span", flush=True)
 
-    where = (f"{torch.cuda.get_device_name(tiny.device)} (the worker on the host)" if tiny.device.type == "cuda"
+    where = (torch.cuda.get_device_name(tiny.device) if tiny.device.type == "cuda"
              else "2 CPU cores" if tiny.device.type == "cpu" else str(tiny.device))
     print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, {where}\n")
     print("| decoder | params (M) | L·H | decode step | overhead (single rounds) | inline, no thread | lag (steps) "
