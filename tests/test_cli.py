@@ -38,6 +38,17 @@ def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_leaderboard_refuses_a_missing_device_before_launching(capsys, monkeypatch):
+    import vattr_bench.leaderboard
+
+    def launched(*args, **kwargs):
+        raise AssertionError("the app was built: the device was not checked first")
+
+    monkeypatch.setattr(vattr_bench.leaderboard, "build_app", launched)
+    assert main(["leaderboard", "--device", "cuda:7"]) == 2  # would otherwise fail at the demo's first use
+    assert "--device 'cuda:7': no cuda:7 device" in capsys.readouterr().err
+
+
 def test_unreadable_image_is_named(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")

@@ -168,8 +168,10 @@ def _cmd_perf(args) -> int:
 
 def _cmd_leaderboard(args) -> int:
     from .leaderboard import build_app
+    from .models import check_device
 
-    build_app(args.results, model_name=args.model).launch(server_name=args.host, server_port=args.port)
+    check_device(args.device)  # the demo loads its model at first use: fail on a bad device now
+    build_app(args.results, model_name=args.model, device=args.device).launch(server_name=args.host, server_port=args.port)
     return 0
 
 
@@ -296,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--model", default="vattr-tiny", help="model of the live demo (needs a trained estimator)")
     lb.add_argument("--host", default="127.0.0.1")
     lb.add_argument("--port", type=int, default=7860)
+    lb.add_argument("--device", default="cpu", help="where the live demo's model runs: cpu, cuda, …")
     lb.set_defaults(func=_cmd_leaderboard)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")

@@ -68,8 +68,8 @@ def leaderboard_table(frame: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
 class DemoSession:
     """The live demo: load the model and its estimator once, then stream any image + prompt."""
 
-    def __init__(self, model_name: str = "vattr-tiny", regions: str = "feature-ward", k: int = 16):
-        self.model_name, self.regions, self.k = model_name, regions, k
+    def __init__(self, model_name: str = "vattr-tiny", regions: str = "feature-ward", k: int = 16, device: str = "cpu"):
+        self.model_name, self.regions, self.k, self.device = model_name, regions, k, device
         self._model = self._estimator = None
 
     def _load(self):
@@ -77,7 +77,7 @@ class DemoSession:
             from .methods.amortized import Amortized
             from .models import load_model
 
-            self._model = load_model(self.model_name)
+            self._model = load_model(self.model_name, device=self.device)
             self._estimator = Amortized().load_for(self._model, self.regions, "knockout")
         return self._model, self._estimator
 
@@ -115,11 +115,11 @@ class DemoSession:
             yield "\n\n".join(log), overlay(prepared.image, regions, event.scores)
 
 
-def build_app(result_paths, model_name: str = "vattr-tiny"):
+def build_app(result_paths, model_name: str = "vattr-tiny", device: str = "cpu"):
     import gradio as gr
 
     frame, problems = load_results(result_paths)
-    session = DemoSession(model_name)
+    session = DemoSession(model_name, device=device)
 
     def table(metric):
         return leaderboard_table(frame, metric)

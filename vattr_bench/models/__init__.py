@@ -39,7 +39,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None)
         source = name_or_path
     else:
         source = name_or_path  # a hub id: found only if its weights are in the local cache
-    _check_device(device)
+    check_device(device)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)} (default: the checkpoint's own)")
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
@@ -59,7 +59,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None)
     return HFVisionLanguageModel(model.to(device), processor, name_or_path)
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     """Fail before loading on a device string torch cannot parse or an accelerator this machine lacks."""
     import torch
 
