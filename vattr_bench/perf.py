@@ -263,9 +263,7 @@ def format_perf(report: dict) -> str:
     lengths = sorted(next(iter(pt.values())))
     lines = [
         f"vattr-bench perf — {report['model']} on {report.get('device', 'cpu')}, {report.get('dtype', 'float32')} "
-        f"({report['features']} estimator), "
-        f"{report['n_samples']} samples, "
-        f"{report['n_spans']} spans, one run",
+        f"({report['features']} estimator), {report['n_samples']} samples, {report['n_spans']} spans, one run",
         "",
         "| streaming | value |",
         "|---|---|",

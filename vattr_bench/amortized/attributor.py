@@ -54,11 +54,16 @@ class SpanAttributor:
             # the mean over the span's tokens folded into the weights: Σ_lh w_lh Σ_t f_lh,t / n, one product
             return (np.repeat(self.weights / n, n) @ per_token.reshape(L * H * n, -1)) + self.bias
         if self._per_token is None:
-            norms = self.capture.value_norms.reshape(L * H, N) if self.kind == "value-weighted" else np.ones((L * H, N))
-            self._per_token = (self.weights[:, None] * norms).astype(np.float32)
+            self._per_token = self._visual_token_weights(L * H, N).astype(np.float32)
         # Σ_lh Σ_t c_lh,n a_lh,t,n in one float32 pass (~1e-7 relative here; float64 cost 2× the time)
         per_visual_token = np.einsum("htn,hn->n", rows.reshape(L * H, n, N), self._per_token)
         return self.pool @ (per_visual_token / n) + self.bias
+
+    def _visual_token_weights(self, heads: int, n_visual: int) -> np.ndarray:
+        """(L·H, N) float64 c_lh,n = w_lh, or w_lh·‖W_O^h v_n‖ for value-weighted features (attention and
+        value-weighted kinds; read once the prompt has run)."""
+        norms = self.capture.value_norms.reshape(heads, n_visual) if self.kind == "value-weighted" else 1.0
+        return self.weights[:, None] * np.broadcast_to(norms, (heads, n_visual))
 
     @torch.no_grad()
     def _scores_on_device(self, rows: torch.Tensor, token_ids) -> np.ndarray:
@@ -68,9 +73,8 @@ class SpanAttributor:
             weights = torch.as_tensor(self.weights, dtype=torch.float32, device=rows.device)
             if self.kind == "logit-weighted":
                 per_token = weights
-            else:  # c_lh,n as on the host
-                norms = self.capture.value_norms.reshape(L * H, N) if self.kind == "value-weighted" else np.ones((L * H, N))
-                per_token = torch.as_tensor(self.weights[:, None] * norms, dtype=torch.float32, device=rows.device)
+            else:
+                per_token = torch.as_tensor(self._visual_token_weights(L * H, N), dtype=torch.float32, device=rows.device)
             self._device_factors = per_token, torch.as_tensor(self.pool32, device=rows.device)
         per_token, pool = self._device_factors
         if self.kind == "logit-weighted":

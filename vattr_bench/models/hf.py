@@ -73,6 +73,11 @@ class HFVisionLanguageModel(VisionLanguageModel):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def _on_accelerator(self) -> bool:
+        """The default for reads on the device (captures, the logit readout): the model is not on the CPU."""
+        return self.device.type != "cpu"
+
     # -- input ---------------------------------------------------------------------------------------
     def prepare(self, image: Image.Image, prompt: str) -> PreparedInput:
         image = check_image(image)
@@ -245,7 +250,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
                                          prepared.prompt_length - 1 if first_row is None else first_row, grams,
                                          self.logit_readout() if logit_readout else None,
-                                         self.device.type != "cpu" if on_device is None else on_device)
+                                         self._on_accelerator if on_device is None else on_device)
         # the decoder only (the vision tower keeps its kernel), and only if it is not on the backend already
         previous = decoder.config._attn_implementation
         if previous != CAPTURE_BACKEND:
@@ -266,11 +271,10 @@ class HFVisionLanguageModel(VisionLanguageModel):
         as (m, L·H·d) float32 tensors there (a capture on the host copies just those rows over). The model's
         own readout (and the head directions it keeps) is built once; ``on_device`` other than the default
         for the model's device builds a separate one (tests compare the two paths on the CPU)."""
-        default = self.device.type != "cpu"
-        if on_device is not None and on_device != default:
+        if on_device is not None and on_device != self._on_accelerator:
             return self._build_logit_readout(on_device)
         if self._readout is None:
-            self._readout = self._build_logit_readout(default)
+            self._readout = self._build_logit_readout(self._on_accelerator)
         return self._readout
 
     @torch.no_grad()
