@@ -52,13 +52,12 @@ def main():
     span, records = trace.spans[1], closed[1].records
     capture.flush(records)  # the streamer took them: rewrite the span's rows, as the worker does
     attributor = SpanAttributor(capture, regions, estimator)
-    queries, lse = capture.rows(span.start, span.end)
-    weights = capture.weights(queries, lse)
+    weights = capture.weights(span.start, span.end)
     L, H, n, N = weights.shape
     print(f"| worker step, one span of {n} tokens | µs |\n|---|---|")
     print(f"| flush the span's records ({len(records)} layer calls) | {best_us(lambda: capture.flush(records)):.1f} |")
     print(f"| read rows | {best_us(lambda: capture.rows(span.start, span.end)):.1f} |")
-    print(f"| weights | {best_us(lambda: capture.weights(queries, lse)):.1f} |")
+    print(f"| weights | {best_us(lambda: capture.weights(span.start, span.end)):.1f} |")
     per_token = np.ones((L * H, N), np.float32)
     print(f"| estimator weights, summed over tokens | "
           f"{best_us(lambda: np.einsum('htn,hn->n', weights.reshape(L * H, n, N), per_token)):.1f} |")

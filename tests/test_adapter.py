@@ -234,7 +234,7 @@ def test_capture_rows_are_trace_tokens_while_generating_and_teacher_forced(model
     queries, lse = generated.rows(1, 3)
     assert queries.shape == (model.num_layers, model.num_heads, 2, queries.shape[-1]) and lse.shape == queries.shape[:3]
     for other in (forced, grown):
-        np.testing.assert_allclose(generated.weights(queries, lse), other.weights(*other.rows(1, 3)), atol=1e-5)
+        np.testing.assert_allclose(generated.weights(1, 3), other.weights(1, 3), atol=1e-5)
         np.testing.assert_allclose(other.attention(len(ids)), generated.attention(len(ids)), atol=1e-5)
     with pytest.raises(ValueError, match="no captured rows"):
         generated.rows(50, 60)
@@ -310,7 +310,11 @@ def test_capture_flush_writes_decode_runs_and_single_calls_alike():
     for layer in reversed(range(L)):
         call(layer, P + 7, 1)
     capture.flush()
-    queries, lse = capture.rows(0, 8)
-    assert capture.n_rows == 8 and lse.shape == (L, H, 8)
+    for position in (P + 8, P + 10):  # layers in order, positions jump: not one run of decode steps
+        for layer in range(L):
+            call(layer, position, 1)
+    capture.flush()
+    queries, lse = capture.rows(0, 11)
+    assert capture.n_rows == 11 and lse.shape == (L, H, 11)
     for row, want in expected.items():
         np.testing.assert_array_equal(queries[:, :, row], want)

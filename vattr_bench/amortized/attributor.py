@@ -40,7 +40,7 @@ class SpanAttributor:
     def __call__(self, start: int, end: int, token_ids=None) -> np.ndarray:
         """(K,) scores of the span of trace tokens [start, end); ``token_ids``, the span's tokens, only
         logit-weighted features need."""
-        rows = self.capture.weights(*self.capture.rows(start, end))  # (L, H, n, N)
+        rows = self.capture.weights(start, end)  # (L, H, n, N)
         L, H, n, N = rows.shape
         if L * H != len(self.weights):
             raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")

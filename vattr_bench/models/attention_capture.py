@@ -88,11 +88,12 @@ class VisualAttentionCapture:
         self._value_grams = None if value_grams is None else np.stack(value_grams)  # (L, H, d, d)
         self.readout = readout
         self._keep_values = value_grams is not None or readout is not None
-        self._queries: np.ndarray | None = None  # (L, H, capacity, d)
-        self._lse: np.ndarray | None = None  # (L, H, capacity)
+        # (L, H, capacity, d + 1): each row's query and, as its last column, its lse — so that one product
+        # with the visual keys and a last row of -1/scale (`_visual_keys_t`) gives q·k − lse/scale
+        self._rows: np.ndarray | None = None
         self.n_rows = 0  # rows flushed in every layer so far
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, key length, query, lse)
-        self._keys_t: np.ndarray | None = None  # (L, H, d, N), built at the first read
+        self._keys_t: np.ndarray | None = None  # (L, H, d + 1, N), built at the first read
         self._values: np.ndarray | None = None  # (L, H, N, d), built at the first read
         self._value_norms: np.ndarray | None = None  # (L, H, N), built at the first read
         self._values_t: np.ndarray | None = None  # (L·H, d, N), for the logit rows, built at their first read
@@ -153,43 +154,44 @@ class VisualAttentionCapture:
     def _write(self, layers, r0: int, queries: Array, lse: Array) -> None:
         """Rows r0… of ``layers`` (one index, or a slice of all); n_rows moves once the last layer has them."""
         r1 = r0 + queries.shape[-2]
-        if self._queries is None or r1 > self._queries.shape[2]:
+        if self._rows is None or r1 > self._rows.shape[2]:
             self._grow(r1, queries.shape[-3], queries.shape[-1])
-        self._queries[layers, :, r0:r1] = queries
-        self._lse[layers, :, r0:r1] = lse
+        self._rows[layers, :, r0:r1, :-1] = queries
+        self._rows[layers, :, r0:r1, -1] = lse
         if layers == slice(None) or layers == self.num_layers - 1:
             self.n_rows = max(self.n_rows, r1)
 
     def _grow(self, rows: int, heads: int, dim: int) -> None:
         """Room for at least ``rows`` rows, doubling. Rows are written once and copied before the swap,
-        so a reader holding the old buffers still reads every row recorded before it."""
-        capacity = max(self.INITIAL_ROWS, rows, 2 * (0 if self._queries is None else self._queries.shape[2]))
-        queries = self._empty((self.num_layers, heads, capacity, dim))
-        lse = self._empty((self.num_layers, heads, capacity))
-        if self._queries is not None:
-            n = self._queries.shape[2]
-            queries[:, :, :n], lse[:, :, :n] = self._queries, self._lse
-        self._queries, self._lse = queries, lse
+        so a reader holding the old buffer still reads every row recorded before it."""
+        capacity = max(self.INITIAL_ROWS, rows, 2 * (0 if self._rows is None else self._rows.shape[2]))
+        buffer = self._empty((self.num_layers, heads, capacity, dim + 1))
+        if self._rows is not None:
+            buffer[:, :, :self._rows.shape[2]] = self._rows
+        self._rows = buffer
 
     # -- read out ------------------------------------------------------------------------------------
     def rows(self, first: int = 0, last: int | None = None) -> tuple[Array, Array]:
-        """(L, H, r, d) queries and (L, H, r) lse of flushed rows [first, last) — views, no weights yet.
-        On the host no torch op: the streaming worker calls this from its own thread, where torch ops
-        would start a second OpenMP pool competing with generation for the cores."""
+        """(L, H, r, d) queries and (L, H, r) lse of flushed rows [first, last) — views, no weights yet."""
+        rows = self._row_range(first, last)
+        return rows[..., :-1], rows[..., -1]
+
+    def _row_range(self, first: int, last: int | None) -> Array:
         last = self.n_rows if last is None else min(last, self.n_rows)
         if first >= last:
             raise ValueError(f"no captured rows in [{first}, {last}); {self.n_rows} flushed")
-        return self._queries[:, :, first:last], self._lse[:, :, first:last]
+        return self._rows[:, :, first:last]
 
-    def weights(self, queries: Array, lse: Array) -> Array:
-        """(L, H, r, d) queries + (L, H, r) lse -> (L, H, r, N) attention weights to the visual tokens,
-        on the host in numpy for the same reason as `rows`."""
-        keys_t = self._visual_keys_t()
-        # (q·k)·scale in that order, as the eager kernel rounds it (scores reach tens: order shows at 1e-5)
-        scores = queries @ keys_t
+    def weights(self, first: int = 0, last: int | None = None) -> Array:
+        """(L, H, r, N) attention weights of flushed rows [first, last) to the visual tokens,
+        exp((q·k − lse/scale)·scale): one product of each row and its lse with the visual keys and their row
+        of −1/scale, one multiply, one exp — as exact as the product, scale and lse subtraction it replaced
+        (6–14e-6 from the same rows in float64 either way, one sample per family, one-off). On the host numpy
+        only: the streaming worker calls this from its own thread, where torch ops would start a second
+        OpenMP pool competing with generation for the cores."""
+        scores = self._row_range(first, last) @ self._visual_keys_t()
         scores *= self._scale
-        scores -= lse[..., None]
-        return np.exp(scores, out=scores) if isinstance(scores, np.ndarray) else scores.exp_()
+        return scores.exp_() if self.on_device else np.exp(scores, out=scores)
 
     def clear_reads(self) -> None:
         """Forget what reads built from the prompt (K_vis, values, value norms, logit rows); the next read
@@ -203,12 +205,15 @@ class VisualAttentionCapture:
         return self._prompt
 
     def _visual_keys_t(self) -> Array:
-        """K_vis as (L, H, d, N), grouped heads repeated, built once: the visual keys never change."""
+        """K_vis as (L, H, d + 1, N), grouped heads repeated, with a last row of −1/scale that meets each
+        row's lse (`weights`); built once: the visual keys never change."""
         if self._keys_t is None:
             keys = [_repeat_heads(self._array(k)[0], groups) for k, _, groups in self._prompt_rows()]  # (H, N, d) each
-            self._keys_t = self._empty((len(keys), *keys[0].shape[:-2], keys[0].shape[-1], keys[0].shape[-2]))
+            H, N, d = keys[0].shape
+            self._keys_t = self._empty((len(keys), H, d + 1, N))
             for layer, k in enumerate(keys):  # one copy, straight into the transposed layout
-                self._keys_t[layer] = k.swapaxes(-1, -2)
+                self._keys_t[layer, :, :d] = k.swapaxes(-1, -2)
+                self._keys_t[layer, :, d] = -1.0 / self.scale[layer]
             self._scale = self._array(np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1))
         return self._keys_t
 
@@ -234,7 +239,7 @@ class VisualAttentionCapture:
     def logit_values(self, token_ids) -> Array:
         """(L, H, n, N) u_tᵀ W_O^h v_n: how far head h, reading visual token n, pushes the logit of token y_t
         (u_t: y_t's unembedding row times the final norm's gain — the direct path, the norm's scale left
-        out) for the tokens ``token_ids`` that a run of rows predicts. On the host numpy only, as `rows`.
+        out) for the tokens ``token_ids`` that a run of rows predicts. On the host numpy only, as `weights`.
 
         A token's row depends on the prompt only, so each is computed once per capture, all of a call's new
         tokens in one product, into a table gathered from per call (one `np.take`, contiguous)."""
@@ -272,7 +277,7 @@ class VisualAttentionCapture:
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default), as numpy."""
-        return _numpy(self.weights(*self.rows(0, n_rows)))
+        return _numpy(self.weights(0, n_rows))
 
     # -- the buffers' kind: float32 numpy on the host, or float32 torch on the rows' device ------------
     def _array(self, t):
