@@ -1,4 +1,4 @@
-"""Three micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (README quotes them):
+"""Four micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (README quotes them):
 
     python scripts/stream_microbench.py [--rounds 15]
 
@@ -13,6 +13,13 @@
    flush + SpanAttributor timed alone, for every span of the trace, with nothing before it, with 16 MB
    written before it (caches evicted), and with one forward pass of the model before it (as a decode
    step runs between spans in a stream), interleaved rounds, median and best per span.
+4. Where the worker's time goes when each stream's spans are replayed as perf's amortized row replays them
+   (every test prompt's streamed records; each pass forgets what a stream reads once, then flushes and
+   attributes span after span): the same passes cut after the flush, after the weights, and whole,
+   interleaved, best pass per stream, per span. Steps run once each between other work here, so they
+   cost more than in (1)'s hot loop. (A cut after the logit rows is left out: it read more than the whole
+   pass, 335–396 vs 292–349 µs, and less, 247–256 vs 302–315, with glibc's MALLOC_MMAP_THRESHOLD_ and
+   MALLOC_TRIM_THRESHOLD_ raised — when a cut frees its arrays, not its work, decided it.)
 """
 import argparse
 import statistics
@@ -23,7 +30,7 @@ import numpy as np
 import torch
 
 from vattr_bench.amortized import SpanAttributor, capture_options
-from vattr_bench.benchmarks import synthetic_sample
+from vattr_bench.benchmarks import FAMILIES, synthetic_sample
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.regions import make_regions
@@ -64,6 +71,7 @@ def main():
     print(f"| whole SpanAttributor | {best_us(lambda: attributor(span.start, span.end, trace.token_ids[span.start:span.end])):.1f} |")
 
     cache_state(model, prepared, capture, attributor, closed, trace, a.rounds * 10)
+    steps_replayed(model, estimator, a.rounds * 3)
 
     w, big, small = np.random.rand(64), np.random.rand(64, 640), np.random.rand(64, 64)
     before = {"nothing": lambda: None, "64×640 gemv": lambda: w @ big, "64×64 gemv": lambda: w @ small}
@@ -100,6 +108,43 @@ def cache_state(model, prepared, capture, attributor, closed, trace, rounds: int
           f"| median vs nothing |\n|---|---|---|---|")
     for name, xs in seconds.items():
         print(f"| {name} | {statistics.median(xs) * 1e6:.0f} | {min(xs) * 1e6:.0f} | {statistics.median(xs) / base:.2f}× |")
+
+
+def steps_replayed(model, estimator, rounds: int, per_family: int = 2) -> None:
+    streams = []
+    for family in FAMILIES:
+        for i in range(per_family):
+            s = synthetic_sample(family, i, "test")
+            prepared = model.prepare(s.image, s.prompt)
+            regions, _ = make_regions("feature-ward", model, prepared, k=16)
+            with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
+                closed = []
+                model.generate_ids(prepared, 128, streamer=SpanStreamer(model, capture, closed.append))
+            streams.append((capture, regions, closed))
+    cut_after = {  # what each pass does per span, beyond the flush
+        "flush": lambda capture, attributor, c: None,
+        "+ weights": lambda capture, attributor, c: capture.weights(c.span.start, c.span.end),
+        "whole (flush + SpanAttributor)": lambda capture, attributor, c: attributor(c.span.start, c.span.end, c.token_ids),
+    }
+    best = {name: [float("inf")] * len(streams) for name in cut_after}
+    with one_blas_thread():
+        names = list(cut_after)
+        for r in range(rounds):  # the order rotates each round, so that no pass always follows the same one
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                step = cut_after[name]
+                for i, (capture, regions, closed) in enumerate(streams):
+                    start = time.perf_counter()
+                    capture.clear_reads()  # a stream reads the prompt once: every pass does, as in perf
+                    attributor = SpanAttributor(capture, regions, estimator)
+                    for c in closed:
+                        capture.flush(c.records)
+                        step(capture, attributor, c)
+                    best[name][i] = min(best[name][i], time.perf_counter() - start)
+    n_spans = sum(len(closed) for _, _, closed in streams)
+    print(f"\n| replayed as perf does ({len(streams)} streams, {n_spans} spans, best of {rounds} passes each) "
+          f"| µs a span |\n|---|---|")
+    for name, seconds in best.items():
+        print(f"| {name} | {sum(seconds) / n_spans * 1e6:.0f} |")
 
 
 if __name__ == "__main__":
