@@ -55,7 +55,8 @@ def write_traces(vlm: HFVisionLanguageModel, traces: dict[tuple, list[int]]) -> 
     vlm.model.generate = forced_generate
 
 
-def random_decoder_model(hidden: int, layers: int, heads: int = 16, device: str = "cpu") -> HFVisionLanguageModel:
+def random_decoder_model(hidden: int, layers: int, heads: int = 16, device: str = "cpu",
+                         dtype: torch.dtype | None = None) -> HFVisionLanguageModel:
     source = str(BUILTIN["vattr-tiny"])
     config = AutoConfig.from_pretrained(source)
     text = config.text_config
@@ -63,7 +64,7 @@ def random_decoder_model(hidden: int, layers: int, heads: int = 16, device: str 
     text.num_attention_heads = text.num_key_value_heads = heads
     text.head_dim = hidden // heads
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).to(device)
+    model = LlavaForConditionalGeneration(config).to(device, dtype)
     return HFVisionLanguageModel(model, load_processor(source, config.model_type), f"random-{hidden}x{layers}")
 
 

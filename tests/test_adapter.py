@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn.attention import SDPBackend
 
 import tiny_archs
 from vattr_bench.benchmarks import synthetic_sample
@@ -183,9 +184,9 @@ def test_a_fused_kernel_whose_lse_disagrees_is_not_trusted(tiny, monkeypatch):
 def test_capture_in_bfloat16_runs_sdpas_own_kernel(device, monkeypatch):
     """A bf16 model (how real ones run on a GPU): the capture runs the kernel sdpa itself picks (the same
     log-probs with and without a capture) — taking its lse where that kernel hands one back (CPU flash;
-    CUDA flash or memory-efficient), else computing lse explicitly (on an H200 with torch 2.11 sdpa picks
-    cuDNN for bf16) — and the weights equal those of the explicit q·Kᵀ (eager attention itself rounds its
-    bf16 scores: ~5e-2 off both here)."""
+    CUDA cuDNN, flash or memory-efficient: on an H200 with torch 2.11 sdpa picks cuDNN for bf16), else
+    computing lse explicitly — and the weights equal those of the explicit q·Kᵀ (eager attention itself
+    rounds its bf16 scores: ~5e-2 off both here)."""
     from vattr_bench.models import attention_capture
 
     model = load_model("vattr-tiny", device=device, dtype="bfloat16")
@@ -196,7 +197,7 @@ def test_capture_in_bfloat16_runs_sdpas_own_kernel(device, monkeypatch):
     with model.capture_visual_attention(prepared):
         captured = model.token_logprobs(prepared, ids)
     np.testing.assert_allclose(captured, model.token_logprobs(prepared, ids), atol=1e-6)
-    with_lse = {torch.nn.attention.SDPBackend.FLASH_ATTENTION.value, torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION.value}
+    with_lse = {b.value for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)}
     q, k = torch.zeros(1, 16, 1, 8, dtype=torch.bfloat16, device=device), torch.zeros(1, 16, 40, 8, dtype=torch.bfloat16, device=device)
     sdpa_has_lse = device == "cpu" or torch._fused_sdp_choice(q, k, k, None, 0.0, False) in with_lse
     assert all(attention_capture._FUSED_OK.values())

@@ -1,9 +1,10 @@
 """The adapter's, the streaming worker's and evaluate's contracts on a CUDA GPU; skipped where there is none
 (CI has none: these run when a GPU machine is at hand, `pytest tests/test_cuda.py`).
 
-On CUDA the capture takes each query's lse from torch's memory-efficient kernel (attention_capture) and the
-logit readout computes head directions on the device: each is checked against eager attention or the host's
-numpy path, streaming against offline scoring, and a whole evaluate run against the same run on the CPU."""
+On CUDA the capture takes each query's lse from the kernel sdpa picks (memory-efficient in float32 here;
+cuDNN in bf16 on Hopper, tested in tests/test_adapter.py) and the logit readout computes head directions on
+the device: each is checked against eager attention or the host's numpy path, streaming against offline
+scoring, and a whole evaluate run against the same run on the CPU."""
 import json
 
 import numpy as np

@@ -8,7 +8,7 @@ the N visual tokens, every layer and head. Those are exactly
 
 and a fused attention kernel computes the log-sum-exp anyway. So while a capture is active, the decoder's
 attention runs through a fused kernel that hands the lse back — torch's flash kernel on the CPU; on CUDA
-the one sdpa itself picks for the call, flash or memory-efficient — and the capture keeps
+the one sdpa itself picks for the call, cuDNN, flash or memory-efficient — and the capture keeps
 each new query row with its lse, and the visual keys once (they never change after the prompt). Turning
 rows into weights is then O(L·H·N·d) per token, whatever the context length. Where no kernel fits (a
 mask beyond causal, dropout, a window, another device) the lse comes from an explicit q·Kᵀ: still
@@ -439,11 +439,15 @@ _FUSED_OK: dict[tuple, bool] = {}
 
 def _cuda_fused(query, key, value, scale: float, causal: bool):
     """The kernel sdpa itself runs for this call (`torch._fused_sdp_choice`), so the model's output under a
-    capture is what it is without one: flash attention or the memory-efficient kernel, both of which hand
-    back the lse; None where sdpa would run another (cuDNN, math). In bf16 another kernel's output differs
-    in the last bits and the layers above magnify it: flash in every decode step, where sdpa ran another
-    kernel, moved vattr-tiny's layer-2 weights by up to 6% on an H200."""
+    capture is what it is without one: cuDNN, flash attention or the memory-efficient kernel, each of which
+    hands back the lse; None where sdpa would run its math kernel. In bf16 another kernel's output differs
+    in the last bits and the layers above magnify it: flash in every decode step, where sdpa ran cuDNN,
+    moved vattr-tiny's layer-2 weights by up to 6% on an H200."""
     choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale)
+    if choice == SDPBackend.CUDNN_ATTENTION.value:  # what sdpa runs for bf16/fp16 on Hopper (torch 2.11, H200)
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            query, key, value, None, True, 0.0, causal, False, scale=scale)[:2]
+        return out, lse.reshape(query.shape[:3])  # cuDNN's statistics come as (B, H, q, 1)
     if choice == SDPBackend.FLASH_ATTENTION.value:
         return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, causal, scale=scale)[:2]
     if choice == SDPBackend.EFFICIENT_ATTENTION.value:
