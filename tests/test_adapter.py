@@ -179,6 +179,48 @@ def test_a_fused_kernel_whose_lse_disagrees_is_not_trusted(tiny, monkeypatch):
     np.testing.assert_allclose(fast, eager, atol=1e-5)
 
 
+def test_cuda_capture_takes_the_lse_of_the_kernel_sdpa_picks(monkeypatch):
+    """On CUDA the capture runs the kernel sdpa itself would (`torch._fused_sdp_choice`) and reads its lse in
+    that kernel's layout — cuDNN's (B, H, q, 1), the memory-efficient kernel's padded to its block of 32 rows,
+    flash's (B, H, q) — or leaves the lse to q·Kᵀ for the math kernel. The CUDA ops are stood in for by the
+    CPU kernel in each one's layout (as an H200 returned them), so the routing is checked without a GPU."""
+    from vattr_bench.models import attention_capture
+
+    cpu_flash = attention_capture._cpu_flash
+    asked_for_lse = []
+
+    def cudnn(q, k, v, bias, compute_log_sumexp, dropout, causal, debug_mask, scale):
+        asked_for_lse.append(compute_log_sumexp)
+        out, lse = cpu_flash(q, k, v, dropout, causal, scale=scale)[:2]
+        return out, lse[..., None]
+
+    def efficient(q, k, v, bias, compute_log_sumexp, dropout, causal, scale):
+        out, lse = cpu_flash(q, k, v, dropout, causal, scale=scale)[:2]
+        padded = torch.full((*lse.shape[:2], -(-lse.shape[2] // 32) * 32), float("inf"))
+        padded[..., :lse.shape[2]] = lse
+        return out, padded
+
+    def flash(q, k, v, dropout, causal, scale):
+        return cpu_flash(q, k, v, dropout, causal, scale=scale)[:2]
+
+    for name, op in [("_scaled_dot_product_cudnn_attention", cudnn), ("_scaled_dot_product_efficient_attention", efficient),
+                     ("_scaled_dot_product_flash_attention", flash)]:
+        monkeypatch.setattr(torch.ops.aten, name, op)
+    torch.manual_seed(0)
+    for q_len, causal in [(1, False), (40, True)]:
+        q, k, v = (torch.randn(1, 4, n, 8) for n in (q_len, 40, 40))
+        explicit = attention_capture._lse_explicit(q, k, None, 0.5)
+        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION):
+            monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *args, **kw: backend.value)
+            out, lse = attention_capture._cuda_fused(q, k, v, 0.5, causal)
+            assert lse.shape == (1, 4, q_len), backend
+            torch.testing.assert_close(lse, explicit, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.5))
+        monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *args, **kw: SDPBackend.MATH.value)
+        assert attention_capture._cuda_fused(q, k, v, 0.5, causal) is None
+    assert asked_for_lse == [True, True]
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
 def test_capture_in_bfloat16_runs_sdpas_own_kernel(device, monkeypatch):
