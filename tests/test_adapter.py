@@ -180,59 +180,124 @@ def test_a_fused_kernel_whose_lse_disagrees_is_not_trusted(tiny, monkeypatch):
 
 
 def test_cuda_capture_takes_the_lse_of_the_kernel_sdpa_picks(monkeypatch):
-    """On CUDA the capture runs the kernel sdpa itself would (`torch._fused_sdp_choice`) and reads its lse in
-    that kernel's layout — cuDNN's (B, H, q, 1), the memory-efficient kernel's padded to its block of 32 rows,
-    flash's (B, H, q) — or leaves the lse to q·Kᵀ for the math kernel. The CUDA ops are stood in for by the
-    CPU kernel in each one's layout (as an H200 returned them), so the routing is checked without a GPU."""
+    """On CUDA the capture runs the kernel sdpa itself would (`torch._fused_sdp_choice`, asked with grouped
+    K/V as they are and enable_gqa, as transformers' sdpa asks) and reads its lse in that kernel's layout —
+    cuDNN's (B, H, q, 1), the memory-efficient kernel's padded to its block of 32 rows, flash's (B, H, q) —
+    or leaves the lse to q·Kᵀ for the math kernel. cuDNN and flash get grouped K/V unrepeated; the
+    memory-efficient kernel, which takes no grouped heads, gets them repeated. The CUDA ops are stood in for
+    by the CPU kernel in each one's layout (as an H200 returned them), so the routing is checked without a GPU."""
     from vattr_bench.models import attention_capture
 
     cpu_flash = attention_capture._cpu_flash
-    asked_for_lse = []
+    calls = []  # (kernel, kv heads it was given, whether cuDNN was asked for its statistics)
 
     def cudnn(q, k, v, bias, compute_log_sumexp, dropout, causal, debug_mask, scale):
-        asked_for_lse.append(compute_log_sumexp)
+        calls.append(("cudnn", k.shape[1], compute_log_sumexp))
         out, lse = cpu_flash(q, k, v, dropout, causal, scale=scale)[:2]
         return out, lse[..., None]
 
     def efficient(q, k, v, bias, compute_log_sumexp, dropout, causal, scale):
+        calls.append(("efficient", k.shape[1], None))
         out, lse = cpu_flash(q, k, v, dropout, causal, scale=scale)[:2]
         padded = torch.full((*lse.shape[:2], -(-lse.shape[2] // 32) * 32), float("inf"))
         padded[..., :lse.shape[2]] = lse
         return out, padded
 
     def flash(q, k, v, dropout, causal, scale):
+        calls.append(("flash", k.shape[1], None))
         return cpu_flash(q, k, v, dropout, causal, scale=scale)[:2]
 
     for name, op in [("_scaled_dot_product_cudnn_attention", cudnn), ("_scaled_dot_product_efficient_attention", efficient),
                      ("_scaled_dot_product_flash_attention", flash)]:
         monkeypatch.setattr(torch.ops.aten, name, op)
+
+    def sdpa_choice(backend):
+        def choose(q, k, v, mask, dropout, causal, scale=None, enable_gqa=False):
+            assert enable_gqa == (k.shape[1] != q.shape[1])  # asked as sdpa is: grouped K/V only with enable_gqa
+            grouped = k.shape[1] != q.shape[1]
+            return SDPBackend.MATH.value if backend == SDPBackend.EFFICIENT_ATTENTION and grouped else backend.value
+        return choose
+
     torch.manual_seed(0)
-    for q_len, causal in [(1, False), (40, True)]:
-        q, k, v = (torch.randn(1, 4, n, 8) for n in (q_len, 40, 40))
-        explicit = attention_capture._lse_explicit(q, k, None, 0.5)
-        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION):
-            monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *args, **kw: backend.value)
-            out, lse = attention_capture._cuda_fused(q, k, v, 0.5, causal)
-            assert lse.shape == (1, 4, q_len), backend
-            torch.testing.assert_close(lse, explicit, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.5))
-        monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *args, **kw: SDPBackend.MATH.value)
-        assert attention_capture._cuda_fused(q, k, v, 0.5, causal) is None
-    assert asked_for_lse == [True, True]
+    for kv_heads in (4, 2):
+        for q_len, causal in [(1, False), (40, True)]:
+            q, k, v = torch.randn(1, 4, q_len, 8), torch.randn(1, kv_heads, 40, 8), torch.randn(1, kv_heads, 40, 8)
+            explicit = attention_capture._lse_explicit(q, k, None, 0.5)
+            reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.5,
+                                                                         enable_gqa=kv_heads < 4)
+            for backend, kernel in [(SDPBackend.CUDNN_ATTENTION, "cudnn"), (SDPBackend.EFFICIENT_ATTENTION, "efficient"),
+                                    (SDPBackend.FLASH_ATTENTION, "flash")]:
+                monkeypatch.setattr(torch, "_fused_sdp_choice", sdpa_choice(backend))
+                calls.clear()
+                out, lse = attention_capture._cuda_fused(q, k, v, 0.5, causal)
+                assert [c[:2] for c in calls] == [(kernel, 4 if kernel == "efficient" else kv_heads)]
+                assert calls[0][2] is (True if kernel == "cudnn" else None)  # cuDNN computes its statistics only when asked
+                assert lse.shape == (1, 4, q_len), backend
+                torch.testing.assert_close(lse, explicit, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(out, reference)
+            monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *args, **kw: SDPBackend.MATH.value)
+            assert attention_capture._cuda_fused(q, k, v, 0.5, causal) is None
 
 
+def test_grouped_query_models_capture_without_repeating_the_cache(monkeypatch):
+    """A grouped-query decoder (the tiny Qwen2.5-VL: 4 query heads, 2 kv heads) hands its kernel K/V as they
+    are, as sdpa does — repeating them per query head copies the whole cache in every layer and step — and
+    its capture still equals eager attention."""
+    from vattr_bench.models import attention_capture
+
+    model = tiny_archs.build("qwen2_5_vl")
+    kv_heads_seen = []
+    cpu_kernel = attention_capture._FUSED_KERNELS["cpu"]
+
+    def counted(q, k, v, scale, causal):
+        kv_heads_seen.append((q.shape[1], k.shape[1]))
+        return cpu_kernel(q, k, v, scale, causal)
+
+    monkeypatch.setitem(attention_capture._FUSED_KERNELS, "cpu", counted)
+    prepared = model.prepare(synthetic_sample("general", 0).image.resize((96, 64)), "what color is the circle ?")
+    with model.capture_visual_attention(prepared) as capture:
+        ids = model.generate_ids(prepared, max_new_tokens=4)
+    assert kv_heads_seen and set(kv_heads_seen) == {(4, 2)}
+    np.testing.assert_allclose(capture.attention(len(ids)), model.attention_to_visual(prepared, ids, eager=True), atol=1e-5)
+
+
+def test_explicit_lse_reads_grouped_heads_without_repeating_them():
+    """q·Kᵀ's lse with grouped-query K (query head h reads kv head h // groups) equals it with K repeated
+    per query head, under causal masking and an explicit mask."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+    from vattr_bench.models import attention_capture
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 6, 5, 8), torch.randn(1, 2, 9, 8)
+    mask = torch.rand(1, 1, 5, 9) > 0.3
+    mask[..., 0] = True
+    for m in (None, mask):
+        torch.testing.assert_close(attention_capture._lse_explicit(q, k, m, 0.3),
+                                   attention_capture._lse_explicit(q, repeat_kv(k, 3), m, 0.3))
+        scores = (q @ repeat_kv(k, 3).transpose(-1, -2)) * 0.3
+        allowed = torch.ones(5, 9, dtype=torch.bool).tril(4) if m is None else m
+        torch.testing.assert_close(attention_capture._lse_explicit(q, k, m, 0.3),
+                                   torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), -1))
+
+
+@pytest.mark.parametrize("arch", ["vattr-tiny", "qwen2_5_vl"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
-def test_capture_in_bfloat16_runs_sdpas_own_kernel(device, monkeypatch):
-    """A bf16 model (how real ones run on a GPU): the capture runs the kernel sdpa itself picks (the same
-    log-probs with and without a capture) — taking its lse where that kernel hands one back (CPU flash;
+def test_capture_in_bfloat16_runs_sdpas_own_kernel(device, arch, monkeypatch):
+    """A bf16 model (how real ones run on a GPU), with 16 heads of dim 8 (vattr-tiny) or grouped-query heads
+    (the tiny Qwen2.5-VL: 4 query / 2 kv heads of dim 16): the capture runs the kernel sdpa itself picks (the
+    same log-probs with and without a capture) — taking its lse where that kernel hands one back (CPU flash;
     CUDA cuDNN, flash or memory-efficient: on an H200 with torch 2.11 sdpa picks cuDNN for bf16), else
     computing lse explicitly — and the weights equal those of the explicit q·Kᵀ (eager attention itself
     rounds its bf16 scores: ~5e-2 off both here)."""
     from vattr_bench.models import attention_capture
 
-    model = load_model("vattr-tiny", device=device, dtype="bfloat16")
-    prepared = model.prepare(synthetic_sample("general", 0).image, "what color is the circle ?")
+    if arch == "vattr-tiny":
+        model, image = load_model(arch, device=device, dtype="bfloat16"), synthetic_sample("general", 0).image
+    else:
+        model, image = tiny_archs.build(arch), synthetic_sample("general", 0).image.resize((96, 64))
+        model.model.to(device, torch.bfloat16)
+    prepared = model.prepare(image, "what color is the circle ?")
     monkeypatch.setattr(attention_capture, "_FUSED_OK", {})
     with model.capture_visual_attention(prepared) as fused:
         ids = model.generate_ids(prepared, max_new_tokens=8)
@@ -240,10 +305,14 @@ def test_capture_in_bfloat16_runs_sdpas_own_kernel(device, monkeypatch):
         captured = model.token_logprobs(prepared, ids)
     np.testing.assert_allclose(captured, model.token_logprobs(prepared, ids), atol=1e-6)
     with_lse = {b.value for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)}
-    q, k = torch.zeros(1, 16, 1, 8, dtype=torch.bfloat16, device=device), torch.zeros(1, 16, 40, 8, dtype=torch.bfloat16, device=device)
-    sdpa_has_lse = device == "cpu" or torch._fused_sdp_choice(q, k, k, None, 0.0, False) in with_lse
+    text = model.model.config.get_text_config()
+    head_dim, kv_heads = fused.rows()[0].shape[-1], text.num_key_value_heads
+    q = torch.zeros(1, model.num_heads, 1, head_dim, dtype=torch.bfloat16, device=device)
+    k = torch.zeros(1, kv_heads, 40, head_dim, dtype=torch.bfloat16, device=device)
+    sdpa_has_lse = device == "cpu" or torch._fused_sdp_choice(
+        q, k, k, None, 0.0, False, enable_gqa=kv_heads < model.num_heads) in with_lse
     assert all(attention_capture._FUSED_OK.values())
-    assert ((device, torch.bfloat16, 8, False) in attention_capture._FUSED_OK) == sdpa_has_lse  # decode steps
+    assert ((device, torch.bfloat16, head_dim, False) in attention_capture._FUSED_OK) == sdpa_has_lse  # decode steps
     monkeypatch.setattr(attention_capture, "_fused_fits", lambda *args: False)
     with model.capture_visual_attention(prepared) as explicit:
         assert model.generate_ids(prepared, max_new_tokens=8) == ids

@@ -422,9 +422,12 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def _lse_explicit(query, key, attention_mask, scale):
     """Exact log-sum-exp over the keys each query may see (any device, any mask)."""
-    key = repeat_kv(key, query.shape[1] // key.shape[1])
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
-    q_len, kv_len = query.shape[2], key.shape[2]
+    B, H, q_len, d = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    # grouped query heads (h reads kv head h // groups, as repeat_kv lays them out) as one product per kv head,
+    # rather than K repeated per query head: that copies the whole cache ×groups
+    scores = torch.matmul(query.float().reshape(B, kv_heads, -1, d), key.float().transpose(-1, -2))
+    scores = scores.reshape(B, H, q_len, kv_len) * scale
     if attention_mask is None:  # causal, queries are the last q_len positions
         rows = torch.arange(kv_len - q_len, kv_len, device=query.device).unsqueeze(1)
         allowed = torch.arange(kv_len, device=query.device).unsqueeze(0) <= rows
@@ -438,12 +441,19 @@ _FUSED_OK: dict[tuple, bool] = {}
 
 
 def _cuda_fused(query, key, value, scale: float, causal: bool):
-    """The kernel sdpa itself runs for this call (`torch._fused_sdp_choice`), so the model's output under a
-    capture is what it is without one: cuDNN, flash attention or the memory-efficient kernel, each of which
-    hands back the lse; None where sdpa would run its math kernel. In bf16 another kernel's output differs
-    in the last bits and the layers above magnify it: flash in every decode step, where sdpa ran cuDNN,
-    moved vattr-tiny's layer-2 weights by up to 6% on an H200."""
-    choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale)
+    """The kernel sdpa itself runs for this call (`torch._fused_sdp_choice`, asked as transformers' sdpa
+    asks it: grouped K/V as they are, with enable_gqa), so the model's output under a capture is what it is
+    without one: cuDNN, flash attention or the memory-efficient kernel, each of which hands back the lse;
+    None where sdpa would run its math kernel. In bf16 another kernel's output differs in the last bits and
+    the layers above magnify it: flash in every decode step, where sdpa ran cuDNN, moved vattr-tiny's
+    layer-2 weights by up to 6% on an H200. One exception, kept from before grouped K/V went to the kernels
+    as they are: where sdpa runs math only because the memory-efficient kernel takes no grouped heads
+    (float32), that kernel runs on repeated K/V (float32 outputs ~1e-7 apart; tests/test_cuda.py on an H200)."""
+    groups = query.shape[1] // key.shape[1]
+    choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale, enable_gqa=groups > 1)
+    if choice == SDPBackend.MATH.value and groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale)
     if choice == SDPBackend.CUDNN_ATTENTION.value:  # what sdpa runs for bf16/fp16 on Hopper (torch 2.11, H200)
         out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
             query, key, value, None, True, 0.0, causal, False, scale=scale)[:2]
@@ -473,14 +483,16 @@ def _fused_with_lse(query, key, value, scale: float):
     """(B, q, H, d) output and (B, H, q) lse from the device's fused kernel, or None where none runs.
     The first call of each (device, dtype, head dim, causal) also computes the explicit lse and keeps the
     kernel only if the two agree: a kernel whose lse means something else (another base, other rows)
-    falls back, with a warning, instead of giving wrong weights."""
+    falls back, with a warning, instead of giving wrong weights. Grouped-query K/V go to the kernel as they
+    are, as sdpa passes them (CPU flash, CUDA cuDNN and flash read one kv head per group): repeated, they
+    were a copy of the whole cache ×groups in every layer and step — 64 ms against sdpa's 4.3 ms for one
+    layer call over 4,096 keys with Qwen2.5-VL-7B's 28 query / 4 kv heads on a 2-core CPU, 4.7 ms now
+    (`python scripts/capture_call_cost.py`)."""
     causal = query.shape[2] > 1
     signature = (query.device.type, query.dtype, query.shape[-1], causal)
     trusted = _FUSED_OK.get(signature)
     if trusted is False:
         return None
-    groups = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     try:
         fused = _FUSED_KERNELS[query.device.type](query, key, value, scale, causal)
     except RuntimeError as e:  # e.g. a head dim or dtype the kernel does not take
