@@ -191,8 +191,9 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
 
 
 def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monkeypatch):
-    """The capture's table of logit rows grows as new tokens come, and the model's cache of head directions
-    stops at its byte limit: read a few tokens at a time past both, the rows still equal the long way."""
+    """The capture's table of logit rows grows as new tokens come and stops at its byte limit, as the model's
+    cache of head directions does at its own: read a few tokens at a time past them, the rows still equal the
+    long way (past the table's limit, with the tokens not in it computed per call)."""
     from vattr_bench.models.attention_capture import LogitReadout, VisualAttentionCapture
     s = synthetic_sample("code", 2)
     prepared = tiny.prepare(s.image, s.prompt)
@@ -217,5 +218,15 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     assert on_device is not tiny.logit_readout()
     np.testing.assert_allclose(on_device.head_directions(ids).numpy(), tiny.logit_readout().head_directions(ids),
                                rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.concatenate(pieces, axis=2), logit_values_the_long_way(tiny, prepared, ids),
-                               rtol=1e-4, atol=1e-5)
+    long_way = logit_values_the_long_way(tiny, prepared, ids)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=2), long_way, rtol=1e-4, atol=1e-5)
+    # a capture's table holds at most LOGIT_TABLE_BYTES: here room for 3 tokens, the others computed per call
+    slot_bytes = capture._logit_table[:, 0].nbytes
+    monkeypatch.setattr(VisualAttentionCapture, "LOGIT_TABLE_BYTES", 3 * slot_bytes + 1)
+    for on_device in (False, True):  # numpy, or torch tensors as on an accelerator
+        with tiny.capture_visual_attention(prepared, logit_readout=True, on_device=on_device) as capped:
+            tiny.token_logprobs(prepared, ids)
+        pieces = [np.asarray(capped.logit_values(ids[i:i + 3])) for i in range(0, len(ids), 3)]
+        assert len(capped._logit_slot) == 3 and capped._logit_table.nbytes == 3 * slot_bytes
+        np.testing.assert_allclose(np.concatenate(pieces, axis=2), long_way, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(capped.logit_values(ids)), long_way, rtol=1e-4, atol=1e-5)  # kept and not

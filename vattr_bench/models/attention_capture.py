@@ -65,6 +65,9 @@ class VisualAttentionCapture:
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
     INITIAL_LOGIT_SLOTS = 64  # `logit_values` table slots (distinct tokens) at first; doubled likewise
+    # at most this much logit table a capture: a slot is L·H·N floats (16 KB on vattr-tiny, whose whole vocabulary
+    # fits; ~3 MB for a 7 B model's 784 heads over 1,000 visual tokens, where 80 tokens fill it)
+    LOGIT_TABLE_BYTES = 256 * 2**20
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
                  value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None,
@@ -244,38 +247,70 @@ class VisualAttentionCapture:
         out) for the tokens ``token_ids`` that a run of rows predicts. On the host numpy only, as `weights`.
 
         A token's row depends on the prompt only, so each is computed once per capture, all of a call's new
-        tokens in one product, into a table gathered from per call (one `np.take`, contiguous)."""
+        tokens in one product, into a table gathered from per call (one `np.take`, contiguous). The table
+        holds at most LOGIT_TABLE_BYTES; past it, the rows of tokens not in it are computed for each call."""
         if self.readout is None:
             raise RuntimeError("no logit readout: open the capture with logit_readout=True")
         token_ids = list(token_ids)
         new = [t for t in dict.fromkeys(token_ids) if t not in self._logit_slot]
         if new:
             self._add_logit_rows(new)
-        slots = [self._logit_slot[t] for t in token_ids]
-        rows = np.take(self._logit_table, slots, axis=1) if isinstance(self._logit_table, np.ndarray) \
-            else self._logit_table[:, slots]  # (L·H, n, N)
+        try:
+            slots = [self._logit_slot[t] for t in token_ids]
+        except KeyError:  # the table is full
+            rows = self._logit_rows_some_not_kept(token_ids)
+        else:
+            rows = np.take(self._logit_table, slots, axis=1) if isinstance(self._logit_table, np.ndarray) \
+                else self._logit_table[:, slots]  # (L·H, n, N)
         return rows.reshape(self.num_layers, -1, *rows.shape[1:])
 
-    def _add_logit_rows(self, token_ids: list) -> None:
+    def _logit_rows(self, token_ids: list, out=None) -> Array:
+        """(L·H, m, N) rows of ``token_ids``, into ``out`` where given."""
         if self._values_t is None:
             values = self._visual_values()  # (L, H, N, d)
             self._values_t = values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2)
             self._values_t = self._values_t.contiguous() if self.on_device else np.ascontiguousarray(self._values_t)
         LH, d, N = self._values_t.shape
         per_head = self._array(self.readout.head_directions(token_ids)).reshape(len(token_ids), LH, d).swapaxes(0, 1)  # (L·H, m, d)
+        if out is None:
+            return per_head @ self._values_t
+        if self.on_device:
+            out[...] = per_head @ self._values_t
+        else:
+            np.matmul(per_head, self._values_t, out=out)
+        return out
+
+    def _add_logit_rows(self, token_ids: list) -> None:
+        """Table slots for as many of ``token_ids`` as LOGIT_TABLE_BYTES leaves room for."""
+        values = self._visual_values()  # (L, H, N, d)
+        LH, N = values.shape[0] * values.shape[1], values.shape[2]
+        max_slots = max(self.LOGIT_TABLE_BYTES // (LH * N * 4), 1)  # float32 slots
         first = len(self._logit_slot)
+        token_ids = token_ids[:max_slots - first]
+        if not token_ids:
+            return
         if self._logit_table is None or first + len(token_ids) > self._logit_table.shape[1]:
             held = 0 if self._logit_table is None else self._logit_table.shape[1]
-            capacity = max(self.INITIAL_LOGIT_SLOTS, first + len(token_ids), 2 * held)
+            capacity = min(max(self.INITIAL_LOGIT_SLOTS, first + len(token_ids), 2 * held), max_slots)
             table = self._empty((LH, capacity, N))
             if first:
                 table[:, :first] = self._logit_table[:, :first]
             self._logit_table = table
-        if self.on_device:
-            self._logit_table[:, first:first + len(token_ids)] = per_head @ self._values_t
-        else:
-            np.matmul(per_head, self._values_t, out=self._logit_table[:, first:first + len(token_ids)])
+        self._logit_rows(token_ids, out=self._logit_table[:, first:first + len(token_ids)])
         self._logit_slot.update({t: first + i for i, t in enumerate(token_ids)})
+
+    def _logit_rows_some_not_kept(self, token_ids: list) -> Array:
+        """(L·H, n, N) rows of ``token_ids`` when some are not in the (full) table: those computed here."""
+        kept = [i for i, t in enumerate(token_ids) if t in self._logit_slot]
+        others = [i for i, t in enumerate(token_ids) if t not in self._logit_slot]
+        computed_ids = list(dict.fromkeys(token_ids[i] for i in others))
+        computed = self._logit_rows(computed_ids)
+        rows = self._empty((computed.shape[0], len(token_ids), computed.shape[2]))
+        if kept:
+            rows[:, kept] = self._logit_table[:, [self._logit_slot[token_ids[i]] for i in kept]]
+        position = {t: j for j, t in enumerate(computed_ids)}
+        rows[:, others] = computed[:, [position[token_ids[i]] for i in others]]
+        return rows
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default), as numpy."""
