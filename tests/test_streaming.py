@@ -1,4 +1,5 @@
 import json
+from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
@@ -37,6 +38,40 @@ def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
     np.testing.assert_allclose(np.stack([e.scores for e in events]), method.attribute(ctx), rtol=1e-5, atol=1e-5)
     inline = stream_attributions(tiny, prepared, regions, method.estimator_for(ctx), max_new_tokens=128, worker=False)
     np.testing.assert_allclose(np.stack([e.scores for e in inline]), np.stack([e.scores for e in events]), atol=1e-6)
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["numpy", "torch"])
+def test_a_stream_holds_the_rows_of_the_spans_in_flight_not_the_whole_trace(tiny, on_device, monkeypatch):
+    """The worker releases each span's rows once attributed, so a full buffer drops them instead of doubling:
+    with room for 8 rows at first, an 18-token trace streams in a buffer smaller than the trace, to the
+    same scores as offline; reading released rows raises."""
+    from vattr_bench.models.attention_capture import VisualAttentionCapture
+
+    s = synthetic_sample("math", 7)
+    prepared = tiny.prepare(s.image, s.prompt)
+    regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
+    method = load_method("amortized")
+    trace = tiny.generate(prepared, max_new_tokens=128)
+    ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
+    captures = []
+    open_capture = tiny.capture_visual_attention
+
+    @contextmanager
+    def kept(*args, **kwargs):
+        with open_capture(*args, on_device=on_device, **kwargs) as capture:
+            captures.append(capture)
+            yield capture
+
+    monkeypatch.setattr(tiny, "capture_visual_attention", kept)
+    monkeypatch.setattr(VisualAttentionCapture, "INITIAL_ROWS", 8)
+    events = stream_attributions(tiny, prepared, regions, method.estimator_for(ctx), max_new_tokens=128)
+    capture = captures[0]
+    longest_span = max(sp.end - sp.start for sp in trace.spans)
+    assert len(trace.spans) >= 4 and capture.n_rows >= len(trace.token_ids) > 2 * 8
+    assert capture._rows.shape[2] < capture.n_rows and capture._rows.shape[2] <= 2 * max(8, longest_span + 1)
+    np.testing.assert_allclose(np.stack([e.scores for e in events]), method.attribute(ctx), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="released"):
+        capture.weights(0, 3)
 
 
 @pytest.mark.parametrize("on_device", [False, True], ids=["numpy", "torch"])

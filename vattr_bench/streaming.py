@@ -136,6 +136,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
                 raise RuntimeError(f"streaming expects one captured row per generated token; got {capture.n_rows} "
                                    f"rows for {closed.rows or span.end} tokens (batched or assisted decoding?)")
             scores = attributor(span.start, span.end, closed.token_ids)
+            capture.release(span.end)  # a stream's memory: the rows of the spans in flight, not of the whole trace
             now = time.perf_counter()
             event = SpanEvent(len(events), span.text, span.start, span.end, span.is_answer, scores, now - t0,
                               streamer.n_tokens, now - closed.closed_s, now - start)

@@ -95,6 +95,8 @@ class VisualAttentionCapture:
         # with the visual keys and a last row of -1/scale (`_visual_keys_t`) gives q·k − lse/scale
         self._rows: np.ndarray | None = None
         self.n_rows = 0  # rows flushed in every layer so far
+        self._row0 = 0  # the row that buffer row 0 holds (rows before it were released and dropped)
+        self._released = 0  # rows before this will not be read again (`release`)
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, key length, query, lse)
         self._keys_t: np.ndarray | None = None  # (L, H, d + 1, N), built at the first read
         self._values: np.ndarray | None = None  # (L, H, N, d), built at the first read
@@ -157,21 +159,34 @@ class VisualAttentionCapture:
     def _write(self, layers, r0: int, queries: Array, lse: Array) -> None:
         """Rows r0… of ``layers`` (one index, or a slice of all); n_rows moves once the last layer has them."""
         r1 = r0 + queries.shape[-2]
-        if self._rows is None or r1 > self._rows.shape[2]:
+        if r0 < self._released:
+            raise RuntimeError(f"attention capture: rows before {self._released} were released; cannot write row {r0}")
+        if self._rows is None or r1 - self._row0 > self._rows.shape[2]:
             self._grow(r1, queries.shape[-3], queries.shape[-1])
-        self._rows[layers, :, r0:r1, :-1] = queries
-        self._rows[layers, :, r0:r1, -1] = lse
+        self._rows[layers, :, r0 - self._row0:r1 - self._row0, :-1] = queries
+        self._rows[layers, :, r0 - self._row0:r1 - self._row0, -1] = lse
         if layers == slice(None) or layers == self.num_layers - 1:
             self.n_rows = max(self.n_rows, r1)
 
     def _grow(self, rows: int, heads: int, dim: int) -> None:
-        """Room for at least ``rows`` rows, doubling. Rows are written once and copied before the swap,
-        so a reader holding the old buffer still reads every row recorded before it."""
-        capacity = max(self.INITIAL_ROWS, rows, 2 * (0 if self._rows is None else self._rows.shape[2]))
+        """Room for rows up to ``rows``: the rows not released move to the front of a new buffer, the same
+        size where releasing made room, else doubled. Rows are written once and copied before the swap, so
+        a reader holding the old buffer still reads every row recorded before it."""
+        held = 0 if self._rows is None else self._rows.shape[2]
+        needed = rows - self._released
+        capacity = held if needed <= held else max(self.INITIAL_ROWS, needed, 2 * held)
         buffer = self._empty((self.num_layers, heads, capacity, dim + 1))
         if self._rows is not None:
-            buffer[:, :, :self._rows.shape[2]] = self._rows
-        self._rows = buffer
+            kept = self._rows[:, :, self._released - self._row0:]
+            buffer[:, :, :kept.shape[2]] = kept
+        self._rows, self._row0 = buffer, self._released
+
+    def release(self, upto: int) -> None:
+        """Rows before ``upto`` will not be read again (the streaming worker, after each span): the next time
+        the buffer is full they are dropped instead of it doubling, so a stream holds the rows of the spans
+        in flight, not of the whole trace — with Qwen2.5-VL-7B's 28 layers × 28 heads of dim 128, 0.4 MB a
+        token in float32, 7× its bf16 KV cache. Reading them afterwards raises."""
+        self._released = max(self._released, min(upto, self.n_rows))
 
     # -- read out ------------------------------------------------------------------------------------
     def rows(self, first: int = 0, last: int | None = None) -> tuple[Array, Array]:
@@ -183,7 +198,9 @@ class VisualAttentionCapture:
         last = self.n_rows if last is None else min(last, self.n_rows)
         if first >= last:
             raise ValueError(f"no captured rows in [{first}, {last}); {self.n_rows} flushed")
-        return self._rows[:, :, first:last]
+        if first < self._released:
+            raise ValueError(f"captured rows before {self._released} were released (`release`); asked from {first}")
+        return self._rows[:, :, first - self._row0:last - self._row0]
 
     def weights(self, first: int = 0, last: int | None = None) -> Array:
         """(L, H, r, N) attention weights of flushed rows [first, last) to the visual tokens,
