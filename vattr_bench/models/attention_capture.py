@@ -63,7 +63,7 @@ class VisualAttentionCapture:
     device-to-host copy per run of steps. `attention` returns numpy either way.
     """
 
-    INITIAL_ROWS = 256  # buffer rows at first; doubled whenever a trace outgrows them
+    INITIAL_ROWS = 256  # buffer rows at first; doubled whenever the rows not released (`release`) outgrow them
     INITIAL_LOGIT_SLOTS = 64  # `logit_values` table slots (distinct tokens) at first; doubled likewise
     # at most this much logit table a capture: a slot is L·H·N floats (16 KB on vattr-tiny, whose whole vocabulary
     # fits; ~3 MB for a 7 B model's 784 heads over 1,000 visual tokens, where 80 tokens fill it)
