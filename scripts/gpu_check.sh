@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one go (CI has none; run them where one is at hand):
 #   bash scripts/gpu_check.sh [OUTPUT_DIR]        (default runs/gpu; STEPS="tests perf" runs only those)
-# 0. what cuDNN's attention hands back (scripts/cudnn_lse_probe.py: the lse's layout, against q·Kᵀ's and sdpa's output);
+# 0. what cuDNN's attention hands back (scripts/cudnn_lse_probe.py: the lse's layout, against q·Kᵀ's and sdpa's output),
+#    and one grouped-query layer call with and without the capture in bf16 (scripts/capture_call_cost.py);
 # 1. tests/test_cuda.py: the capture's fused-kernel lse, the logit readout on the device, streaming and a
 #    whole evaluate run on CUDA against eager attention / the host / the CPU; the bf16 capture test on CUDA;
 # 2. where streaming's overhead goes on the GPU (scripts/overhead_split.py), the explicit lse included, in float32
@@ -19,13 +20,14 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 step() {  # name, seconds allowed, command…
     local name=$1 limit=$2
     shift 2
-    [[ " ${STEPS:-lse_probe tests overhead overhead_bf16 perf scaling} " == *" $name "* ]] || return 0
+    [[ " ${STEPS:-lse_probe gqa_call tests overhead overhead_bf16 perf scaling} " == *" $name "* ]] || return 0
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tr '\r' '\n' | grep -v '%|' >"$out/$name.log"
     echo "$name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s — $(tail -n 1 "$out/$name.log")"
 }
 
 step lse_probe 60 python3 scripts/cudnn_lse_probe.py
+step gqa_call 60 python3 scripts/capture_call_cost.py --device cuda --keys 1024,4096,16384
 step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     "tests/test_adapter.py::test_capture_in_bfloat16_runs_sdpas_own_kernel"
 step overhead 90 python3 scripts/overhead_split.py --device cuda --rounds 3 --per-family 2
