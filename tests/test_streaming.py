@@ -16,14 +16,18 @@ from vattr_bench.regions import make_regions
 from vattr_bench.streaming import stream_attributions
 
 
-@pytest.mark.parametrize("family", ["general", "math"])
-def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
+def _stream_case(tiny, family: str):
+    """A test sample's prompt, regions, the amortized method, vattr-tiny's trace and the method's context."""
     s = synthetic_sample(family, 7)
     prepared = tiny.prepare(s.image, s.prompt)
     regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
-    method = load_method("amortized")
     trace = tiny.generate(prepared, max_new_tokens=128)
-    ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
+    return prepared, regions, load_method("amortized"), trace, AttributionContext(tiny, s, prepared, trace, regions, "knockout")
+
+
+@pytest.mark.parametrize("family", ["general", "math"])
+def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
+    prepared, regions, method, trace, ctx = _stream_case(tiny, family)
     seen = []
     events = stream_attributions(tiny, prepared, regions, method.estimator_for(ctx), max_new_tokens=128, on_event=seen.append)
     assert seen == events
@@ -47,12 +51,7 @@ def test_a_stream_holds_the_rows_of_the_spans_in_flight_not_the_whole_trace(tiny
     same scores as offline; reading released rows raises."""
     from vattr_bench.models.attention_capture import VisualAttentionCapture
 
-    s = synthetic_sample("math", 7)
-    prepared = tiny.prepare(s.image, s.prompt)
-    regions, _ = make_regions("feature-ward", tiny, prepared, k=16)
-    method = load_method("amortized")
-    trace = tiny.generate(prepared, max_new_tokens=128)
-    ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
+    prepared, regions, method, trace, ctx = _stream_case(tiny, "math")
     captures = []
     open_capture = tiny.capture_visual_attention
 
