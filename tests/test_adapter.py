@@ -184,7 +184,8 @@ def test_cuda_capture_takes_the_lse_of_the_kernel_sdpa_picks(monkeypatch):
     K/V as they are and enable_gqa, as transformers' sdpa asks) and reads its lse in that kernel's layout —
     cuDNN's (B, H, q, 1), the memory-efficient kernel's padded to its block of 32 rows, flash's (B, H, q) —
     or leaves the lse to q·Kᵀ for the math kernel. cuDNN and flash get grouped K/V unrepeated; the
-    memory-efficient kernel, which takes no grouped heads, gets them repeated. The CUDA ops are stood in for
+    memory-efficient kernel, which takes no grouped heads, gets them repeated in float32 (where sdpa runs
+    math for them), and not at all in bf16. The CUDA ops are stood in for
     by the CPU kernel in each one's layout (as an H200 returned them), so the routing is checked without a GPU."""
     from vattr_bench.models import attention_capture
 
@@ -235,6 +236,9 @@ def test_cuda_capture_takes_the_lse_of_the_kernel_sdpa_picks(monkeypatch):
                 assert lse.shape == (1, 4, q_len), backend
                 torch.testing.assert_close(lse, explicit, rtol=1e-5, atol=1e-5)
                 torch.testing.assert_close(out, reference)
+            if kv_heads < 4:  # in bf16, where sdpa runs math for grouped heads the capture does too: explicit lse
+                monkeypatch.setattr(torch, "_fused_sdp_choice", sdpa_choice(SDPBackend.EFFICIENT_ATTENTION))
+                assert attention_capture._cuda_fused(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.5, causal) is None
             monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *args, **kw: SDPBackend.MATH.value)
             assert attention_capture._cuda_fused(q, k, v, 0.5, causal) is None
 

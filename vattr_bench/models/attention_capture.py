@@ -498,12 +498,12 @@ def _cuda_fused(query, key, value, scale: float, causal: bool):
     without one: cuDNN, flash attention or the memory-efficient kernel, each of which hands back the lse;
     None where sdpa would run its math kernel. In bf16 another kernel's output differs in the last bits and
     the layers above magnify it: flash in every decode step, where sdpa ran cuDNN, moved vattr-tiny's
-    layer-2 weights by up to 6% on an H200. One exception, kept from before grouped K/V went to the kernels
-    as they are: where sdpa runs math only because the memory-efficient kernel takes no grouped heads
-    (float32), that kernel runs on repeated K/V (float32 outputs ~1e-7 apart; tests/test_cuda.py on an H200)."""
+    layer-2 weights by up to 6% on an H200. One exception, in float32 only, kept from before grouped K/V went
+    to the kernels as they are: where sdpa runs math because the memory-efficient kernel takes no grouped
+    heads, that kernel runs on repeated K/V (outputs ~1e-7 apart; tests/test_cuda.py on an H200)."""
     groups = query.shape[1] // key.shape[1]
     choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale, enable_gqa=groups > 1)
-    if choice == SDPBackend.MATH.value and groups > 1:
+    if choice == SDPBackend.MATH.value and groups > 1 and query.dtype == torch.float32:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale)
     if choice == SDPBackend.CUDNN_ATTENTION.value:  # what sdpa runs for bf16/fp16 on Hopper (torch 2.11, H200)
