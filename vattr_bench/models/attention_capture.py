@@ -209,7 +209,12 @@ class VisualAttentionCapture:
         (6–14e-6 from the same rows in float64 either way, one sample per family, one-off). On the host numpy
         only: the streaming worker calls this from its own thread, where torch ops would start a second
         OpenMP pool competing with generation for the cores."""
-        scores = self._row_range(first, last) @ self._visual_keys_t()
+        rows, keys = self._row_range(first, last), self._visual_keys_t()
+        if keys.shape[1] == rows.shape[1]:
+            scores = rows @ keys
+        else:  # grouped-query: each kv head's keys meet its group of query heads' rows in one product
+            L, H, n, e = rows.shape
+            scores = (rows.reshape(L, keys.shape[1], -1, e) @ keys).reshape(L, H, n, -1)
         # the scale after the product, not folded into K_vis: folded, a generated and a teacher-forced
         # capture of the same trace differed by 1.5e-5 on a weight near 1 (scores reach tens)
         scores *= self._scale
@@ -227,10 +232,11 @@ class VisualAttentionCapture:
         return self._prompt
 
     def _visual_keys_t(self) -> Array:
-        """K_vis as (L, H, d + 1, N), grouped heads repeated, with a last row of −1/scale that meets each
-        row's lse (`weights`); built once: the visual keys never change."""
+        """K_vis as (L, H_kv, d + 1, N) — one per kv head: grouped query heads share it (`weights`), where
+        repeating it per query head would hold ×groups the memory — with a last row of −1/scale that meets
+        each row's lse; built once: the visual keys never change."""
         if self._keys_t is None:
-            keys = [_repeat_heads(self._array(k)[0], groups) for k, _, groups in self._prompt_rows()]  # (H, N, d) each
+            keys = [self._array(k)[0] for k, _, _ in self._prompt_rows()]  # (H_kv, N, d) each
             H, N, d = keys[0].shape
             self._keys_t = self._empty((len(keys), H, d + 1, N))
             for layer, k in enumerate(keys):  # one copy, straight into the transposed layout
@@ -240,13 +246,18 @@ class VisualAttentionCapture:
         return self._keys_t
 
     def _visual_values(self) -> Array:
-        """The visual tokens' values as (L, H, N, d), grouped heads repeated, built once."""
+        """The visual tokens' values as (L, H_kv, N, d), one per kv head, built once."""
         if self._values is None:
             if not self._keep_values:
                 raise RuntimeError("no visual values kept: open the capture with value_norms or logit_readout")
-            values = [_repeat_heads(self._array(v)[0], groups) for _, v, groups in self._prompt_rows()]
+            values = [self._array(v)[0] for _, v, _ in self._prompt_rows()]
             self._values = np.stack(values) if isinstance(values[0], np.ndarray) else torch.stack(values)
         return self._values
+
+    @property
+    def _groups(self) -> int:
+        """Query heads per kv head (1 without grouped-query attention)."""
+        return self._prompt_rows()[0][2]
 
     @property
     def value_norms(self) -> np.ndarray:
@@ -254,8 +265,9 @@ class VisualAttentionCapture:
         all layers in one batched product: per layer it took ~270 µs a stream on vattr-tiny, one-off timing)."""
         if self._value_grams is None:
             raise RuntimeError("no value norms: open the capture with value_norms=True and run the prompt through it")
-        if self._value_norms is None:
-            self._value_norms = visual_value_norms(self._value_grams, _numpy(self._visual_values()))
+        if self._value_norms is None:  # per query head: each has its own W_O^h (values repeated for this once)
+            values = np.repeat(_numpy(self._visual_values()), self._groups, axis=1)
+            self._value_norms = visual_value_norms(self._value_grams, values)
         return self._value_norms
 
     def logit_values(self, token_ids) -> Array:
@@ -284,14 +296,20 @@ class VisualAttentionCapture:
     def _logit_rows(self, token_ids: list, out=None) -> Array:
         """(L·H, m, N) rows of ``token_ids``, into ``out`` where given."""
         if self._values_t is None:
-            values = self._visual_values()  # (L, H, N, d)
+            values = self._visual_values()  # (L, H_kv, N, d)
             self._values_t = values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2)
             self._values_t = self._values_t.contiguous() if self.on_device else np.ascontiguousarray(self._values_t)
-        LH, d, N = self._values_t.shape
-        per_head = self._array(self.readout.head_directions(token_ids)).reshape(len(token_ids), LH, d).swapaxes(0, 1)  # (L·H, m, d)
-        if out is None:
+        kv_heads, d, N = self._values_t.shape  # L·H_kv
+        m, LH = len(token_ids), kv_heads * self._groups
+        per_head = self._array(self.readout.head_directions(token_ids)).reshape(m, LH, d).swapaxes(0, 1)  # (L·H, m, d)
+        if self._groups > 1:  # each kv head's values meet its group of query heads' directions in one product
+            rows = (per_head.reshape(kv_heads, -1, d) @ self._values_t).reshape(LH, m, N)
+            if out is None:
+                return rows
+            out[...] = rows
+        elif out is None:
             return per_head @ self._values_t
-        if self.on_device:
+        elif self.on_device:
             out[...] = per_head @ self._values_t
         else:
             np.matmul(per_head, self._values_t, out=out)
@@ -299,8 +317,8 @@ class VisualAttentionCapture:
 
     def _add_logit_rows(self, token_ids: list) -> None:
         """Table slots for as many of ``token_ids`` as LOGIT_TABLE_BYTES leaves room for."""
-        values = self._visual_values()  # (L, H, N, d)
-        LH, N = values.shape[0] * values.shape[1], values.shape[2]
+        values = self._visual_values()  # (L, H_kv, N, d)
+        LH, N = values.shape[0] * values.shape[1] * self._groups, values.shape[2]
         max_slots = max(self.LOGIT_TABLE_BYTES // (LH * N * 4), 1)  # float32 slots
         first = len(self._logit_slot)
         token_ids = token_ids[:max_slots - first]
@@ -416,13 +434,6 @@ def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
     # summed over d by a product with ones: numpy's own sum over a short last axis took ~5× longer here
     squared = (np.matmul(values, grams) * values) @ np.ones(values.shape[-1], values.dtype)
     return np.sqrt(np.maximum(squared, 0), dtype=np.float32)
-
-
-def _repeat_heads(x, groups: int):
-    """(H_kv, …) -> (H_kv·groups, …): grouped-query attention shares each key/value head among ``groups``."""
-    if groups == 1:
-        return x
-    return np.repeat(x, groups, axis=0) if isinstance(x, np.ndarray) else x.repeat_interleave(groups, dim=0)
 
 
 def _permute(x, *axes):
