@@ -237,8 +237,8 @@ class VisualAttentionCapture:
         each row's lse; built once: the visual keys never change."""
         if self._keys_t is None:
             keys = [self._array(k)[0] for k, _, _ in self._prompt_rows()]  # (H_kv, N, d) each
-            H, N, d = keys[0].shape
-            self._keys_t = self._empty((len(keys), H, d + 1, N))
+            kv_heads, N, d = keys[0].shape
+            self._keys_t = self._empty((len(keys), kv_heads, d + 1, N))
             for layer, k in enumerate(keys):  # one copy, straight into the transposed layout
                 self._keys_t[layer, :, :d] = k.swapaxes(-1, -2)
                 self._keys_t[layer, :, d] = -1.0 / self.scale[layer]
