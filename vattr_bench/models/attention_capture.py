@@ -209,12 +209,7 @@ class VisualAttentionCapture:
         (6–14e-6 from the same rows in float64 either way, one sample per family, one-off). On the host numpy
         only: the streaming worker calls this from its own thread, where torch ops would start a second
         OpenMP pool competing with generation for the cores."""
-        rows, keys = self._row_range(first, last), self._visual_keys_t()
-        if keys.shape[1] == rows.shape[1]:
-            scores = rows @ keys
-        else:  # grouped-query: each kv head's keys meet its group of query heads' rows in one product
-            L, H, n, e = rows.shape
-            scores = (rows.reshape(L, keys.shape[1], -1, e) @ keys).reshape(L, H, n, -1)
+        scores = _grouped_matmul(self._row_range(first, last), self._visual_keys_t())
         # the scale after the product, not folded into K_vis: folded, a generated and a teacher-forced
         # capture of the same trace differed by 1.5e-5 on a weight near 1 (scores reach tens)
         scores *= self._scale
@@ -299,20 +294,15 @@ class VisualAttentionCapture:
             values = self._visual_values()  # (L, H_kv, N, d)
             self._values_t = values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2)
             self._values_t = self._values_t.contiguous() if self.on_device else np.ascontiguousarray(self._values_t)
-        kv_heads, d, N = self._values_t.shape  # L·H_kv
+        kv_heads, d, _ = self._values_t.shape  # L·H_kv
         m, LH = len(token_ids), kv_heads * self._groups
         per_head = self._array(self.readout.head_directions(token_ids)).reshape(m, LH, d).swapaxes(0, 1)  # (L·H, m, d)
-        if self._groups > 1:  # each kv head's values meet its group of query heads' directions in one product
-            rows = (per_head.reshape(kv_heads, -1, d) @ self._values_t).reshape(LH, m, N)
-            if out is None:
-                return rows
-            out[...] = rows
-        elif out is None:
-            return per_head @ self._values_t
-        elif self.on_device:
-            out[...] = per_head @ self._values_t
-        else:
-            np.matmul(per_head, self._values_t, out=out)
+        if out is not None and self._groups == 1 and not self.on_device:
+            return np.matmul(per_head, self._values_t, out=out)  # straight into the table's slots
+        rows = _grouped_matmul(per_head, self._values_t)
+        if out is None:
+            return rows
+        out[...] = rows
         return out
 
     def _add_logit_rows(self, token_ids: list) -> None:
@@ -436,6 +426,16 @@ def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(squared, 0), dtype=np.float32)
 
 
+def _grouped_matmul(a, b):
+    """a (…, H, n, e) @ b (…, H_kv, e, m) -> (…, H, n, m), query head h reading kv head h // (H / H_kv) as
+    repeat_kv lays them out: each kv head meets its group of query heads in one product, where repeating b
+    per query head would copy it ×groups. Without grouping, just a @ b (the streaming worker's weights call
+    this per span: the two reshapes, views there, still cost ~3% of its work on vattr-tiny)."""
+    if a.shape[-3] == b.shape[-3]:
+        return a @ b
+    return (a.reshape(*b.shape[:-2], -1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+
+
 def _permute(x, *axes):
     return x.transpose(*axes) if isinstance(x, np.ndarray) else x.permute(*axes)
 
@@ -485,12 +485,10 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def _lse_explicit(query, key, attention_mask, scale):
     """Exact log-sum-exp over the keys each query may see (any device, any mask)."""
-    B, H, q_len, d = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    # grouped query heads (h reads kv head h // groups, as repeat_kv lays them out) as one product per kv head,
-    # rather than K repeated per query head: that copies the whole cache ×groups
-    scores = torch.matmul(query.float().reshape(B, kv_heads, -1, d), key.float().transpose(-1, -2))
-    scores = scores.reshape(B, H, q_len, kv_len) * scale
+    q_len, kv_len = query.shape[2], key.shape[2]
+    # grouped query heads share their kv head's K, rather than K repeated per query head: that copies the
+    # whole cache ×groups
+    scores = _grouped_matmul(query.float(), key.float().transpose(-1, -2)) * scale
     if attention_mask is None:  # causal, queries are the last q_len positions
         rows = torch.arange(kv_len - q_len, kv_len, device=query.device).unsqueeze(1)
         allowed = torch.arange(kv_len, device=query.device).unsqueeze(0) <= rows
