@@ -429,8 +429,8 @@ def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
 def _grouped_matmul(a, b):
     """a (…, H, n, e) @ b (…, H_kv, e, m) -> (…, H, n, m), query head h reading kv head h // (H / H_kv) as
     repeat_kv lays them out: each kv head meets its group of query heads in one product, where repeating b
-    per query head would copy it ×groups. Without grouping, just a @ b (the streaming worker's weights call
-    this per span: the two reshapes, views there, still cost ~3% of its work on vattr-tiny)."""
+    per query head would copy it ×groups. Without grouping, just a @ b: no reshape calls on the streaming
+    worker's per-span path."""
     if a.shape[-3] == b.shape[-3]:
         return a @ b
     return (a.reshape(*b.shape[:-2], -1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
