@@ -9,7 +9,7 @@ Defaults: Qwen2.5-VL-7B's layout. One query (a decode step) over the given numbe
 CPU (bf16 on CUDA); best of 5 passes of 20 calls.
 """
 import argparse
-import time
+import timeit
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +19,15 @@ from vattr_bench.models import attention_capture
 
 
 def best_ms(call, device: str) -> float:
-    call()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
+    """Best of 5 batches of 20 calls, ms a call (a batch ends by waiting for the GPU)."""
+    def batch():
         for _ in range(20):
             call()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) / 20 * 1e3)
-    return min(times)
+
+    batch()
+    return min(timeit.repeat(batch, number=1, repeat=5)) / 20 * 1e3
 
 
 def main():
