@@ -8,12 +8,18 @@ forced to write vattr-tiny's own traces as in scripts/perf_scaling.py) with a ra
 kind: its values do not change the cost.
 
 plain            model.generate_ids
+plain, again     the same call once more: an A/A control, the noise floor of this run
 capture, explicit lse   the capture with every lse from an explicit q·Kᵀ (no fused kernel): what the
                  kernels save ("step added" on the next row, negative)
 capture          + the attention-capture backend switched on (rows and lse kept)
 capture+splitter + the streamer: span splitting per token, each closed span's records handed over (not flushed)
 inline           + attribution of each span in the producer (stream_attributions(worker=False))
 thread           + the background worker thread (stream_attributions, the default)
+
+Modes run in a rotating order per prompt and round. Each mode's wall time against plain comes with a 95%
+bootstrap interval over rounds (`vattr_bench.perf.overhead_interval`), and so does the calling (generating)
+thread's CPU time (time.thread_time): what the producer itself spends, without the time it waits —
+for the lock, or for a core the worker thread holds.
 """
 import argparse
 import statistics
@@ -24,10 +30,10 @@ import numpy as np
 import torch
 
 from perf_scaling import random_decoder_model, write_traces
-from vattr_bench.amortized import LinearEstimator
+from vattr_bench.amortized import LinearEstimator, capture_options
 from vattr_bench.methods import load_method
 from vattr_bench.models import attention_capture, load_model
-from vattr_bench.perf import PerfConfig, prepare_items
+from vattr_bench.perf import PerfConfig, overhead_interval, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 
@@ -52,8 +58,10 @@ def main():
         estimator = LinearEstimator(np.random.default_rng(0).normal(size=n_weights), 0.0, estimator.meta)
     items = [(prepared, regions) for _, prepared, regions in prepare_items(model, cfg)]
 
+    options = capture_options(estimator.meta)  # keep what the estimator's features need, as streaming does
+
     def capture(prepared, regions):
-        with model.capture_visual_attention(prepared):
+        with model.capture_visual_attention(prepared, **options):
             model.generate_ids(prepared, 128)
 
     def capture_explicit(prepared, regions):
@@ -61,29 +69,42 @@ def main():
             capture(prepared, regions)
 
     def splitter(prepared, regions):
-        with model.capture_visual_attention(prepared) as c:
+        with model.capture_visual_attention(prepared, **options) as c:
             model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, lambda item: None))
 
     modes = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128),
+             "plain, again": lambda prepared, regions: model.generate_ids(prepared, 128),
              "capture, explicit lse": capture_explicit, "capture": capture,
              "capture+splitter": splitter,
              "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
              "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
     for run in modes.values():  # warm-up
         run(*items[0])
-    seconds = {k: [[] for _ in items] for k in modes}
-    for _ in range(a.rounds):
+    names = list(modes)
+    wall = {k: [[] for _ in items] for k in modes}
+    cpu = {k: [[] for _ in items] for k in modes}  # the generating thread's CPU seconds
+    for r in range(a.rounds):
         for i, item in enumerate(items):
-            for name, run in modes.items():
-                start = time.perf_counter()
-                run(*item)
-                seconds[name][i].append(time.perf_counter() - start)
-    total = {k: sum(statistics.median(x) for x in v) for k, v in seconds.items()}
-    print(f"{model.name} on {model.device} in {model.model.dtype}\n\n| mode | seconds ({len(items)} prompts) | vs plain | step added |\n|---|---|---|---|")
+            shift = (r + i) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                modes[name](*item)
+                wall[name][i].append(time.perf_counter() - start)
+                cpu[name][i].append(time.thread_time() - start_cpu)
+    total = {k: sum(statistics.median(x) for x in v) for k, v in wall.items()}
+    total_cpu = {k: sum(statistics.median(x) for x in v) for k, v in cpu.items()}
+    print(f"{model.name} on {model.device} in {model.model.dtype}, {len(items)} prompts, {a.rounds} rounds\n\n"
+          "| mode | seconds | vs plain (95% interval) | step added | generating thread's CPU vs plain (95% interval) |\n"
+          "|---|---|---|---|---|")
     previous = total["plain"]
     for name, t in total.items():
-        print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% | {100 * (t - previous) / total['plain']:+.1f}% |")
-        previous = t
+        lo, hi = overhead_interval(wall[name], wall["plain"])
+        lo_cpu, hi_cpu = overhead_interval(cpu[name], cpu["plain"])
+        print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% ({lo:+.1f} to {hi:+.1f}) | "
+              f"{100 * (t - previous) / total['plain']:+.1f}% | "
+              f"{100 * (total_cpu[name] / total_cpu['plain'] - 1):+.1f}% ({lo_cpu:+.1f} to {hi_cpu:+.1f}) |")
+        if name != "plain, again":  # the A/A row is no step of the pipeline
+            previous = t
 
 
 if __name__ == "__main__":

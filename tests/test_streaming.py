@@ -213,7 +213,7 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     assert all(np.isfinite(v) for v in summary.values()) and summary["speedup_vs_ablation"] > 0
     text = "\n".join(lines)
     assert "(logit-weighted estimator)" in lines[0]  # the shipped one's features
-    for row in ("overhead", "median lag", "| amortized |", "| amortized, first stream |", "| amortized, in the stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
+    for row in ("overhead", "95% interval", "median lag", "| amortized |", "| amortized, first stream |", "| amortized, in the stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
         assert row in text
     report = json.loads(out_json.read_text())
     assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}
@@ -222,6 +222,20 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     assert main(["perf", "--lengths", "64"]) == 2
     assert main(["perf", "--estimator", str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err
+
+
+def test_overhead_interval_resamples_rounds_paired():
+    """Rounds are resampled whole: a machine that runs some rounds 2× slower moves both modes alike, so a
+    constant 3% overhead stays exactly 3%; noise of its own widens the interval around the estimate."""
+    from vattr_bench.perf import overhead_interval
+    rng = np.random.default_rng(0)
+    plain = rng.uniform(0.1, 0.2, size=(6, 1)) * rng.choice([0.5, 1.0, 2.0], size=(1, 9))  # (prompts, rounds)
+    assert overhead_interval(plain * 1.03, plain) == pytest.approx((3.0, 3.0))
+    noisy = plain * 1.03 * rng.normal(1.0, 0.05, size=plain.shape)
+    low, high = overhead_interval(noisy, plain)
+    estimate = 100 * (np.median(noisy, 1).sum() / np.median(plain, 1).sum() - 1)
+    assert low < estimate < high and high - low > 1.0
+    assert all(np.isnan(overhead_interval(plain[:, :2], plain[:, :2])))
 
 
 def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monkeypatch):
