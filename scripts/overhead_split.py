@@ -1,20 +1,22 @@
-"""Where streaming's overhead goes: the same 20 test prompts generated in six modes, interleaved,
+"""Where streaming's overhead goes: the same 20 test prompts generated in up to seven modes, interleaved,
 medians per prompt summed (the `vattr-bench perf` method, with more modes).
 
-    python scripts/overhead_split.py [--rounds 6] [--device cuda] [--dtype bfloat16] [--decoder 2048x24]
+    python scripts/overhead_split.py [--rounds 6] [--modes plain,again,thread] [--device cuda] [--dtype bfloat16]
+                                     [--decoder 2048x24]
 
 On vattr-tiny by default; with --decoder, a random decoder of that size (hidden width × layers, built and
 forced to write vattr-tiny's own traces as in scripts/perf_scaling.py) with a random estimator of the shipped
 kind: its values do not change the cost.
 
-plain            model.generate_ids
-plain, again     the same call once more: an A/A control, the noise floor of this run
-capture, explicit lse   the capture with every lse from an explicit q·Kᵀ (no fused kernel): what the
-                 kernels save ("step added" on the next row, negative)
-capture          + the attention-capture backend switched on (rows and lse kept)
-capture+splitter + the streamer: span splitting per token, each closed span's records handed over (not flushed)
-inline           + attribution of each span in the producer (stream_attributions(worker=False))
-thread           + the background worker thread (stream_attributions, the default)
+--modes (all by default; plain is always run):
+plain     model.generate_ids
+again     plain once more: an A/A control, the noise floor of this run
+explicit  the capture with every lse from an explicit q·Kᵀ (no fused kernel): what the kernels save
+          (an aside, as "again" is: "step added" goes on from plain)
+capture   + the attention-capture backend switched on (rows and lse kept)
+splitter  + the streamer: span splitting per token, each closed span's records handed over (not flushed)
+inline    + attribution of each span in the producer (stream_attributions(worker=False))
+thread    + the background worker thread (stream_attributions, the default)
 
 Modes run in a rotating order per prompt and round. Each mode's wall time against plain comes with a 95%
 bootstrap interval over rounds (`vattr_bench.perf.overhead_interval`), and so does the calling (generating)
@@ -36,6 +38,14 @@ from vattr_bench.models import attention_capture, load_model
 from vattr_bench.perf import PerfConfig, overhead_interval, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
+MODES = {"plain": "plain", "again": "plain, again (A/A)", "explicit": "capture, explicit lse", "capture": "capture",
+         "splitter": "capture+splitter", "inline": "inline", "thread": "thread"}  # --modes key: row label
+
+
+def interval(seconds: list, plain: list) -> str:
+    low, high = overhead_interval(seconds, plain)
+    return f"({low:+.1f} to {high:+.1f})" if np.isfinite([low, high]).all() else "(no interval below 3 rounds)"
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,8 +53,12 @@ def main():
     p.add_argument("--per-family", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="the model's dtype (default: as loaded, float32 for vattr-tiny)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from " + ",".join(MODES))
     p.add_argument("--decoder", default=None, help="a random decoder of this size (HIDDENxLAYERS) instead of vattr-tiny")
     a = p.parse_args()
+    chosen = ["plain"] + [m for m in a.modes.split(",") if m != "plain"]
+    if unknown := set(chosen) - set(MODES):
+        p.error(f"unknown modes {sorted(unknown)}; choose from {','.join(MODES)}")
     model = load_model("vattr-tiny", device=a.device, dtype=a.dtype)
     estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
     cfg = PerfConfig(per_family=a.per_family)
@@ -72,12 +86,12 @@ def main():
         with model.capture_visual_attention(prepared, **options) as c:
             model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, lambda item: None))
 
-    modes = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128),
-             "plain, again": lambda prepared, regions: model.generate_ids(prepared, 128),
-             "capture, explicit lse": capture_explicit, "capture": capture,
-             "capture+splitter": splitter,
-             "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
-             "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
+    runs = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128),
+            "again": lambda prepared, regions: model.generate_ids(prepared, 128),
+            "explicit": capture_explicit, "capture": capture, "splitter": splitter,
+            "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
+            "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
+    modes = {MODES[m]: runs[m] for m in MODES if m in chosen}  # pipeline order, by label
     for run in modes.values():  # warm-up
         run(*items[0])
     names = list(modes)
@@ -97,15 +111,13 @@ def main():
           "| mode | seconds | vs plain (95% interval) | step added | generating thread's CPU vs plain (95% interval) |\n"
           "|---|---|---|---|---|")
     previous = total["plain"]
+    asides = (MODES["again"], MODES["explicit"])  # no step of the pipeline: each is compared with plain only
     for name, t in total.items():
-        lo, hi = overhead_interval(wall[name], wall["plain"])
-        lo_cpu, hi_cpu = overhead_interval(cpu[name], cpu["plain"])
-        print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% ({lo:+.1f} to {hi:+.1f}) | "
-              f"{100 * (t - previous) / total['plain']:+.1f}% | "
-              f"{100 * (total_cpu[name] / total_cpu['plain'] - 1):+.1f}% ({lo_cpu:+.1f} to {hi_cpu:+.1f}) |")
-        if name != "plain, again":  # the A/A row is no step of the pipeline
+        step = "—" if name in asides else f"{100 * (t - previous) / total['plain']:+.1f}%"
+        print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% {interval(wall[name], wall['plain'])} | "
+              f"{step} | {100 * (total_cpu[name] / total_cpu['plain'] - 1):+.1f}% {interval(cpu[name], cpu['plain'])} |")
+        if name not in asides:
             previous = t
-
 
 if __name__ == "__main__":
     main()

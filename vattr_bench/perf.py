@@ -292,7 +292,8 @@ def format_perf(report: dict) -> str:
         "| overhead of single rounds (every prompt once), lowest – highest | "
         + " – ".join(f"{x:+.1f} %" for x in report["overhead_pct_rounds"]) + " |",
         "| overhead, 95% interval (bootstrap over rounds) | "
-        + " – ".join(f"{x:+.1f} %" for x in report["overhead_pct_ci95"]) + " |",
+        + (" – ".join(f"{x:+.1f} %" for x in report["overhead_pct_ci95"])
+           if np.isfinite(report["overhead_pct_ci95"]).all() else "n/a (needs 3 rounds or more)") + " |",
         f"| of which without the worker thread (capture, span splitting, attribution inline) | "
         f"{100 * (g['inline'] - g['plain']) / g['plain']:+.2f} % |",
         f"| median lag span end → event | {report['lag_s_median'] * 1e3:.3f} ms = {report['summary']['lag_decode_steps']:.3f} decode steps |",
