@@ -102,12 +102,13 @@ def main():
     where = (torch.cuda.get_device_name(tiny.device) if tiny.device.type == "cuda"
              else "2 CPU cores" if tiny.device.type == "cpu" else str(tiny.device))
     print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, {where}\n")
-    print("| decoder | params (M) | L·H | decode step | overhead (single rounds) | inline, no thread | lag (steps) "
+    print("| decoder | params (M) | L·H | decode step | overhead (single rounds; 95% interval) | inline, no thread | lag (steps) "
           "| amortized / span | first stream | in the stream | ablation / span | × | input×gradient / span | × |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, params, lh, st, ps, _ in rows:
-        g, (lo, hi) = st["generation_s"], st["overhead_pct_rounds"]
-        print(f"| {size} | {params:.1f} | {lh} | {st['decode_step_s'] * 1e3:.1f} ms | {st['overhead_pct']:+.1f}% ({lo:+.1f} to {hi:+.1f}) "
+        g, (lo, hi), (ci_lo, ci_hi) = st["generation_s"], st["overhead_pct_rounds"], st["overhead_pct_ci95"]
+        print(f"| {size} | {params:.1f} | {lh} | {st['decode_step_s'] * 1e3:.1f} ms | {st['overhead_pct']:+.1f}% "
+              f"({lo:+.1f} to {hi:+.1f}; {ci_lo:+.1f} to {ci_hi:+.1f}) "
               f"| {100 * (g['inline'] / g['plain'] - 1):+.1f}% | {st['lag_decode_steps']:.2f} | {ps['amortized'] * 1e6:.0f} µs "
               f"| {f'{ps[FIRST_STREAM] * 1e6:.0f} µs' if FIRST_STREAM in ps else '–'} | {st['in_stream_s_per_span'] * 1e6:.0f} µs "
               f"| {ps['ablation'] * 1e3:.1f} ms | {ps['ablation'] / ps['amortized']:.0f}× "
