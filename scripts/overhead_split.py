@@ -119,5 +119,6 @@ def main():
         if name not in asides:
             previous = t
 
+
 if __name__ == "__main__":
     main()

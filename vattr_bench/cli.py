@@ -279,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--model", default="vattr-tiny")
     pf.add_argument("--benchmark", default="all")
     pf.add_argument("--per-family", type=int, default=2, help="samples per benchmark")
-    pf.add_argument("--rounds", type=int, default=5, help="interleaved generation rounds for the overhead; its 95%% interval narrows with more "
-                    "(~10 points wide at 9 rounds, ~5 at 36 on a 2-core VM)")
+    pf.add_argument("--rounds", type=int, default=5,
+                    help="interleaved generation rounds for the overhead; its 95%% interval narrows with more "
+                         "(~10 points wide at 9 rounds, ~5 at 36 on a 2-core VM)")
     pf.add_argument("--lengths", default="256,1024,4096", help="trace lengths for the per-token cost")
     pf.add_argument("--gradient-spans", type=int, default=3, help="spans timed per gradient baseline per length")
     pf.add_argument("--regions", default="feature-ward")

@@ -3,7 +3,8 @@
 1. Overhead — wall time of generation with streaming attribution (capture + worker, until the last
    event is out) vs the same `generate` call without, on the same prompts, interleaved in rounds
    (medians per sample, then summed), with each round's own overhead as the spread and a 95% bootstrap
-   interval over rounds (`overhead_interval`); also with attribution inline in the producer (no thread), to show how much of the overhead is the thread.
+   interval over rounds (`overhead_interval`); also with attribution inline in the producer (no thread),
+   to show how much of the overhead is the thread.
 2. Lag — seconds from a span's last token to its event, in units of the median decode step.
 3. Cost per span on the same spans — amortized (the worker's whole work: write the span's captured rows
    into the buffers, weights, pooling, estimator, and its share of reading the prompt's visual keys and
