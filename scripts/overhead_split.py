@@ -35,7 +35,7 @@ from perf_scaling import random_decoder_model, write_traces
 from vattr_bench.amortized import LinearEstimator, capture_options
 from vattr_bench.methods import load_method
 from vattr_bench.models import attention_capture, load_model
-from vattr_bench.perf import PerfConfig, overhead_interval, prepare_items
+from vattr_bench.perf import PerfConfig, interval_text, overhead_interval, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 MODES = {"plain": "plain", "again": "plain, again (A/A)", "explicit": "capture, explicit lse", "capture": "capture",
@@ -43,8 +43,7 @@ MODES = {"plain": "plain", "again": "plain, again (A/A)", "explicit": "capture, 
 
 
 def interval(seconds: list, plain: list) -> str:
-    low, high = overhead_interval(seconds, plain)
-    return f"({low:+.1f} to {high:+.1f})" if np.isfinite([low, high]).all() else "(no interval below 3 rounds)"
+    return f"({interval_text(overhead_interval(seconds, plain)) or 'no interval below 3 rounds'})"
 
 
 def main():

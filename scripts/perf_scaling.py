@@ -27,7 +27,8 @@ from vattr_bench.amortized import FEATURES, LinearEstimator
 from vattr_bench.methods.gradients import InputXGradientMethod
 from vattr_bench.models import BUILTIN, load_model
 from vattr_bench.models.hf import HFVisionLanguageModel, load_processor
-from vattr_bench.perf import FIRST_STREAM, PerfConfig, cost_per_span, measure_streaming, prepare_items, warm_up
+from vattr_bench.perf import (FIRST_STREAM, PerfConfig, cost_per_span, interval_text, measure_streaming, prepare_items,
+                              warm_up)
 
 
 class ForceTokens(LogitsProcessor):
@@ -106,9 +107,9 @@ def main():
           "| amortized / span | first stream | in the stream | ablation / span | × | input×gradient / span | × |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, params, lh, st, ps, _ in rows:
-        g, (lo, hi), (ci_lo, ci_hi) = st["generation_s"], st["overhead_pct_rounds"], st["overhead_pct_ci95"]
+        g, (lo, hi) = st["generation_s"], st["overhead_pct_rounds"]
         print(f"| {size} | {params:.1f} | {lh} | {st['decode_step_s'] * 1e3:.1f} ms | {st['overhead_pct']:+.1f}% "
-              f"({lo:+.1f} to {hi:+.1f}; {ci_lo:+.1f} to {ci_hi:+.1f}) "
+              f"({lo:+.1f} to {hi:+.1f}; {interval_text(st['overhead_pct_ci95']) or 'n/a'}) "
               f"| {100 * (g['inline'] / g['plain'] - 1):+.1f}% | {st['lag_decode_steps']:.2f} | {ps['amortized'] * 1e6:.0f} µs "
               f"| {f'{ps[FIRST_STREAM] * 1e6:.0f} µs' if FIRST_STREAM in ps else '–'} | {st['in_stream_s_per_span'] * 1e6:.0f} µs "
               f"| {ps['ablation'] * 1e3:.1f} ms | {ps['ablation'] / ps['amortized']:.0f}× "

@@ -99,8 +99,10 @@ def save_perf_png(report: dict, path: Path) -> None:
     right.legend(fontsize=7)
     right.set_title("per-token cost against trace length", fontsize=9)
     summary = report["summary"]
-    interval = report.get("overhead_pct_ci95")  # absent from reports saved before it, nan below 3 rounds
-    interval = f" (95% interval {interval[0]:+.1f} to {interval[1]:+.1f})" if interval and np.isfinite(interval).all() else ""
+    from .perf import interval_text  # here: perf pulls in the methods (torch, captum), not needed for other pictures
+
+    interval = interval_text(report.get("overhead_pct_ci95"))
+    interval = f" (95% interval {interval})" if interval else ""
     fig.suptitle(f"vattr-bench perf — {report['model']} ({report.get('features', 'attention')} estimator): streaming "
                  f"overhead {summary['overhead_pct']:+.2f}%{interval}, lag {summary['lag_decode_steps']:.2f} decode steps",
                  fontsize=9)

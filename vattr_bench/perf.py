@@ -192,6 +192,14 @@ def overhead_interval(stream: list, plain: list, confidence: float = 0.95, seed:
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def interval_text(interval) -> str:
+    """An `overhead_interval` as "+1.8 % to +6.4 %"; "" where there is none (below 3 rounds, or a report
+    saved before perf had intervals: None)."""
+    if interval is None or not np.isfinite(interval).all():
+        return ""
+    return f"{interval[0]:+.1f} % to {interval[1]:+.1f} %"
+
+
 def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> tuple[dict, int]:
     """3: seconds per span on the same spans (each sample's greedy trace): amortized (the worker's work)
     vs exhaustive ablation (K forward passes, batched as `evaluate` runs them) vs each gradient method."""
@@ -292,9 +300,8 @@ def format_perf(report: dict) -> str:
         f"(decode step {report['decode_step_s'] * 1e3:.2f} ms) |",
         "| overhead of single rounds (every prompt once), lowest – highest | "
         + " – ".join(f"{x:+.1f} %" for x in report["overhead_pct_rounds"]) + " |",
-        "| overhead, 95% interval (bootstrap over rounds) | "
-        + (" – ".join(f"{x:+.1f} %" for x in report["overhead_pct_ci95"])
-           if np.isfinite(report["overhead_pct_ci95"]).all() else "n/a (needs 3 rounds or more)") + " |",
+        f"| overhead, 95% interval (bootstrap over rounds) | "
+        f"{interval_text(report['overhead_pct_ci95']) or 'n/a (needs 3 rounds or more)'} |",
         f"| of which without the worker thread (capture, span splitting, attribution inline) | "
         f"{100 * (g['inline'] - g['plain']) / g['plain']:+.2f} % |",
         f"| median lag span end → event | {report['lag_s_median'] * 1e3:.3f} ms = {report['summary']['lag_decode_steps']:.3f} decode steps |",
