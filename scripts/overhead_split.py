@@ -2,7 +2,7 @@
 medians per prompt summed (the `vattr-bench perf` method, with more modes).
 
     python scripts/overhead_split.py [--rounds 6] [--modes plain,again,thread] [--device cuda] [--dtype bfloat16]
-                                     [--decoder 2048x24]
+                                     [--decoder 2048x24] [--busy-us 500]
 
 On vattr-tiny by default; with --decoder, a random decoder of that size (hidden width × layers, built and
 forced to write vattr-tiny's own traces as in scripts/perf_scaling.py) with a random estimator of the shipped
@@ -17,6 +17,12 @@ capture   + the attention-capture backend switched on (rows and lse kept)
 splitter  + the streamer: span splitting per token, each closed span's records handed over (not flushed)
 inline    + attribution of each span in the producer (stream_attributions(worker=False))
 thread    + the background worker thread (stream_attributions, the default)
+hold      asides, as "again" is: the splitter's streams with a worker thread that, instead of attributing,
+release   spins --busy-us µs a span — holding the interpreter lock (hold: a Python loop) or not (release:
+          hashlib's sha256 over a buffer sized to take as long, which runs without the lock). Does the
+          worker cost generation the lock, or a core? (--busy-us: by default a span's attribution time
+          measured in place, the median over inline streams of the prompts, once every token's head
+          directions are kept)
 
 Modes run in a rotating order per prompt and round. Each mode's wall time against plain comes with a 95%
 bootstrap interval over rounds (`vattr_bench.perf.overhead_interval`), and so does the calling (generating)
@@ -24,7 +30,10 @@ thread's CPU time (time.thread_time): what the producer itself spends, without t
 for the lock, or for a core the worker thread holds.
 """
 import argparse
+import hashlib
+import queue
 import statistics
+import threading
 import time
 from unittest import mock
 
@@ -39,7 +48,26 @@ from vattr_bench.perf import PerfConfig, interval_text, overhead_interval, prepa
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 MODES = {"plain": "plain", "again": "plain, again (A/A)", "explicit": "capture, explicit lse", "capture": "capture",
-         "splitter": "capture+splitter", "inline": "inline", "thread": "thread"}  # --modes key: row label
+         "splitter": "capture+splitter", "inline": "inline", "thread": "thread",
+         "hold": "busy worker, lock held", "release": "busy worker, lock released"}  # --modes key: row label
+ASIDES = ("again", "explicit", "hold", "release")  # not a step of the pipeline: each compared with plain only
+
+
+def busy_loops(seconds: float):
+    """Two callables that each keep a core busy for ~``seconds``: one holding the interpreter lock (a
+    Python loop), one releasing it (sha256 of a buffer sized here to take as long; hashlib drops the lock
+    for buffers over 2 KB)."""
+    def hold():
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    data = bytes(1 << 22)
+    start = time.perf_counter()
+    for _ in range(5):
+        hashlib.sha256(data).digest()
+    chunk = data[:max(4096, int(len(data) * seconds / ((time.perf_counter() - start) / 5)))]
+    return hold, lambda: hashlib.sha256(chunk).digest()
 
 
 def interval(seconds: list, plain: list) -> str:
@@ -54,6 +82,8 @@ def main():
     p.add_argument("--dtype", default=None, help="the model's dtype (default: as loaded, float32 for vattr-tiny)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from " + ",".join(MODES))
     p.add_argument("--decoder", default=None, help="a random decoder of this size (HIDDENxLAYERS) instead of vattr-tiny")
+    p.add_argument("--busy-us", type=float, default=None,
+                   help="hold/release: µs of busy work a span (default: a span's attribution time, measured in place)")
     a = p.parse_args()
     chosen = ["plain"] + [m for m in a.modes.split(",") if m != "plain"]
     if unknown := set(chosen) - set(MODES):
@@ -81,15 +111,42 @@ def main():
         with mock.patch.object(attention_capture, "_fused_fits", lambda *args: False):
             capture(prepared, regions)
 
-    def splitter(prepared, regions):
+    def splitter(prepared, regions, sink=lambda closed_span: None):
         with model.capture_visual_attention(prepared, **options) as c:
-            model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, lambda item: None))
+            model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, sink))
+
+    def busy_worker(work):
+        """The splitter's streams, each closed span handed to a worker thread that runs ``work``."""
+        def run(prepared, regions):
+            spans: queue.Queue = queue.Queue()
+
+            def consume():
+                for _ in iter(spans.get, None):
+                    work()
+            thread = threading.Thread(target=consume, daemon=True)
+            thread.start()
+            try:
+                splitter(prepared, regions, spans.put)
+            finally:
+                spans.put(None)
+                thread.join()
+        return run
 
     runs = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128),
             "again": lambda prepared, regions: model.generate_ids(prepared, 128),
             "explicit": capture_explicit, "capture": capture, "splitter": splitter,
             "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
             "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
+    if {"hold", "release"} & set(chosen):
+        def inline_spans():
+            return [e.attribution_s for item in items for e in stream_attributions(model, *item, estimator, 128, worker=False)]
+        if a.busy_us is not None:
+            busy_s = a.busy_us * 1e-6
+        else:
+            inline_spans()  # the first pass computes the head directions a process keeps
+            busy_s = statistics.median(inline_spans())
+        runs["hold"], runs["release"] = map(busy_worker, busy_loops(busy_s))
+        print(f"busy workers: {busy_s * 1e6:.0f} µs of work a span")
     modes = {MODES[m]: runs[m] for m in MODES if m in chosen}  # pipeline order, by label
     for run in modes.values():  # warm-up
         run(*items[0])
@@ -110,7 +167,7 @@ def main():
           "| mode | seconds | vs plain (95% interval) | step added | generating thread's CPU vs plain (95% interval) |\n"
           "|---|---|---|---|---|")
     previous = total["plain"]
-    asides = (MODES["again"], MODES["explicit"])  # no step of the pipeline: each is compared with plain only
+    asides = [MODES[m] for m in ASIDES]
     for name, t in total.items():
         step = "—" if name in asides else f"{100 * (t - previous) / total['plain']:+.1f}%"
         print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% {interval(wall[name], wall['plain'])} | "
