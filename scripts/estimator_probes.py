@@ -8,7 +8,9 @@ samples, traces, regions and masks `vattr-bench train-estimator --n-train n` use
 same way, then prints held-out r2 / LDS for: each training target; the estimator fitted on the held-out
 samples themselves (the linear map's capacity on these features); pooling variants (one of them each
 visual token's attention weighted by its value norm ‖W_O^h v_n‖, and the logit-weighted features, with
-and without the magnitude per token); feature transforms;
+and without the magnitude per token, and with the span's tokens weighted by 1 − p(y_t) or its square
+root instead of averaged — the share of a token's log-prob that a logit change can still move, since a
+knocked-out region can only lower an almost certain token's log-prob by little); feature transforms;
 and the estimator restricted to random subsets of the L·H heads (how r2 moves with the estimator's
 capacity — the model's head count is the lever `train-model --num-heads` exposes).
 
@@ -20,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vattr_bench.amortized import capture_trace, span_region_features
+from vattr_bench.amortized.features import logit_weighted_per_token, region_pool_matrix
 from vattr_bench.amortized.estimator import train_estimator
 from vattr_bench.amortized.train import heldout_scores, split_heldout
 from vattr_bench.benchmarks import resolve_families, synthetic_sample
@@ -27,10 +30,20 @@ from vattr_bench.models import load_model
 from vattr_bench.regions import ground_truth, make_regions
 
 
-def pooled(attention, spans, token_matrix, variant, vnorm=None, logit_values=None):
+TOKEN_WEIGHTS = {"logit-weighted, tokens by 1 - p": lambda p: 1 - p,
+                 "logit-weighted, tokens by sqrt(1 - p)": lambda p: np.sqrt(1 - p)}  # p = p(y_t), the model's
+
+
+def pooled(attention, spans, token_matrix, variant, vnorm=None, logit_values=None, logprobs=None):
     """(S, K, L·H) features under a pooling variant; "mean" is plain attention (span_region_features)."""
     if variant == "logit-weighted":  # the shipped estimator's features
         return span_region_features(attention, spans, token_matrix, "sum", logit_values=logit_values)
+    if variant in TOKEN_WEIGHTS:  # the shipped features with a weighted mean over the span's tokens
+        per_token = logit_weighted_per_token(attention, logit_values, region_pool_matrix(token_matrix)).astype(np.float64)
+        w = TOKEN_WEIGHTS[variant](np.exp(np.asarray(logprobs, dtype=np.float64))) + 1e-12  # (T,)
+        feats = [np.einsum("lhtk,t->klh", per_token[:, :, s.start:s.end], w[s.start:s.end] / w[s.start:s.end].sum())
+                 for s in spans]
+        return np.stack(feats).reshape(len(spans), token_matrix.shape[0], -1)
     if variant == "logit-weighted, signed":  # the same without the magnitude per token
         per_token = np.einsum("lhtn,kn->tklh", attention * logit_values.astype(np.float64), token_matrix.astype(np.float64))
         return np.stack([per_token[s.start:s.end].mean(0) for s in spans]).reshape(len(spans), token_matrix.shape[0], -1)
@@ -65,8 +78,9 @@ def main():
     probes = {"targets", "capacity", "pooling", "transforms", "heads"} if a.probes == "all" else set(a.probes.split(","))
     model = load_model(a.model)
     families = resolve_families("all")
-    variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted", "logit-weighted", "logit-weighted, signed")
-    examples = []
+    variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted", "logit-weighted", "logit-weighted, signed",
+                *TOKEN_WEIGHTS)
+    examples, certainty = [], []  # certainty: p(y_t) of every trace token
     for family in families:
         for i in tqdm(range(a.n // len(families)), desc=f"collect {family}"):
             sample = synthetic_sample(family, i, "estimator", 0)
@@ -81,8 +95,10 @@ def main():
                   "single_effects": truth.effects}
             vnorm = model.visual_value_norms(prepared)
             logit_values = capture_trace(model, prepared, trace.token_ids, logit_readout=True).logit_values(trace.token_ids)
-            ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm, logit_values) for v in variants})
+            ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm, logit_values, trace.logprobs)
+                       for v in variants})
             examples.append(ex)
+            certainty.append(np.exp(trace.logprobs))
     train, held = split_heldout(examples, 0.2, 0)
 
     def scores(key="mean", transform=None, targets="both", fit_on=None):
@@ -97,7 +113,9 @@ def main():
         r2, lds = (float(np.mean([r[m] for r in runs])) for m in ("r2", "lds"))
         print(f"| {label} | {r2:.3f} | {lds:.3f} |", flush=True)
 
-    print(f"held-out: {len(held)} samples; trained on {len(train)}\n")
+    quantiles = np.quantile(np.concatenate(certainty), [0.1, 0.5, 0.9])
+    print(f"held-out: {len(held)} samples; trained on {len(train)}; the model's p(y_t) over all their trace tokens, "
+          f"10% / 50% / 90% quantiles: {' / '.join(f'{q:.6f}' for q in quantiles)}\n")
     print("| probe | held-out r2 | held-out LDS |\n|---|---|---|")
     if "targets" in probes:
         for targets in ("subsets", "singles", "both"):
