@@ -1,4 +1,4 @@
-"""Probes behind the README's account of the amortized estimator's ceiling, on split "estimator" only
+"""Probes behind the account of the amortized estimator's ceiling (docs/estimator.md), on split "estimator" only
 (never the test samples): which Pearson targets to fit, whether more data or other pooling would help.
 
     python scripts/estimator_probes.py [--n 1000] [--model vattr-tiny]

@@ -1,4 +1,4 @@
-"""Four micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (README quotes them):
+"""Four micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (docs/performance.md quotes them):
 
     python scripts/stream_microbench.py [--rounds 15]
 

@@ -16,7 +16,7 @@
    pass); the row "amortized, first stream" times the same passes with none kept at the start. Those
    passes replay each stream's records, back to back; the row "amortized, in the stream" is the same work
    timed in place, each span's attribution between decode steps in (1)'s inline streams (each prompt's
-   best round, as the replayed rows take each stream's best pass) — dearer on vattr-tiny (README: perf).
+   best round, as the replayed rows take each stream's best pass) — dearer on vattr-tiny (docs/performance.md).
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
    length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
 """
