@@ -44,7 +44,7 @@ from perf_scaling import random_decoder_model, write_traces
 from vattr_bench.amortized import LinearEstimator, capture_options
 from vattr_bench.methods import load_method
 from vattr_bench.models import attention_capture, load_model
-from vattr_bench.perf import PerfConfig, interval_text, overhead_interval, prepare_items
+from vattr_bench.perf import PerfConfig, interval_text, overhead_interval, overhead_pct, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 MODES = {"plain": "plain", "again": "plain, again (A/A)", "explicit": "capture, explicit lse", "capture": "capture",
@@ -70,8 +70,10 @@ def busy_loops(seconds: float):
     return hold, lambda: hashlib.sha256(chunk).digest()
 
 
-def interval(seconds: list, plain: list) -> str:
-    return f"({interval_text(overhead_interval(seconds, plain)) or 'no interval below 3 rounds'})"
+def vs_plain(seconds: list, plain: list) -> str:
+    """perf's overhead statistic and its interval, for per-prompt lists of each round's seconds."""
+    text = interval_text(overhead_interval(seconds, plain)) or "no interval below 3 rounds"
+    return f"{overhead_pct(seconds, plain):+.1f}% ({text})"
 
 
 def main():
@@ -162,7 +164,6 @@ def main():
                 wall[name][i].append(time.perf_counter() - start)
                 cpu[name][i].append(time.thread_time() - start_cpu)
     total = {k: sum(statistics.median(x) for x in v) for k, v in wall.items()}
-    total_cpu = {k: sum(statistics.median(x) for x in v) for k, v in cpu.items()}
     print(f"{model.name} on {model.device} in {model.model.dtype}, {len(items)} prompts, {a.rounds} rounds\n\n"
           "| mode | seconds | vs plain (95% interval) | step added | generating thread's CPU vs plain (95% interval) |\n"
           "|---|---|---|---|---|")
@@ -170,8 +171,7 @@ def main():
     asides = [MODES[m] for m in ASIDES]
     for name, t in total.items():
         step = "—" if name in asides else f"{100 * (t - previous) / total['plain']:+.1f}%"
-        print(f"| {name} | {t:.3f} | {100 * (t / total['plain'] - 1):+.1f}% {interval(wall[name], wall['plain'])} | "
-              f"{step} | {100 * (total_cpu[name] / total_cpu['plain'] - 1):+.1f}% {interval(cpu[name], cpu['plain'])} |")
+        print(f"| {name} | {t:.3f} | {vs_plain(wall[name], wall['plain'])} | {step} | {vs_plain(cpu[name], cpu['plain'])} |")
         if name not in asides:
             previous = t
 
