@@ -12,7 +12,9 @@ and without the magnitude per token, and with the span's tokens weighted by 1 �
 root instead of averaged — the share of a token's log-prob that a logit change can still move, since a
 knocked-out region can only lower an almost certain token's log-prob by little); feature transforms;
 and the estimator restricted to random subsets of the L·H heads (how r2 moves with the estimator's
-capacity — the model's head count is the lever `train-model --num-heads` exposes).
+capacity — the model's head count is the lever `train-model --num-heads` exposes); and the shipped
+(logit-weighted) features restricted to heads chosen on the training samples (`select_heads`: what an
+estimator that may use only m heads keeps — the streaming worker's cost grows with the heads used).
 
     python scripts/estimator_probes.py --probes heads   # only that group
 """
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from vattr_bench.amortized import capture_trace, span_region_features
 from vattr_bench.amortized.features import logit_weighted_per_token, region_pool_matrix
-from vattr_bench.amortized.estimator import train_estimator
+from vattr_bench.amortized.estimator import select_heads, train_estimator
 from vattr_bench.amortized.train import heldout_scores, split_heldout
 from vattr_bench.benchmarks import resolve_families, synthetic_sample
 from vattr_bench.models import load_model
@@ -73,9 +75,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--model", default="vattr-tiny")
-    p.add_argument("--probes", default="all", help="comma-separated: targets, capacity, pooling, transforms, heads")
+    p.add_argument("--probes", default="all",
+                   help="comma-separated: targets, capacity, pooling, transforms, heads, selected")
     a = p.parse_args()
-    probes = {"targets", "capacity", "pooling", "transforms", "heads"} if a.probes == "all" else set(a.probes.split(","))
+    probes = {"targets", "capacity", "pooling", "transforms", "heads", "selected"} if a.probes == "all" else set(a.probes.split(","))
     model = load_model(a.model)
     families = resolve_families("all")
     variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted", "logit-weighted", "logit-weighted, signed",
@@ -101,11 +104,12 @@ def main():
             certainty.append(np.exp(trace.logprobs))
     train, held = split_heldout(examples, 0.2, 0)
 
-    def scores(key="mean", transform=None, targets="both", fit_on=None):
-        def view(exs):
-            return [dict(e, features=transform(e[key]) if transform else e[key]) for e in exs]
-        w = train_estimator(view(fit_on if fit_on is not None else train), targets=targets)
-        return heldout_scores(w, view(held))
+    def view(exs, key="mean", transform=None):
+        return [dict(e, features=transform(e[key]) if transform else e[key]) for e in exs]
+
+    def scores(key="mean", transform=None, targets="both", fit_on=None, heads=None):
+        w = train_estimator(view(fit_on if fit_on is not None else train, key, transform), targets=targets, heads=heads)
+        return heldout_scores(w, view(held, key, transform))
 
     def report(label, draws=None, **kwargs):
         """One table row; with ``draws`` (a list of kwargs), the mean over them."""
@@ -137,6 +141,17 @@ def main():
                 report(f"{k} of the {n_heads} heads (mean of 5 random subsets)",
                        draws=[{"transform": lambda f, c=c: f[..., c]} for c in subsets])
         report(f"all {n_heads} heads")
+    if "selected" in probes:  # the shipped features, heads chosen on the training samples only
+        n_heads, H = model.num_layers * model.num_heads, model.num_heads
+        rng = np.random.default_rng(0)
+        for k in (8, 16, 32):
+            chosen = select_heads(view(train, "logit-weighted"), k)
+            per_layer = np.bincount(chosen // H, minlength=model.num_layers)
+            report(f"logit-weighted, {k} heads chosen on the training samples (per layer {per_layer.tolist()})",
+                   key="logit-weighted", heads=chosen)
+            report(f"logit-weighted, {k} random heads (mean of 5 subsets)", key="logit-weighted",
+                   draws=[{"heads": np.sort(rng.choice(n_heads, k, replace=False))} for _ in range(5)])
+        report(f"logit-weighted, all {n_heads} heads", key="logit-weighted")
 
 
 if __name__ == "__main__":

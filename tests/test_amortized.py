@@ -46,6 +46,23 @@ def test_pearson_training_recovers_a_linear_truth_up_to_scale(targets):
         train_estimator(_planted_examples(w_true, 2, rng), targets="pairs")
 
 
+def test_head_selection_keeps_the_heads_the_effects_depend_on():
+    from vattr_bench.amortized.estimator import select_heads
+
+    rng = np.random.default_rng(2)
+    w_true = np.zeros(16)
+    w_true[[3, 9, 12]] = [1.0, -0.6, 0.4]  # the effects read three of sixteen heads
+    examples = _planted_examples(w_true, 30, rng)
+    chosen = select_heads(examples, 3)
+    assert chosen.tolist() == [3, 9, 12]
+    w = train_estimator(examples, targets="both", heads=chosen)
+    assert w.shape == (16,) and np.count_nonzero(w) == 3
+    feats = rng.random((50, 16))
+    assert np.corrcoef(feats @ w, feats @ w_true)[0, 1] > 0.99
+    with pytest.raises(ValueError, match="cannot keep 17 of 16 heads"):
+        select_heads(examples, 17)
+
+
 def test_cross_family_transfer_is_scored_on_the_held_out_family():
     from vattr_bench.amortized.train import format_transfer, transfer_scores
 
@@ -75,6 +92,17 @@ def test_estimator_file_round_trip_and_mismatch(tmp_path):
         LinearEstimator.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="features have 3 dims"):
         est.predict(np.zeros((1, 2, 3)))
+    # an estimator using some heads: listed in meta, every other weight 0, or loading says what is wrong
+    for heads, weights, problem in (([0, 2], [1.0, 0.0, -2.0, 0.0], None),
+                                    ([2, 0], [1.0, 0.0, -2.0, 0.0], "sorted distinct indices below 4"),
+                                    ([0, 4], [1.0, 0.0, 0.0, 0.0], "sorted distinct indices below 4"),
+                                    ([0, 2], [1.0, 0.5, -2.0, 0.0], "1 weights outside its 'heads' are not 0")):
+        LinearEstimator(np.array(weights), 0.0, {"heads": heads}).save(tmp_path / "h.json")
+        if problem is None:
+            assert LinearEstimator.load(tmp_path / "h.json").meta["heads"] == heads
+        else:
+            with pytest.raises(ValueError, match=problem):
+                LinearEstimator.load(tmp_path / "h.json")
 
 
 def test_shipped_estimator_refuses_another_protocol(tiny):
@@ -112,6 +140,17 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     ctx = AttributionContext(model, s, prepared, model.generate(prepared, max_new_tokens=128), regions, "knockout")
     scores = Amortized(str(out)).attribute(ctx)
     assert scores.shape == (len(ctx.trace.spans), 16) and np.isfinite(scores).all()
+    # an estimator of 8 heads chosen on the training samples: the others' weights 0, all-heads scores kept beside
+    few = tmp_path / "few.json"
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "8", "--output", str(few)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out with all 64 heads" in out and "8 heads chosen on the training samples" in out
+    pruned = LinearEstimator.load(few)
+    assert len(pruned.meta["heads"]) == 8 and np.flatnonzero(pruned.weights).tolist() == pruned.meta["heads"]
+    assert {"r2", "lds"} <= set(pruned.meta["heldout_all_heads"])
+    assert np.isfinite(Amortized(str(few)).attribute(ctx)).all()
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few)]) == 2
+    assert "--heads 64: choose from 1 to 63" in capsys.readouterr().err
 
 
 def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_path):

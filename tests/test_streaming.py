@@ -98,17 +98,24 @@ def test_stream_on_the_paper_architectures_equals_offline(arch, on_device, monke
     eager = model.attention_to_visual(prepared, trace.token_ids, eager=True)
     value_norms = value_norms_the_long_way(model, prepared)
     logit_values = logit_values_the_long_way(model, prepared, trace.token_ids)
-    for pool, features in (("sum", "attention"), ("mean", "attention"), ("sum", "value-weighted"),
-                           ("sum", "logit-weighted"), ("mean", "logit-weighted")):
-        estimator = LinearEstimator(rng.normal(size=model.num_layers * model.num_heads), 0.3,
-                                    {"region_pool": pool, "features": features})
+    some = [1, 2, 4, 7]  # an estimator using some heads only: both query heads of a kv head, and one alone
+    cases = [("sum", "attention", None), ("mean", "attention", None), ("sum", "value-weighted", None),
+             ("sum", "logit-weighted", None), ("mean", "logit-weighted", None),
+             ("sum", "attention", some), ("sum", "value-weighted", some), ("sum", "logit-weighted", some)]
+    for pool, features, heads in cases:
+        weights = rng.normal(size=model.num_layers * model.num_heads)
+        meta = {"region_pool": pool, "features": features}
+        if heads is not None:
+            weights[np.setdiff1d(np.arange(len(weights)), heads)] = 0
+            meta["heads"] = heads
+        estimator = LinearEstimator(weights, 0.3, meta)
         events = stream_attributions(model, prepared, regions, estimator, max_new_tokens=10)
         assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
         offline = estimator.predict(span_region_features(
             eager, trace.spans, regions.token_matrix, pool, value_norms if features == "value-weighted" else None,
             logit_values if features == "logit-weighted" else None))
         np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
-    assert len(device_spans) == (5 * len(trace.spans) if on_device else 0)  # the torch path did the work
+    assert len(device_spans) == (len(cases) * len(trace.spans) if on_device else 0)  # the torch path did the work
 
 
 @torch.no_grad()

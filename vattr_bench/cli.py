@@ -106,7 +106,7 @@ def _cmd_train_estimator(args) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
-        targets=args.targets, transfer=args.transfer, features=args.features)
+        targets=args.targets, transfer=args.transfer, features=args.features, n_heads=args.heads)
     return 0
 
 
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
     te.add_argument("--transfer", action="store_true",
                     help="also report cross-family transfer (train on the other families, test on each)")
+    te.add_argument("--heads", type=int, default=None,
+                    help="use only this many heads, chosen on the training samples: streaming computes those "
+                         "alone, so each span costs less (default: all L·H)")
     te.add_argument("--seed", type=int, default=0)
     _add_device(te)
     te.set_defaults(func=_cmd_train_estimator)

@@ -25,63 +25,79 @@ class SpanAttributor:
     VisualAttentionCapture.rows): the streaming worker calls it from its own thread, with numpy's BLAS held
     to one thread (`streaming.one_blas_thread`) so that it stays off the cores generation uses. For a
     capture on an accelerator (``capture.on_device``) the same computation in torch there, in float32;
-    only the (K,) scores come back."""
+    only the (K,) scores come back.
+    An estimator that uses some heads only (``meta["heads"]``) reads a capture opened for those
+    (`capture_options`), so the weights, logit rows and products are computed for those heads alone."""
 
     def __init__(self, capture, regions: Regions, estimator: LinearEstimator):
         self.capture = capture
-        self.weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
+        heads = getattr(capture, "heads", None)
+        if (heads is None) != (estimator.meta.get("heads") is None) or \
+                (heads is not None and list(heads) != list(estimator.meta["heads"])):
+            raise ValueError("the capture must read the heads the estimator uses: open it with "
+                             "capture_options(estimator.meta)")
+        weights = np.asarray(estimator.weights, dtype=np.float64)  # (L·H,)
+        self.n_heads = len(weights)  # L·H
+        self.heads = heads
+        self.weights = weights if heads is None else weights[heads]  # (F,): one per head read
         self.bias = estimator.bias
         self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
         self.pool32 = self.pool.astype(np.float32)  # for float32 captures' products
         self.kind = feature_kind(estimator.meta)
-        self._per_token = None  # (L·H, N) c_lh,n, at the first span (the prompt has run by then)
+        self._per_token = None  # (F, N) c_lh,n, at the first span (the prompt has run by then)
         self._device_factors = None  # (c or w, pool) as float32 tensors on the capture's device, at its first span
 
     def __call__(self, start: int, end: int, token_ids=None) -> np.ndarray:
         """(K,) scores of the span of trace tokens [start, end); ``token_ids``, the span's tokens, only
         logit-weighted features need."""
-        rows = self.capture.weights(start, end)  # (L, H, n, N)
-        L, H, n, N = rows.shape
-        if L * H != len(self.weights):
-            raise ValueError(f"the model has {L}×{H} attention heads, the estimator {len(self.weights)} weights")
+        rows = self.capture.weights(start, end)  # (L, H, n, N), or (F, n, N) for the heads read
+        n, N = rows.shape[-2:]
+        if self.heads is None and rows.shape[0] * rows.shape[1] != self.n_heads:
+            raise ValueError(f"the model has {rows.shape[0]}×{rows.shape[1]} attention heads, the estimator "
+                             f"{self.n_heads} weights")
+        F = len(self.weights)
+        rows = rows.reshape(F, n, N)
         if self.kind == "logit-weighted" and (token_ids is None or len(token_ids) != n):
             raise ValueError(f"logit-weighted features need the span's {n} token ids, got "
                              f"{None if token_ids is None else len(token_ids)}")
         if isinstance(rows, torch.Tensor):
             return self._scores_on_device(rows, token_ids)
         if self.kind == "logit-weighted":
-            per_token = logit_weighted_per_token(rows, self.capture.logit_values(token_ids), self.pool32)  # (L, H, n, K)
+            logit_values = self.capture.logit_values(token_ids).reshape(F, n, N)
+            per_token = logit_weighted_per_token(rows, logit_values, self.pool32)  # (F, n, K)
             # the mean over the span's tokens folded into the weights: Σ_lh w_lh Σ_t f_lh,t / n, one product
-            return (np.repeat(self.weights / n, n) @ per_token.reshape(L * H * n, -1)) + self.bias
+            return (np.repeat(self.weights / n, n) @ per_token.reshape(F * n, -1)) + self.bias
         if self._per_token is None:
-            self._per_token = self._visual_token_weights(L * H, N).astype(np.float32)
+            self._per_token = self._visual_token_weights(N).astype(np.float32)
         # Σ_lh Σ_t c_lh,n a_lh,t,n in one float32 pass (~1e-7 relative here; float64 cost 2× the time)
-        per_visual_token = np.einsum("htn,hn->n", rows.reshape(L * H, n, N), self._per_token)
+        per_visual_token = np.einsum("htn,hn->n", rows, self._per_token)
         return self.pool @ (per_visual_token / n) + self.bias
 
-    def _visual_token_weights(self, heads: int, n_visual: int) -> np.ndarray:
-        """(L·H, N) float64 c_lh,n = w_lh, or w_lh·‖W_O^h v_n‖ for value-weighted features (attention and
-        value-weighted kinds; read once the prompt has run)."""
-        norms = self.capture.value_norms.reshape(heads, n_visual) if self.kind == "value-weighted" else 1.0
-        return self.weights[:, None] * np.broadcast_to(norms, (heads, n_visual))
+    def _visual_token_weights(self, n_visual: int) -> np.ndarray:
+        """(F, N) float64 c_lh,n = w_lh, or w_lh·‖W_O^h v_n‖ for value-weighted features, for the heads read
+        (attention and value-weighted kinds; read once the prompt has run)."""
+        if self.kind != "value-weighted":
+            return self.weights[:, None] * np.ones(n_visual)
+        norms = self.capture.value_norms.reshape(self.n_heads, n_visual)
+        return self.weights[:, None] * (norms if self.heads is None else norms[self.heads])
 
     @torch.no_grad()
     def _scores_on_device(self, rows: torch.Tensor, token_ids) -> np.ndarray:
         """`__call__`'s computation in torch on the rows' device: a handful of kernels, then (K,) to the host."""
-        L, H, n, N = rows.shape
+        F, n, N = rows.shape
         if self._device_factors is None:
             weights = torch.as_tensor(self.weights, dtype=torch.float32, device=rows.device)
             if self.kind == "logit-weighted":
                 per_token = weights
             else:
-                per_token = torch.as_tensor(self._visual_token_weights(L * H, N), dtype=torch.float32, device=rows.device)
+                per_token = torch.as_tensor(self._visual_token_weights(N), dtype=torch.float32, device=rows.device)
             self._device_factors = per_token, torch.as_tensor(self.pool32, device=rows.device)
         per_token, pool = self._device_factors
         if self.kind == "logit-weighted":
-            weighted = (rows * self.capture.logit_values(token_ids)).reshape(-1, N) @ pool.T  # (L·H·n, K)
-            scores = (per_token / n) @ weighted.abs_().reshape(L * H, n, -1).sum(1)
+            weighted = (rows * self.capture.logit_values(token_ids).reshape(F, n, N)).reshape(-1, N) @ pool.T  # (F·n, K)
+            scores = (per_token / n) @ weighted.abs_().reshape(F, n, -1).sum(1)
         else:
-            scores = pool @ (torch.einsum("htn,hn->n", rows.reshape(L * H, n, N), per_token) / n)
+            scores = pool @ (torch.einsum("htn,hn->n", rows, per_token) / n)
         return scores.double().cpu().numpy() + self.bias
 
 

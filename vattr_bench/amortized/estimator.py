@@ -8,7 +8,9 @@ for the saved format's sake (and is 0).
 
 Saved format (JSON, documented in README): {"format": "vattr-bench/linear-estimator", "version": 1,
 "weights": [L·H floats, layer-major], "bias": float, "meta": {model, num_layers, num_heads, regions, k,
-ablation, region_pool, features, n_train, seed, heldout}}; ``features`` is "attention" where absent.
+ablation, region_pool, features, n_train, seed, heldout}}; ``features`` is "attention" where absent;
+``heads`` (optional: sorted layer-major indices) for an estimator that uses only those heads (its other
+weights are 0), which the streaming worker then computes alone (`select_heads`).
 """
 from __future__ import annotations
 
@@ -37,6 +39,21 @@ class LinearEstimator:
             raise ValueError(f"features have {features.shape[-1]} dims, the estimator {len(self.weights)} (L·H)")
         return features @ self.weights + self.bias
 
+    def check_heads(self, where="the estimator") -> None:
+        """``meta["heads"]``, where given, must be sorted distinct indices of its weights, and every weight
+        outside them 0: the streaming worker computes those heads only."""
+        heads = self.meta.get("heads")
+        if heads is None:
+            return
+        index = np.asarray(heads)
+        if (index.ndim != 1 or len(index) == 0 or not np.issubdtype(index.dtype, np.integer)
+                or np.any(np.diff(index) <= 0) or index[0] < 0 or index[-1] >= len(self.weights)):
+            raise ValueError(f"{where}: meta 'heads' must be sorted distinct indices below {len(self.weights)}, "
+                             f"got {heads!r}")
+        outside = np.delete(self.weights, index)
+        if np.any(outside != 0):
+            raise ValueError(f"{where}: {np.count_nonzero(outside)} weights outside its 'heads' are not 0")
+
     def save(self, path: Path) -> None:
         payload = {"format": FORMAT, "version": 1, "weights": [float(w) for w in self.weights],
                    "bias": float(self.bias), "meta": self.meta}
@@ -52,6 +69,7 @@ class LinearEstimator:
             raise ValueError(f"{path} is not a vattr-bench linear estimator")
         est = cls(np.asarray(payload["weights"], dtype=np.float64), float(payload["bias"]), payload["meta"])
         feature_kind(est.meta)  # a kind this version cannot compute fails here, not mid-run
+        est.check_heads(path)
         if expect:
             wrong = {k: (est.meta.get(k), v) for k, v in expect.items() if k in MATCH_KEYS and est.meta.get(k) != v}
             if wrong:
@@ -94,15 +112,22 @@ def _span_rows(examples: list[dict], targets: str):
 
 
 def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, seed: int = 0,
-                    targets: str = "both") -> np.ndarray:
+                    targets: str = "both", heads: np.ndarray | None = None) -> np.ndarray:
     """``examples``: dicts with "features" (S, K, F), "masks" (M, K) bool, "subset_effects" (M, S) and
     "single_effects" (S, K). Returns w (F,) maximising the mean per-span Pearson between the predicted
     and true effects: of random region subsets (Σ_k v_k w·f_{S,k} vs Δ(S, v)), of single regions
-    (w·f_{S,k} vs Δ_k(S)), or both (the two means averaged)."""
+    (w·f_{S,k} vs Δ_k(S)), or both (the two means averaged). With ``heads`` (indices into F), only those
+    features are fitted; the others' weights are 0."""
     import torch
 
     if targets not in TARGETS:
         raise ValueError(f"unknown estimator targets {targets!r}; choose from {TARGETS}")
+    if heads is not None:
+        n_features = examples[0]["features"].shape[-1]
+        sub = train_estimator([dict(ex, features=ex["features"][..., heads]) for ex in examples], epochs, lr, seed, targets)
+        w = np.zeros(n_features)
+        w[heads] = sub
+        return w
     torch.manual_seed(seed)
     groups = _span_rows(examples, targets)
     if not groups:
@@ -123,3 +148,21 @@ def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, s
         loss.backward()
         opt.step()
     return (w.detach() / scale).numpy()
+
+
+def select_heads(examples: list[dict], n_heads: int, seed: int = 0, targets: str = "both") -> np.ndarray:
+    """The ``n_heads`` features (heads) an estimator keeps when it may use only that many, chosen on
+    ``examples`` alone: fit on the heads still in, drop the less important half (|w_h| times the spread of
+    f_h over every (span, region)), fit again, until ``n_heads`` are left. Sorted indices into F. The
+    streaming worker's cost grows with the heads an estimator uses (`SpanAttributor` computes no others)."""
+    n_features = examples[0]["features"].shape[-1]
+    if not 1 <= n_heads <= n_features:
+        raise ValueError(f"cannot keep {n_heads} of {n_features} heads")
+    spread = np.concatenate([ex["features"].reshape(-1, n_features) for ex in examples]).std(0)
+    kept = np.arange(n_features)
+    while len(kept) > n_heads:
+        w = train_estimator(examples, seed=seed, targets=targets, heads=kept)
+        importance = np.abs(w[kept]) * spread[kept]
+        keep = max(n_heads, len(kept) // 2)
+        kept = np.sort(kept[np.argsort(-importance, kind="stable")[:keep]])
+    return kept

@@ -36,7 +36,10 @@ def capture_options(meta: dict) -> dict:
     """What a model's attention capture must keep for an estimator's features (keyword arguments of
     `capture_visual_attention`)."""
     kind = feature_kind(meta)
-    return {"value_norms": kind == "value-weighted", "logit_readout": kind == "logit-weighted"}
+    options = {"value_norms": kind == "value-weighted", "logit_readout": kind == "logit-weighted"}
+    if meta.get("heads") is not None:  # an estimator that uses some heads only: the reads cover those
+        options["heads"] = meta["heads"]
+    return options
 
 
 def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:

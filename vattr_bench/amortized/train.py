@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from ..benchmarks import resolve_families, synthetic_sample
 from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
-from .estimator import LinearEstimator, train_estimator
+from .estimator import LinearEstimator, select_heads, train_estimator
 from .attributor import trace_features
 from .features import feature_kind
 
@@ -57,17 +57,27 @@ def split_heldout(examples: list[dict], fraction: float, seed: int) -> tuple[lis
     return [examples[i] for i in order[n_held:]], [examples[i] for i in order[:n_held]]
 
 
-def transfer_scores(train: list[dict], held: list[dict], seed: int = 0, targets: str = "both") -> dict:
+def fit(train: list[dict], seed: int = 0, targets: str = "both",
+        n_heads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(weights, heads): the estimator fitted on ``train``; with ``n_heads``, on that many heads chosen on
+    ``train`` alone (`select_heads`), else on all (heads None)."""
+    heads = None if n_heads is None else select_heads(train, n_heads, seed, targets)
+    return train_estimator(train, seed=seed, targets=targets, heads=heads), heads
+
+
+def transfer_scores(train: list[dict], held: list[dict], seed: int = 0, targets: str = "both",
+                    n_heads: int | None = None) -> dict:
     """Cross-family transfer, as the paper reports it: for each family F, an estimator trained on the
-    other families only vs one trained on all, both scored on the same held-out samples of F."""
+    other families only vs one trained on all, both scored on the same held-out samples of F (with
+    ``n_heads``, each chooses its heads on its own training samples)."""
     families = sorted({ex["family"] for ex in held})
-    everything = train_estimator(train, seed=seed, targets=targets)
+    everything, _ = fit(train, seed, targets, n_heads)
     table = {}
     for family in families:
         others = [ex for ex in train if ex["family"] != family]
         mine = [ex for ex in held if ex["family"] == family]
         inside = heldout_scores(everything, mine)
-        outside = heldout_scores(train_estimator(others, seed=seed, targets=targets), mine)
+        outside = heldout_scores(fit(others, seed, targets, n_heads)[0], mine)
         table[family] = {"in_family_r2": inside["r2"], "transfer_r2": outside["r2"],
                          "in_family_lds": inside["lds"], "transfer_lds": outside["lds"],
                          "retained_r2": outside["r2"] / inside["r2"] if inside["r2"] > 0 else float("nan")}
@@ -85,24 +95,38 @@ def format_transfer(table: dict) -> str:
 
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
-        transfer=False, features="logit-weighted", log=print) -> LinearEstimator:
+        transfer=False, features="logit-weighted", n_heads: int | None = None, log=print) -> LinearEstimator:
+    """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
+    the streaming worker's cost per span shrinks with them; the held-out scores with all heads are
+    printed and kept beside its own."""
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
     feature_kind({"features": features})  # an unknown kind fails before the long collection
+    all_heads = model.num_layers * model.num_heads
+    if n_heads is not None and not 1 <= n_heads < all_heads:
+        raise ValueError(f"--heads {n_heads}: choose from 1 to {all_heads - 1} ({model.name} has {all_heads} heads; "
+                         "leave it out for all)")
     examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
                                 n_subsets, region_pool, features)
     train, held = split_heldout(examples, heldout_fraction, seed)
-    weights = train_estimator(train, seed=seed, targets=targets)
+    weights, heads = fit(train, seed, targets, n_heads)
     scores = heldout_scores(weights, held)
-    log(f"held-out ({len(held)} samples, {scores['n_spans']} spans): r2 {scores['r2']:.3f}  "
+    if heads is not None:
+        every = heldout_scores(train_estimator(train, seed=seed, targets=targets), held)
+        log(f"held-out with all {all_heads} heads: r2 {every['r2']:.3f}  pearson {every['pearson']:.3f}  "
+            f"lds {every['lds']:.3f}")
+    log(f"held-out ({len(held)} samples, {scores['n_spans']} spans"
+        f"{'' if heads is None else f'; {len(heads)} heads chosen on the training samples'}): r2 {scores['r2']:.3f}  "
         f"pearson {scores['pearson']:.3f}  lds {scores['lds']:.3f}")
     meta = {"model": model_name, "num_layers": model.num_layers, "num_heads": model.num_heads, "regions": regions,
             "k": k, "ablation": ablation, "region_pool": region_pool, "features": features, "targets": targets, "n_train": len(train),
             "n_heldout": len(held), "split": "estimator", "seed": seed, "n_subsets": n_subsets,
             "benchmarks": families, "heldout": scores}
+    if heads is not None:
+        meta.update(heads=heads.tolist(), heldout_all_heads=every)
     if transfer:
-        meta["transfer"] = transfer_scores(train, held, seed, targets)
+        meta["transfer"] = transfer_scores(train, held, seed, targets, n_heads)
         log(format_transfer(meta["transfer"]))
     est = LinearEstimator(weights, 0.0, meta)
     est.save(output)

@@ -61,6 +61,11 @@ class VisualAttentionCapture:
     return such tensors, so the per-span work runs there and only a span's (K,) scores come to the host
     (`SpanAttributor`). Off, everything is float32 numpy on the host: the CPU's path, and on a GPU one
     device-to-host copy per run of steps. `attention` returns numpy either way.
+
+    ``heads`` (layer-major indices into the L·H heads; an estimator that uses only those, `select_heads`):
+    the per-span reads `weights` and `logit_values` cover those heads only and return (m, …) arrays, one
+    row per head in the given order, where all heads give (L, H, …). Rows are still recorded for every head
+    (the flush copies whole calls); what shrinks is the products, exponentials and logit rows per span.
     """
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever the rows not released (`release`) outgrow them
@@ -71,7 +76,7 @@ class VisualAttentionCapture:
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
                  value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None,
-                 on_device: bool = False):
+                 on_device: bool = False, heads=None):
         """``value_grams``: per layer, the (H, d, d) W_O^hᵀW_O^h of `o_proj_gram`, for ‖W_O^h v_n‖ (the
         value-weighted features' factor, `value_norms`); ``readout``: what `logit_values` reads the visual
         values with (the logit-weighted features). Given either, the capture also keeps the visual values."""
@@ -104,6 +109,10 @@ class VisualAttentionCapture:
         self._values_t: np.ndarray | None = None  # (L·H, d, N), for the logit rows, built at their first read
         self._logit_table: np.ndarray | None = None  # (L·H, capacity, N): `logit_values` rows, one slot per token
         self._logit_slot: dict[int, int] = {}  # token id -> its slot in the table
+        self.heads = None if heads is None else np.asarray(heads, dtype=np.int64)
+        if self.heads is not None and (self.heads.ndim != 1 or len(self.heads) == 0):
+            raise ValueError(f"heads: a non-empty list of head indices, got {heads!r}")
+        self._head_reads = None  # with `heads`: (row index, K_vis, scale, values' kv index), at the first read
 
     # -- called from inside the attention backend --------------------------------------------------
     def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float,
@@ -203,22 +212,48 @@ class VisualAttentionCapture:
         return self._rows[:, :, first - self._row0:last - self._row0]
 
     def weights(self, first: int = 0, last: int | None = None) -> Array:
-        """(L, H, r, N) attention weights of flushed rows [first, last) to the visual tokens,
-        exp((q·k − lse/scale)·scale): one product of each row and its lse with the visual keys and their row
-        of −1/scale, one multiply, one exp — as exact as the product, scale and lse subtraction it replaced
-        (6–14e-6 from the same rows in float64 either way, one sample per family, one-off). On the host numpy
-        only: the streaming worker calls this from its own thread, where torch ops would start a second
-        OpenMP pool competing with generation for the cores."""
-        scores = _grouped_matmul(self._row_range(first, last), self._visual_keys_t())
-        # the scale after the product, not folded into K_vis: folded, a generated and a teacher-forced
-        # capture of the same trace differed by 1.5e-5 on a weight near 1 (scores reach tens)
-        scores *= self._scale
+        """(L, H, r, N) (or (m, r, N) for `heads`) attention weights of flushed rows [first, last) to the
+        visual tokens, exp((q·k − lse/scale)·scale): one product of each row and its lse with the visual keys
+        and their row of −1/scale, one multiply, one exp — as exact as the product, scale and lse subtraction
+        it replaced (6–14e-6 from the same rows in float64 either way, one sample per family, one-off). On
+        the host numpy only: the streaming worker calls this from its own thread, where torch ops would
+        start a second OpenMP pool competing with generation for the cores."""
+        rows = self._row_range(first, last)
+        if self.heads is None:
+            scores = _grouped_matmul(rows, self._visual_keys_t())
+            # the scale after the product, not folded into K_vis: folded, a generated and a teacher-forced
+            # capture of the same trace differed by 1.5e-5 on a weight near 1 (scores reach tens)
+            scores *= self._scale
+        else:  # the heads read only: their rows gathered, each against its own kv head's keys
+            index, keys, scale, _ = self._heads_read()
+            scores = rows.reshape(-1, *rows.shape[2:])[index] @ keys
+            scores *= scale
         return scores.exp_() if self.on_device else np.exp(scores, out=scores)
+
+    def _heads_read(self):
+        """With `heads`: their index (as this capture's kind), their kv heads' K_vis (m, d + 1, N) and scale
+        (m, 1, 1), and the kv index of each (for the values), built once: m rows of K_vis are copied, as
+        many as the heads read (the all-heads path shares each kv head's among its group instead)."""
+        if self._head_reads is None:
+            keys_t = self._visual_keys_t()  # (L, H_kv, d + 1, N)
+            L, kv_heads = keys_t.shape[:2]
+            H = kv_heads * self._groups
+            if self.heads.min() < 0 or self.heads.max() >= L * H:
+                raise ValueError(f"heads {self.heads.tolist()} outside the model's {L}×{H} = {L * H}")
+            layer, head = np.divmod(self.heads, H)
+            kv = layer * kv_heads + head // self._groups
+            index, kv_index = (torch.as_tensor(i, device=self._device) for i in (self.heads, kv)) if self.on_device \
+                else (self.heads, kv)
+            keys = keys_t.reshape(L * kv_heads, *keys_t.shape[2:])[kv_index]
+            scale = self._array(np.asarray(self.scale, dtype=np.float32)[layer].reshape(-1, 1, 1))
+            self._head_reads = index, keys, scale, kv_index
+        return self._head_reads
 
     def clear_reads(self) -> None:
         """Forget what reads built from the prompt (K_vis, values, value norms, logit rows); the next read
         builds it again. `perf` times a stream's whole worker work with it."""
         self._keys_t = self._values = self._value_norms = self._values_t = self._logit_table = None
+        self._head_reads = None
         self._logit_slot = {}
 
     def _prompt_rows(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
@@ -266,9 +301,10 @@ class VisualAttentionCapture:
         return self._value_norms
 
     def logit_values(self, token_ids) -> Array:
-        """(L, H, n, N) u_tᵀ W_O^h v_n: how far head h, reading visual token n, pushes the logit of token y_t
-        (u_t: y_t's unembedding row times the final norm's gain — the direct path, the norm's scale left
-        out) for the tokens ``token_ids`` that a run of rows predicts. On the host numpy only, as `weights`.
+        """(L, H, n, N) (or (m, n, N) for `heads`) u_tᵀ W_O^h v_n: how far head h, reading visual token n,
+        pushes the logit of token y_t (u_t: y_t's unembedding row times the final norm's gain — the direct
+        path, the norm's scale left out) for the tokens ``token_ids`` that a run of rows predicts. On the
+        host numpy only, as `weights`.
 
         A token's row depends on the prompt only, so each is computed once per capture, all of a call's new
         tokens in one product, into a table gathered from per call (one `np.take`, contiguous). The table
@@ -285,8 +321,8 @@ class VisualAttentionCapture:
             rows = self._logit_rows_some_not_kept(token_ids)
         else:
             rows = np.take(self._logit_table, slots, axis=1) if isinstance(self._logit_table, np.ndarray) \
-                else self._logit_table[:, slots]  # (L·H, n, N)
-        return rows.reshape(self.num_layers, -1, *rows.shape[1:])
+                else self._logit_table[:, slots]  # (L·H, n, N), or (m, n, N) for `heads`
+        return rows if self.heads is not None else rows.reshape(self.num_layers, -1, *rows.shape[1:])
 
     def _logit_rows(self, token_ids: list, out=None) -> Array:
         """(L·H, m, N) rows of ``token_ids``, into ``out`` where given."""
@@ -297,6 +333,13 @@ class VisualAttentionCapture:
         kv_heads, d, _ = self._values_t.shape  # L·H_kv
         m, LH = len(token_ids), kv_heads * self._groups
         per_head = self._array(self.readout.head_directions(token_ids)).reshape(m, LH, d).swapaxes(0, 1)  # (L·H, m, d)
+        if self.heads is not None:  # the heads read only, each against its own kv head's values
+            index, _, _, kv_index = self._heads_read()
+            rows = per_head[index] @ self._values_t[kv_index]
+            if out is None:
+                return rows
+            out[...] = rows
+            return out
         if out is not None and self._groups == 1 and not self.on_device:
             return np.matmul(per_head, self._values_t, out=out)  # straight into the table's slots
         rows = _grouped_matmul(per_head, self._values_t)
@@ -309,6 +352,7 @@ class VisualAttentionCapture:
         """Table slots for as many of ``token_ids`` as LOGIT_TABLE_BYTES leaves room for."""
         values = self._visual_values()  # (L, H_kv, N, d)
         LH, N = values.shape[0] * values.shape[1] * self._groups, values.shape[2]
+        LH = LH if self.heads is None else len(self.heads)
         max_slots = max(self.LOGIT_TABLE_BYTES // (LH * N * 4), 1)  # float32 slots
         first = len(self._logit_slot)
         token_ids = token_ids[:max_slots - first]
@@ -338,7 +382,8 @@ class VisualAttentionCapture:
         return rows
 
     def attention(self, n_rows: int | None = None) -> np.ndarray:
-        """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default), as numpy."""
+        """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default), as numpy ((m, T, N)
+        for `heads`)."""
         return _numpy(self.weights(0, n_rows))
 
     # -- the buffers' kind: float32 numpy on the host, or float32 torch on the rows' device ------------

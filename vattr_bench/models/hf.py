@@ -238,19 +238,20 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @contextmanager
     def capture_visual_attention(self, prepared, first_row: int | None = None, value_norms: bool = False,
-                                 logit_readout: bool = False, on_device: bool | None = None):
+                                 logit_readout: bool = False, on_device: bool | None = None, heads=None):
         """While active, every forward of this model records each decoder query row at position ≥
         ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
         visual keys once (and, with ``value_norms``, ‖W_O^h v_n‖ of the visual tokens; with
         ``logit_readout``, what `logit_values` needs); see attention_capture. ``on_device`` (default: when
-        the model is on an accelerator) keeps the rows there and reads them there. Yields the capture."""
+        the model is on an accelerator) keeps the rows there and reads them there; ``heads``: the per-span
+        reads cover only those (layer-major indices). Yields the capture."""
         decoder = self._decoder
         layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
         grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
                                          prepared.prompt_length - 1 if first_row is None else first_row, grams,
                                          self.logit_readout() if logit_readout else None,
-                                         self._on_accelerator if on_device is None else on_device)
+                                         self._on_accelerator if on_device is None else on_device, heads)
         # the decoder only (the vision tower keeps its kernel), and only if it is not on the backend already
         previous = decoder.config._attn_implementation
         if previous != CAPTURE_BACKEND:
