@@ -3,7 +3,7 @@ L·H and the visual tokens (and, for logit-weighted features, with L·hidden² p
 not seen yet: its head directions, kept per model), ablation and gradients pay for whole forward/backward
 passes.
 
-    python scripts/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1] [--device cuda]
+    python scripts/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1] [--device cuda] [--heads 16]
 
 For each size (decoder hidden width × layers, 16 heads, MLP 3× wide), a Llava model with vattr-tiny's
 vision tower config, tokenizer and processor and a decoder of that size with random weights. Random
@@ -11,7 +11,8 @@ weights do not write sentences, so every model is made to write vattr-tiny's own
 prompt (a logits processor forces the next token, in every mode alike): spans then close where they
 do for the real model, and every row is timed on the same tokens and spans. The estimator is random
 too: its values do not change its cost, its feature kind does (`--features`, the shipped kind by
-default). Measured with perf's own functions, one run per size: the streaming overhead and lag
+default), and so does how many heads it uses (`--heads m`: m random ones, as an estimator trained with
+`train-estimator --heads m` uses m; default all). Measured with perf's own functions, one run per size: the streaming overhead and lag
 (interleaved rounds, medians) and the cost per span of amortized, exhaustive ablation and
 input×gradient (perf's fastest gradient baseline); for logit-weighted features also amortized in a
 process's first stream (no head directions kept yet), and timed in place in the inline streams (perf's
@@ -78,6 +79,7 @@ def main():
                    help="the random estimator's feature kind (its cost differs; its values do not matter)")
     p.add_argument("--device", default="cpu", help="where the models run (on a GPU the amortized worker's per-span "
                    "work runs there too)")
+    p.add_argument("--heads", type=int, default=None, help="the random estimator uses this many random heads (default all)")
     a = p.parse_args()
     cfg = PerfConfig(per_family=a.per_family, rounds=a.rounds, regions="grid", max_new_tokens=128)
     tiny = load_model("vattr-tiny", device=a.device)
@@ -89,8 +91,11 @@ def main():
         vlm = tiny if size == "vattr-tiny" else random_decoder_model(*map(int, size.split("x")), device=a.device)
         write_traces(vlm, traces)
         rng = np.random.default_rng(0)
-        estimator = LinearEstimator(rng.normal(size=vlm.num_layers * vlm.num_heads), 0.0,
-                                    {"region_pool": "sum", "features": a.features})
+        weights, meta = rng.normal(size=vlm.num_layers * vlm.num_heads), {"region_pool": "sum", "features": a.features}
+        if a.heads is not None and a.heads < len(weights):  # an estimator of some heads: the others' weights 0
+            meta["heads"] = np.sort(rng.choice(len(weights), a.heads, replace=False)).tolist()
+            weights[np.setdiff1d(np.arange(len(weights)), meta["heads"])] = 0
+        estimator = LinearEstimator(weights, 0.0, meta)
         items = prepare_items(vlm, cfg)
         warm_up(vlm, items, estimator, cfg, methods=(InputXGradientMethod,))
         streaming = measure_streaming(vlm, items, estimator, cfg)
@@ -102,7 +107,9 @@ def main():
 
     where = (torch.cuda.get_device_name(tiny.device) if tiny.device.type == "cuda"
              else "2 CPU cores" if tiny.device.type == "cpu" else str(tiny.device))
-    print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, {where}\n")
+    heads = "all heads" if a.heads is None else f"{a.heads} heads (all where fewer)"
+    print(f"\n{len(items)} prompts, vattr-tiny's traces forced, {rows[0][5]} spans; one run per size, {where}; "
+          f"the estimator reads {heads}\n")
     print("| decoder | params (M) | L·H | decode step | overhead (single rounds; 95% interval) | inline, no thread | lag (steps) "
           "| amortized / span | first stream | in the stream | ablation / span | × | input×gradient / span | × |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

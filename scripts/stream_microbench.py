@@ -1,6 +1,8 @@
 """Four micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (docs/performance.md quotes them):
 
-    python scripts/stream_microbench.py [--rounds 15]
+    python scripts/stream_microbench.py [--rounds 15] [--estimator E.json]
+
+(``--estimator``: another estimator for vattr-tiny than the shipped one, e.g. one that uses some heads only.)
 
 1. The streaming worker's pieces for one span of a real trace (best of 5 × 1000 calls): writing the
    records streamed generation hands over for the span into the buffers (the flush), reading the span's
@@ -31,7 +33,7 @@ import torch
 
 from vattr_bench.amortized import SpanAttributor, capture_options
 from vattr_bench.benchmarks import FAMILIES, synthetic_sample
-from vattr_bench.methods import load_method
+from vattr_bench.methods.amortized import Amortized
 from vattr_bench.models import load_model
 from vattr_bench.regions import make_regions
 from vattr_bench.streaming import SpanStreamer, one_blas_thread
@@ -45,13 +47,14 @@ def best_us(fn, n=1000):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--estimator", default=None, help="estimator JSON (default: the shipped one)")
     a = p.parse_args()
     torch.set_grad_enabled(False)
     model = load_model("vattr-tiny")
     sample = synthetic_sample("math", 0, "test")
     prepared = model.prepare(sample.image, sample.prompt)
     regions, _ = make_regions("feature-ward", model, prepared, k=16)
-    estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
+    estimator = Amortized(a.estimator).load_for(model, "feature-ward", "knockout")
     with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
         closed = []
         trace = model.trace_from_ids(prepared, model.generate_ids(
@@ -59,15 +62,16 @@ def main():
     span, records = trace.spans[1], closed[1].records
     capture.flush(records)  # the streamer took them: rewrite the span's rows, as the worker does
     attributor = SpanAttributor(capture, regions, estimator)
-    weights = capture.weights(span.start, span.end)
-    L, H, n, N = weights.shape
+    weights = capture.weights(span.start, span.end)  # (L, H, n, N), or (F, n, N) for the heads an estimator uses
+    n, N = weights.shape[-2:]
+    heads = weights.size // (n * N)
     print(f"| worker step, one span of {n} tokens | µs |\n|---|---|")
     print(f"| flush the span's records ({len(records)} layer calls) | {best_us(lambda: capture.flush(records)):.1f} |")
     print(f"| read rows | {best_us(lambda: capture.rows(span.start, span.end)):.1f} |")
     print(f"| weights | {best_us(lambda: capture.weights(span.start, span.end)):.1f} |")
-    per_token = np.ones((L * H, N), np.float32)
-    print(f"| estimator weights, summed over tokens | "
-          f"{best_us(lambda: np.einsum('htn,hn->n', weights.reshape(L * H, n, N), per_token)):.1f} |")
+    per_token = np.ones((heads, N), np.float32)
+    print(f"| estimator weights, summed over tokens ({heads} heads) | "
+          f"{best_us(lambda: np.einsum('htn,hn->n', weights.reshape(heads, n, N), per_token)):.1f} |")
     print(f"| whole SpanAttributor | {best_us(lambda: attributor(span.start, span.end, trace.token_ids[span.start:span.end])):.1f} |")
 
     cache_state(model, prepared, capture, attributor, closed, trace, a.rounds * 10)
