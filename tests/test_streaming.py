@@ -273,6 +273,13 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     assert on_device is not tiny.logit_readout()
     np.testing.assert_allclose(on_device.head_directions(ids).numpy(), tiny.logit_readout().head_directions(ids),
                                rtol=1e-5, atol=1e-6)
+    # an estimator of some heads gets a readout of just their columns, in their order, on either path
+    heads, d = [3, 17, 40, 63], tiny.logit_readout().head_directions(ids[:1]).shape[1] // 64
+    every = tiny.logit_readout().head_directions(ids).reshape(len(ids), 64, d)
+    for on_device in (False, True):
+        some = np.asarray(tiny.logit_readout(on_device=on_device, heads=heads).head_directions(ids))
+        np.testing.assert_allclose(some, every[:, heads].reshape(len(ids), -1), rtol=1e-5, atol=1e-6)
+    assert tiny.logit_readout(heads=heads) is tiny.logit_readout(heads=tuple(heads))  # kept per head set
     long_way = logit_values_the_long_way(tiny, prepared, ids)
     np.testing.assert_allclose(np.concatenate(pieces, axis=2), long_way, rtol=1e-4, atol=1e-5)
     # a capture's table holds at most LOGIT_TABLE_BYTES: here room for 3 tokens, the others computed per call

@@ -65,7 +65,8 @@ class VisualAttentionCapture:
     ``heads`` (layer-major indices into the L·H heads; an estimator that uses only those, `select_heads`):
     the per-span reads `weights` and `logit_values` cover those heads only and return (m, …) arrays, one
     row per head in the given order, where all heads give (L, H, …). Rows are still recorded for every head
-    (the flush copies whole calls); what shrinks is the products, exponentials and logit rows per span.
+    (the flush copies whole calls); what shrinks is the products, exponentials and logit rows per span, and
+    with a readout of those heads (the adapter's, `logit_readout(heads=…)`) a new token's head directions.
     """
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever the rows not released (`release`) outgrow them
@@ -331,11 +332,13 @@ class VisualAttentionCapture:
             self._values_t = values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2)
             self._values_t = self._values_t.contiguous() if self.on_device else np.ascontiguousarray(self._values_t)
         kv_heads, d, _ = self._values_t.shape  # L·H_kv
-        m, LH = len(token_ids), kv_heads * self._groups
-        per_head = self._array(self.readout.head_directions(token_ids)).reshape(m, LH, d).swapaxes(0, 1)  # (L·H, m, d)
+        directions = self._array(self.readout.head_directions(token_ids))  # (m, L·H·d), or (m, F·d) for `heads`
+        per_head = directions.reshape(len(token_ids), -1, d).swapaxes(0, 1)  # (L·H or F, m, d)
         if self.heads is not None:  # the heads read only, each against its own kv head's values
             index, _, _, kv_index = self._heads_read()
-            rows = per_head[index] @ self._values_t[kv_index]
+            if per_head.shape[0] != len(self.heads):  # a readout of every head (`logit_readout(heads=…)` gives just these)
+                per_head = per_head[index]
+            rows = per_head @ self._values_t[kv_index]
             if out is None:
                 return rows
             out[...] = rows
@@ -425,8 +428,9 @@ class LogitReadout:
     ``directions``, token ids -> (m, L·H·d) float32 W_O^hᵀu_t of every decoder head, layer-major (u_t: the
     token's unembedding row times the final norm's gain), wherever the weights live — numpy from CPU views
     of them, or torch tensors on the model's device (`HFVisionLanguageModel.logit_readout`), which stay there
-    for a capture on the device and come to the host for one that is not. One per model: the rows it
-    returns are kept per token id (`head_directions`)."""
+    for a capture on the device and come to the host for one that is not; (m, F·d) for a readout of some
+    heads only (`logit_readout(heads=…)`, for an estimator that uses those). One per model and head set:
+    the rows it returns are kept per token id (`head_directions`)."""
 
     CACHE_BYTES = 256 * 2**20  # head directions kept per model; a 7 B model's take ~0.4 MB a token
 

@@ -51,6 +51,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         self.eos_ids.discard(None)
         self._token_text: dict[int, str] = {}  # decode of single tokens: the span splitter asks per token
         self._readout: LogitReadout | None = None  # built at the first logit-weighted capture
+        self._head_readouts: dict[tuple, LogitReadout] = {}  # the same for estimators of some heads, per head set
         self._install_capture_backend()
 
     @property
@@ -250,7 +251,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
                                          prepared.prompt_length - 1 if first_row is None else first_row, grams,
-                                         self.logit_readout() if logit_readout else None,
+                                         self.logit_readout(heads=heads) if logit_readout else None,
                                          self._on_accelerator if on_device is None else on_device, heads)
         # the decoder only (the vision tower keeps its kernel), and only if it is not on the backend already
         previous = decoder.config._attn_implementation
@@ -264,22 +265,29 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 decoder.set_attn_implementation(previous)
             capture.flush()  # rows recorded before an error are kept too
 
-    def logit_readout(self, on_device: bool | None = None) -> LogitReadout:
+    def logit_readout(self, on_device: bool | None = None, heads=None) -> LogitReadout:
         """What logit-weighted features read the visual values with: each token's unembedding row times the
         final norm's gain (RMSNorm-style γ·x/rms(x); a norm without a weight counts as gain 1) through every
         layer's o_proj. On the CPU from float32 numpy views of the weights (torch ops in the streaming worker
         would start a second OpenMP pool); on an accelerator on the model's device, in the weights' dtype,
         as (m, L·H·d) float32 tensors there (a capture on the host copies just those rows over). The model's
         own readout (and the head directions it keeps) is built once; ``on_device`` other than the default
-        for the model's device builds a separate one (tests compare the two paths on the CPU)."""
+        for the model's device builds a separate one (tests compare the two paths on the CPU). ``heads``
+        (layer-major indices): directions of those heads only, (m, F·d) in their order — a new token then
+        costs hidden·F·d multiply-adds instead of L·hidden²; one readout per head set, kept like the other."""
+        heads = None if heads is None else tuple(int(h) for h in heads)
         if on_device is not None and on_device != self._on_accelerator:
-            return self._build_logit_readout(on_device)
+            return self._build_logit_readout(on_device, heads)
+        if heads is not None:
+            if heads not in self._head_readouts:
+                self._head_readouts[heads] = self._build_logit_readout(self._on_accelerator, heads)
+            return self._head_readouts[heads]
         if self._readout is None:
             self._readout = self._build_logit_readout(self._on_accelerator)
         return self._readout
 
     @torch.no_grad()
-    def _build_logit_readout(self, on_device: bool) -> LogitReadout:
+    def _build_logit_readout(self, on_device: bool, heads: tuple | None = None) -> LogitReadout:
         decoder = self._decoder
         for layer in decoder.layers:
             if getattr(layer.self_attn, "o_proj", None) is None:
@@ -288,6 +296,12 @@ class HFVisionLanguageModel(VisionLanguageModel):
         o_projs = [layer.self_attn.o_proj.weight for layer in decoder.layers]  # (hidden, H·d) each
         table = self.model.get_output_embeddings().weight  # (vocab, hidden)
         gain = getattr(getattr(decoder, "norm", None), "weight", None)
+        if heads is not None:  # the heads' columns only, in their order: one (hidden, F·d) matrix
+            if min(heads) < 0 or max(heads) >= self.num_layers * self.num_heads:
+                raise ValueError(f"heads {list(heads)} outside the model's {self.num_layers}×{self.num_heads}")
+            d = o_projs[0].shape[1] // self.num_heads
+            blocks = [o_projs[h // self.num_heads][:, (h % self.num_heads) * d:(h % self.num_heads + 1) * d] for h in heads]
+            o_projs = [torch.cat(blocks, dim=1)]  # a copy of F·d columns, never of every o_proj
         if on_device:
             @torch.no_grad()
             def directions(ids):
