@@ -114,6 +114,7 @@ class VisualAttentionCapture:
         if self.heads is not None and (self.heads.ndim != 1 or len(self.heads) == 0):
             raise ValueError(f"heads: a non-empty list of head indices, got {heads!r}")
         self._head_reads = None  # with `heads`: (row index, K_vis, scale, values' kv index), at the first read
+        self._values_heads = None  # with `heads`: (F, d, N) their kv heads' visual values, at the first logit rows
 
     # -- called from inside the attention backend --------------------------------------------------
     def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float,
@@ -254,7 +255,7 @@ class VisualAttentionCapture:
         """Forget what reads built from the prompt (K_vis, values, value norms, logit rows); the next read
         builds it again. `perf` times a stream's whole worker work with it."""
         self._keys_t = self._values = self._value_norms = self._values_t = self._logit_table = None
-        self._head_reads = None
+        self._head_reads = self._values_heads = None
         self._logit_slot = {}
 
     def _prompt_rows(self) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
@@ -326,26 +327,25 @@ class VisualAttentionCapture:
         return rows if self.heads is not None else rows.reshape(self.num_layers, -1, *rows.shape[1:])
 
     def _logit_rows(self, token_ids: list, out=None) -> Array:
-        """(L·H, m, N) rows of ``token_ids``, into ``out`` where given."""
+        """(L·H, m, N) rows of ``token_ids`` ((F, m, N) for `heads`), into ``out`` where given."""
         if self._values_t is None:
             values = self._visual_values()  # (L, H_kv, N, d)
             self._values_t = values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2)
             self._values_t = self._values_t.contiguous() if self.on_device else np.ascontiguousarray(self._values_t)
-        kv_heads, d, _ = self._values_t.shape  # L·H_kv
+        d = self._values_t.shape[1]  # (L·H_kv, d, N)
         directions = self._array(self.readout.head_directions(token_ids))  # (m, L·H·d), or (m, F·d) for `heads`
         per_head = directions.reshape(len(token_ids), -1, d).swapaxes(0, 1)  # (L·H or F, m, d)
+        values_t = self._values_t
         if self.heads is not None:  # the heads read only, each against its own kv head's values
             index, _, _, kv_index = self._heads_read()
             if per_head.shape[0] != len(self.heads):  # a readout of every head (`logit_readout(heads=…)` gives just these)
                 per_head = per_head[index]
-            rows = per_head @ self._values_t[kv_index]
-            if out is None:
-                return rows
-            out[...] = rows
-            return out
-        if out is not None and self._groups == 1 and not self.on_device:
-            return np.matmul(per_head, self._values_t, out=out)  # straight into the table's slots
-        rows = _grouped_matmul(per_head, self._values_t)
+            if self._values_heads is None:  # gathered once: for a big model's heads it is megabytes
+                self._values_heads = self._values_t[kv_index]
+            values_t = self._values_heads
+        if out is not None and per_head.shape[0] == values_t.shape[0] and not self.on_device:
+            return np.matmul(per_head, values_t, out=out)  # straight into the table's slots
+        rows = _grouped_matmul(per_head, values_t)
         if out is None:
             return rows
         out[...] = rows
