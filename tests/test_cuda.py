@@ -6,15 +6,18 @@ cuDNN in bf16 on Hopper, tested in tests/test_adapter.py) and the logit readout 
 the device: each is checked against eager attention or the host's numpy path, streaming against offline
 scoring, and a whole evaluate run against the same run on the CPU."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import tiny_archs
+from vattr_bench import amortized
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.evaluate import EvalConfig, evaluate
-from vattr_bench.methods import AttributionContext, load_method
+from vattr_bench.methods import AttributionContext
+from vattr_bench.methods.amortized import Amortized
 from vattr_bench.models import attention_capture, load_model
 from vattr_bench.regions import make_regions
 from vattr_bench.streaming import stream_attributions
@@ -78,11 +81,13 @@ def test_logit_readout_on_the_device_equals_the_hosts(gpu_model):
     np.testing.assert_allclose(rows.cpu().numpy(), host.head_directions(ids), rtol=1e-5, atol=1e-6)
 
 
-def test_stream_on_cuda_equals_offline_and_the_cpu(gpu_tiny, tiny):
+@pytest.mark.parametrize("estimator", [None, "vattr-tiny.16-heads.estimator.json"], ids=["shipped", "16-heads"])
+def test_stream_on_cuda_equals_offline_and_the_cpu(gpu_tiny, tiny, estimator):
+    """The shipped estimator, and the one of 16 heads (the capture reads those on the device)."""
     s = synthetic_sample("math", 7)
     prepared_cpu, prepared = tiny.prepare(s.image, s.prompt), gpu_tiny.prepare(s.image, s.prompt)
     regions, _ = make_regions("feature-ward", tiny, prepared_cpu, k=16)  # the same regions on both devices
-    method = load_method("amortized")
+    method = Amortized(None if estimator is None else str(Path(amortized.__file__).parent / estimator))
     trace_cpu, trace = tiny.generate(prepared_cpu, max_new_tokens=128), gpu_tiny.generate(prepared, max_new_tokens=128)
     assert trace.token_ids == trace_cpu.token_ids
     ctx = AttributionContext(gpu_tiny, s, prepared, trace, regions, "knockout")
