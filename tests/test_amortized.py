@@ -148,7 +148,10 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     pruned = LinearEstimator.load(few)
     assert len(pruned.meta["heads"]) == 8 and np.flatnonzero(pruned.weights).tolist() == pruned.meta["heads"]
     assert {"r2", "lds"} <= set(pruned.meta["heldout_all_heads"])
-    assert np.isfinite(Amortized(str(few)).attribute(ctx)).all()
+    method = Amortized(str(few))
+    assert np.isfinite(method.attribute(ctx)).all()
+    (used,) = method.settings()["estimators"]  # what evaluate records in results.json
+    assert used["path"] == str(few) and used["heads"] == 8 and used["features"] == "logit-weighted"
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few)]) == 2
     assert "--heads 64: choose from 1 to 63" in capsys.readouterr().err
 

@@ -24,6 +24,18 @@ class WrongShape:
     name = "wrong_shape"
     def attribute(self, ctx):
         return np.zeros((ctx.n_spans + 1, 3))
+
+class Settled:  # scores fine; says what decides them, once well and once badly
+    name = "settled"
+    def attribute(self, ctx):
+        return np.ones((ctx.n_spans, ctx.regions.k))
+    def settings(self):
+        return {"temperature": 0.5}
+
+class BadSettings(Settled):
+    name = "bad_settings"
+    def settings(self):
+        return {"array": np.zeros(2)}  # not JSON
 '''
 REQUIRED = {"r2", "pearson", "lds", "deletion_auc", "insertion_auc", "topk_drop", "pointing_game", "sec_per_token",
             "peak_mem_mb", "n_samples", "n_spans"}
@@ -35,7 +47,7 @@ def run(tmp_path_factory):
     plugin = out / "bad.py"
     plugin.write_text(BAD_PLUGINS)
     cfg = EvalConfig(methods=["ablation", "attention", "random", f"{plugin}:Raises", f"{plugin}:NaNs",
-                              f"{plugin}:WrongShape", "no_such_method"],
+                              f"{plugin}:WrongShape", f"{plugin}:Settled", f"{plugin}:BadSettings", "no_such_method"],
                      benchmark="math,general", limit=2, output_dir=str(out), regions="grid", n_subsets=16,
                      save_heatmaps=True)
     logs = []
@@ -70,6 +82,11 @@ def test_bad_plugins_are_reported_and_others_kept(run):
     assert "no_such_method" in json.loads((out / "results.json").read_text())["config"]["method_errors"]
     assert results["results"]["math"]["raises"]["n_failed"] == 2
     assert any("raises failed" in line for line in logs)
+    # a method's settings() go into results.json; one that fails is left out with a warning, its scores kept
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["method_settings"] == {"settled": {"temperature": 0.5}}
+    assert any("'bad_settings': settings() failed" in line for line in logs)
+    assert results["results"]["math"]["bad_settings"]["n_samples"] == 2
 
 
 def test_resume_skips_what_is_done_and_redoes_a_torn_line(run):

@@ -128,13 +128,27 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                     sink.flush()
                 if cfg.save_heatmaps:
                     _save_sample_heatmaps(out / "heatmaps" / family / f"{sample.id}.png", shared, records)
+    # what else decided a method's scores in this run (e.g. the amortized estimator's file): methods may say
+    settings = {m.name: s for m in methods if callable(getattr(m, "settings", None)) and (s := _settings(m, log))}
     config = {**asdict(cfg), "methods": [m.name for m in methods], "r2": "squared Pearson correlation",
-              "method_errors": method_errors}
+              "method_errors": method_errors, "method_settings": settings}
     results = build_results(cfg.model, config, read_records(samples_path))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     log(format_table(results))
     log(f"wrote {out / 'results.json'} and {samples_path}")
     return results
+
+
+def _settings(method, log) -> dict:
+    """A method's `settings()`, or {} with a warning when a plugin's raises or is not JSON: the results are
+    written either way."""
+    try:
+        settings = method.settings()
+        json.dumps(settings)
+        return settings
+    except Exception as e:
+        log(f"warning: method {method.name!r}: settings() failed ({type(e).__name__}: {e}); not recorded")
+        return {}
 
 
 def _save_sample_heatmaps(path: Path, shared: "_Shared", records: list[dict]) -> None:

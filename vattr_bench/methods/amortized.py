@@ -36,6 +36,13 @@ class Amortized(AttributionMethod):
             self._loaded[key] = LinearEstimator.load(Path(path), expect)
         return self._loaded[key]
 
+    def settings(self) -> dict:
+        """The estimators this run loaded: file, features, heads used, training samples, held-out scores."""
+        return {"estimators": [{"path": path, "features": est.meta.get("features", "attention"),
+                                "heads": len(est.meta["heads"]) if est.meta.get("heads") else len(est.weights),
+                                **{k: est.meta[k] for k in ("n_train", "heldout") if k in est.meta}}
+                               for (path, _), est in self._loaded.items()]} if self._loaded else {}
+
     def estimator_for(self, ctx: AttributionContext) -> LinearEstimator:
         return self.load_for(ctx.model, ctx.regions.protocol, ctx.operator)
 

@@ -66,3 +66,7 @@ class AttributionMethod:
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
         raise NotImplementedError
+
+    def settings(self) -> dict:
+        """What else decides this method's scores, for results.json (JSON-safe; optional for plugins)."""
+        return {}
