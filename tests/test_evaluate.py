@@ -100,6 +100,48 @@ def test_resume_skips_what_is_done_and_redoes_a_torn_line(run):
     assert len({(r["benchmark"], r["sample_id"], r["method"]) for r in again}) == len(lines)
 
 
+TEMPERED_PLUGIN = """
+import os
+import numpy as np
+
+class Tempered:  # what decides its scores comes from the environment, so a test can change it between runs
+    name = "tempered"
+    def attribute(self, ctx):
+        return np.ones((ctx.n_spans, ctx.regions.k))
+    def settings(self):
+        return {"temperature": os.environ["TEMPERATURE"]}
+"""
+
+
+def test_a_resumed_run_does_not_mix_settings(tmp_path, monkeypatch):
+    """Scores made under other settings (e.g. a retrained estimator saved over the old file) would be two
+    methods under one name: the method is stopped for the run, the others go on, and what the folder's
+    scores were made under stays recorded — also in a resumed run that had nothing left to score."""
+    plugin = tmp_path / "tempered.py"
+    plugin.write_text(TEMPERED_PLUGIN)
+    cfg = EvalConfig(methods=["random", f"{plugin}:Tempered"], benchmark="math", limit=1,
+                     output_dir=str(tmp_path / "out"), regions="grid", n_subsets=4)
+    monkeypatch.setenv("TEMPERATURE", "0.5")
+    evaluate(cfg, log=lambda *_: None)
+    run_json = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run_json["method_settings"] == {"tempered": {"temperature": "0.5"}}
+
+    monkeypatch.setenv("TEMPERATURE", "0.7")
+    logs = []
+    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}), log=logs.append)
+    assert results["results"]["math"]["random"]["n_samples"] == 2  # the other method went on
+    assert results["results"]["math"]["tempered"]["n_samples"] == 1  # the new sample was not scored
+    assert "'temperature': '0.5'" in results["config"]["method_errors"]["tempered"]
+    assert any("not mixing them" in line for line in logs)
+    assert results["config"]["method_settings"] == {"tempered": {"temperature": "0.5"}}
+
+    monkeypatch.setenv("TEMPERATURE", "0.5")  # back to the folder's settings: the rest is scored
+    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}), log=lambda *_: None)
+    assert results["results"]["math"]["tempered"]["n_samples"] == 2
+    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}), log=lambda *_: None)  # nothing left to do
+    assert results["config"]["method_settings"] == {"tempered": {"temperature": "0.5"}}
+
+
 def test_ablation_beats_random_per_span(run):
     _, out, _, _ = run
     records = [r for r in read_records(out / "samples.jsonl") if r["method"] in ("ablation", "random")]

@@ -4,8 +4,9 @@ Per sample: the model's own greedy trace, the regions, and the ablation ground t
 single-region Δ (n_spans, K) and Δ(S, v) for random subsets v — are computed once and cached on disk
 (keyed by model, protocol, operator and seed), so every method, and every resumed run, shares them.
 Each (sample, method) result is appended to ``samples.jsonl`` as soon as it exists; a rerun after a
-kill skips what is there. A method that raises or returns a bad array is recorded as failed for that
-sample, and the other methods go on.
+kill skips what is there, and a method whose `settings()` changed since the folder's earlier scores is not
+run again there (`_SettingsLedger`). A method that raises or returns a bad array is recorded as failed for
+that sample, and the other methods go on.
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     done = {(r["benchmark"], r["sample_id"], r["method"]) for r in previous}
     cache_dir = out / "cache" / cfg.ground_truth_key()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    ledger, stopped = _SettingsLedger(out / "run.json"), {}
     with open(samples_path, "a", encoding="utf-8") as sink:
         for family in families:
             samples = load_samples(family, cfg.limit, cfg.source, cfg.split, cfg.seed, cfg.data, cfg.real_set)
@@ -123,15 +125,23 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                     continue
                 records = []
                 for method in todo:
-                    records.append(_run_method(method, shared, family, log))
-                    sink.write(json.dumps(records[-1]) + "\n")
+                    if method.name in stopped:
+                        continue
+                    record = _run_method(method, shared, family, log)
+                    if "error" not in record and (problem := ledger.check(method, log)):
+                        stopped[method.name] = problem  # its earlier scores here came from other settings
+                        log(f"warning: {problem}")
+                        continue
+                    records.append(record)
+                    sink.write(json.dumps(record) + "\n")
                     sink.flush()
                 if cfg.save_heatmaps:
                     _save_sample_heatmaps(out / "heatmaps" / family / f"{sample.id}.png", shared, records)
-    # what else decided a method's scores in this run (e.g. the amortized estimator's file): methods may say
-    settings = {m.name: s for m in methods if callable(getattr(m, "settings", None)) and (s := _settings(m, log))}
+    # what else decided a method's scores in this folder (e.g. the amortized estimator's file), this run's
+    # or, for a method with nothing left to score, the run's that scored it
+    settings = {m.name: ledger.recorded[m.name] for m in methods if ledger.recorded.get(m.name)}
     config = {**asdict(cfg), "methods": [m.name for m in methods], "r2": "squared Pearson correlation",
-              "method_errors": method_errors, "method_settings": settings}
+              "method_errors": {**method_errors, **stopped}, "method_settings": settings}
     results = build_results(cfg.model, config, read_records(samples_path))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     log(format_table(results))
@@ -139,13 +149,40 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     return results
 
 
+class _SettingsLedger:
+    """What decided each method's scores in one output folder — a method's optional `settings()`, e.g. the
+    amortized estimator's file — kept in run.json under ``method_settings`` from the method's first scored
+    sample on, so that a killed run keeps it and a resumed run can check it: scores made under other settings
+    would be two methods under one name in results.json."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+        self.recorded: dict = json.loads(marker.read_text()).get("method_settings", {})
+        self._checked: set[str] = set()
+
+    def check(self, method, log) -> str | None:
+        """After the method scored a sample: records its settings the first time; the reason to stop it when
+        they differ from what the folder's earlier scores were made under."""
+        if method.name in self._checked or not callable(getattr(method, "settings", None)):
+            return None
+        self._checked.add(method.name)
+        settings = _settings(method, log)
+        previous = self.recorded.get(method.name)
+        if previous and settings and previous != settings:
+            return (f"{method.name}: this folder's earlier {method.name} scores were made under {previous}, this "
+                    f"run's under {settings}; not mixing them (use another --output-dir, or the earlier settings)")
+        if settings and not previous:
+            self.recorded[method.name] = settings
+            run = json.loads(self.marker.read_text())
+            self.marker.write_text(json.dumps({**run, "method_settings": self.recorded}, indent=1))
+        return None
+
+
 def _settings(method, log) -> dict:
     """A method's `settings()`, or {} with a warning when a plugin's raises or is not JSON: the results are
     written either way."""
     try:
-        settings = method.settings()
-        json.dumps(settings)
-        return settings
+        return json.loads(json.dumps(method.settings()))  # as run.json gives it back (tuples become lists)
     except Exception as e:
         log(f"warning: method {method.name!r}: settings() failed ({type(e).__name__}: {e}); not recorded")
         return {}

@@ -14,6 +14,7 @@ weights are 0), which the streaming worker then computes alone (`select_heads`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class LinearEstimator:
     weights: np.ndarray  # (L·H,)
     bias: float = 0.0
     meta: dict = field(default_factory=dict)
+    digest: str | None = None  # sha256 of the file it was loaded from (its first 16 hex digits): which estimator
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(n_spans, K, L·H) -> (n_spans, K) estimated single-region effects."""
@@ -64,10 +66,12 @@ class LinearEstimator:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no estimator at {path}; train one with `vattr-bench train-estimator`")
-        payload = json.loads(path.read_text())
+        raw = path.read_bytes()
+        payload = json.loads(raw)
         if payload.get("format") != FORMAT:
             raise ValueError(f"{path} is not a vattr-bench linear estimator")
-        est = cls(np.asarray(payload["weights"], dtype=np.float64), float(payload["bias"]), payload["meta"])
+        est = cls(np.asarray(payload["weights"], dtype=np.float64), float(payload["bias"]), payload["meta"],
+                  hashlib.sha256(raw).hexdigest()[:16])
         feature_kind(est.meta)  # a kind this version cannot compute fails here, not mid-run
         est.check_heads(path)
         if expect:

@@ -37,8 +37,11 @@ class Amortized(AttributionMethod):
         return self._loaded[key]
 
     def settings(self) -> dict:
-        """The estimators this run loaded: file, features, heads used, training samples, held-out scores."""
-        return {"estimators": [{"path": path, "features": est.meta.get("features", "attention"),
+        """The estimators this run loaded: file (a shipped one by its place in the package, so that the record
+        does not depend on where the package is installed) and its content's digest, features, heads used,
+        training samples, held-out scores."""
+        return {"estimators": [{"path": _shown(path), "sha256": est.digest,
+                                "features": est.meta.get("features", "attention"),
                                 "heads": len(est.meta["heads"]) if est.meta.get("heads") else len(est.weights),
                                 **{k: est.meta[k] for k in ("n_train", "heldout") if k in est.meta}}
                                for (path, _), est in self._loaded.items()]} if self._loaded else {}
@@ -50,3 +53,10 @@ class Amortized(AttributionMethod):
         # its own captured pass (attention rows and value norms together), then the streaming worker's
         # per-span computation: memory of one span, not the (L, H, T, N) attention the baselines share
         return attribute_trace(ctx.model, ctx.prepared, ctx.trace, ctx.regions, self.estimator_for(ctx))
+
+
+def _shown(path: str) -> str:
+    package = Path(__file__).parents[2]
+    resolved = Path(path).resolve()
+    shipped = resolved.parent == SHIPPED["vattr-tiny"].parent.resolve()
+    return str(resolved.relative_to(package)) if shipped else path
