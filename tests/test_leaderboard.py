@@ -20,10 +20,26 @@ def test_results_load_and_rank_and_bad_files_are_reported(tmp_path):
     r2 = leaderboard_table(frame, "r2")
     assert list(r2["mean"]) == sorted(r2["mean"], reverse=True) and r2.iloc[0]["method"] == "ablation"
     assert r2.iloc[-1]["method"] == "random"
+    # two amortized rows, told apart by the settings their runs recorded (the estimator)
+    amortized = r2[r2["method"] == "amortized"].set_index("run")["settings"]
+    assert amortized["runs/eval50"] == ""  # run before evaluate recorded settings
+    assert amortized["runs/eval50-16heads"].startswith("path=vattr-tiny.16-heads.estimator.json")
+    assert "heads=16" in amortized["runs/eval50-16heads"] and "heldout" not in amortized["runs/eval50-16heads"]
     deletion = leaderboard_table(frame, "deletion_auc")  # lower is better: ascending
     assert list(deletion["mean"]) == sorted(deletion["mean"])
     with pytest.raises(ValueError, match="unknown metric"):
         leaderboard_table(frame, "accuracy")
+
+
+def test_settings_summary_is_one_short_line():
+    from vattr_bench.leaderboard import settings_summary
+
+    assert settings_summary(None) == "" and settings_summary({}) == ""
+    assert settings_summary({"temperature": 0.5, "table": {"a": 1}}) == "temperature=0.5"
+    two = {"estimators": [{"path": "/x/a.json", "heads": 8}, {"path": "b.json", "heads": 64}]}
+    assert settings_summary(two) == "path=a.json heads=8; path=b.json heads=64"
+    long = settings_summary({"note": "x" * 500})
+    assert len(long) == 160 and long.endswith("…")
 
 
 def test_live_demo_streams_one_update_per_span_and_names_bad_input():

@@ -40,26 +40,45 @@ def load_results(paths) -> tuple[pd.DataFrame, list[str]]:
             payload = json.loads(f.read_text(encoding="utf-8"))
             if not isinstance(payload, dict) or "results" not in payload:
                 continue  # some other JSON (an estimator, a perf report): not a results file
-            run = payload.get("config", {}).get("output_dir") or f.parent.name
+            config = payload.get("config", {})
+            run = config.get("output_dir") or f.parent.name
+            settings = config.get("method_settings") or {}
             for benchmark, methods in payload["results"].items():
                 for method, metrics in methods.items():
                     rows.append({"run": str(run), "model": payload.get("model", "?"), "benchmark": benchmark,
-                                 "method": method, "n_samples": metrics.get("n_samples"),
-                                 **{m: metrics.get(m) for m in TABLE_METRICS}})
+                                 "method": method, "settings": settings_summary(settings.get(method)),
+                                 "n_samples": metrics.get("n_samples"), **{m: metrics.get(m) for m in TABLE_METRICS}})
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as e:
             problems.append(f"{f}: not a readable results.json ({type(e).__name__}: {e})")
-    columns = ["run", "model", "benchmark", "method", "n_samples", *TABLE_METRICS]
+    columns = ["run", "model", "benchmark", "method", "settings", "n_samples", *TABLE_METRICS]
     return pd.DataFrame(rows, columns=columns), problems
 
 
+def settings_summary(settings, limit: int = 160) -> str:
+    """One line of what a method says decides its scores (results.json's ``config.method_settings``), so
+    that two rows of one method (say amortized with two estimators) say how they differ: scalar entries as
+    key=value, a path by its file name, lists item by item; nested tables (held-out scores) left out."""
+    def flat(value) -> list[str]:
+        if isinstance(value, dict):
+            return [f"{k}={Path(v).name if k == 'path' else v}" for k, v in value.items()
+                    if isinstance(v, (str, int, float, bool))] + [x for v in value.values() if isinstance(v, list)
+                                                                   for x in flat(v)]
+        if isinstance(value, list):
+            return ["; ".join(" ".join(flat(item)) for item in value)]
+        return []
+    text = " ".join(flat(settings)) if isinstance(settings, dict) else ""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def leaderboard_table(frame: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
-    """Wide table for one metric: a row per (model, method, run), a column per benchmark and their mean,
-    best first (direction from the metric's higher_is_better)."""
+    """Wide table for one metric: a row per (model, method, run) with the method's settings, a column per
+    benchmark and their mean, best first (direction from the metric's higher_is_better)."""
     if metric not in TABLE_METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(TABLE_METRICS)}")
     if frame.empty:
-        return pd.DataFrame(columns=["model", "method", "run", "mean"])
-    wide = frame.pivot_table(index=["model", "method", "run"], columns="benchmark", values=metric, aggfunc="mean")
+        return pd.DataFrame(columns=["model", "method", "run", "settings", "mean"])
+    index = ["model", "method", "run", "settings"]
+    wide = frame.fillna({"settings": ""}).pivot_table(index=index, columns="benchmark", values=metric, aggfunc="mean")
     wide["mean"] = wide.mean(axis=1)
     wide = wide.sort_values("mean", ascending=not HIGHER_IS_BETTER.get(metric, True))
     return wide.reset_index().round(4)
