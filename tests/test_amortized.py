@@ -55,6 +55,8 @@ def test_head_selection_keeps_the_heads_the_effects_depend_on():
     examples = _planted_examples(w_true, 30, rng)
     chosen = select_heads(examples, 3)
     assert chosen.tolist() == [3, 9, 12]
+    # train-estimator hands over the all-heads fit it made anyway: the same selection, one fit fewer
+    assert select_heads(examples, 3, all_heads_fit=train_estimator(examples)).tolist() == [3, 9, 12]
     w = train_estimator(examples, targets="both", heads=chosen)
     assert w.shape == (16,) and np.count_nonzero(w) == 3
     feats = rng.random((50, 16))
@@ -128,7 +130,8 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     from vattr_bench.methods.amortized import Amortized
 
     out = tmp_path / "e.json"
-    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--output", str(out)]) == 0
+    examples = ["--cache-dir", str(tmp_path / "examples")]
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--output", str(out), *examples]) == 0
     assert "held-out (1 samples" in capsys.readouterr().out
     est = LinearEstimator.load(out)
     assert est.meta["features"] == "logit-weighted" and est.meta["n_train"] == 3 and len(est.weights) == 64
@@ -142,8 +145,10 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert scores.shape == (len(ctx.trace.spans), 16) and np.isfinite(scores).all()
     # an estimator of 8 heads chosen on the training samples: the others' weights 0, all-heads scores kept beside
     few = tmp_path / "few.json"
-    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "8", "--output", str(few)]) == 0
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "8", "--output", str(few),
+                 *examples]) == 0
     out = capsys.readouterr().out
+    assert "4 of 4 samples' examples read back" in out  # the first command's samples, not collected again
     assert "held-out with all 64 heads" in out and "8 heads chosen on the training samples" in out
     pruned = LinearEstimator.load(few)
     assert len(pruned.meta["heads"]) == 8 and np.flatnonzero(pruned.weights).tolist() == pruned.meta["heads"]
@@ -152,8 +157,38 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert np.isfinite(method.attribute(ctx)).all()
     (used,) = method.settings()["estimators"]  # what evaluate records in results.json
     assert used["path"] == str(few) and used["heads"] == 8 and used["features"] == "logit-weighted"
-    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few)]) == 2
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few),
+                 *examples]) == 2
     assert "--heads 64: choose from 1 to 63" in capsys.readouterr().err
+
+
+def test_collected_examples_survive_a_killed_run(tiny, tmp_path, monkeypatch):
+    """Each sample's example is on disk once collected: a later run reads it back (the same arrays), and
+    collects again only what is missing or torn."""
+    from vattr_bench.amortized import train
+
+    def collect(cache):
+        return train.collect_examples(tiny, ["math", "science"], 2, features="logit-weighted", cache_dir=cache,
+                                      log=logs.append)
+
+    logs, cache = [], tmp_path / "examples"
+    first = collect(cache)
+    files = sorted(cache.glob("*.npz"))
+    assert len(first) == 4 and len(files) == 4
+    collected = []
+    real = train.collect_example
+    monkeypatch.setattr(train, "collect_example", lambda model, sample, *a: collected.append(sample.id) or real(model, sample, *a))
+    again = collect(cache)
+    assert collected == [] and "4 of 4 samples' examples read back" in logs[-1]
+    for a, b in zip(first, again):
+        assert a["family"] == b["family"] and all(np.array_equal(a[n], b[n]) for n in train.ExampleCache.ARRAYS)
+    files[0].write_bytes(files[0].read_bytes()[:100])  # a kill mid-write (the real writes go through a rename)
+    third = collect(cache)
+    assert len(collected) == 1 and "3 of 4" in logs[-1]
+    assert all(np.array_equal(a["features"], b["features"]) for a, b in zip(first, third))
+    # anything the example depends on names another file: other features are collected anew
+    train.collect_examples(tiny, ["math"], 1, features="attention", cache_dir=cache, log=logs.append)
+    assert len(collected) == 2 and len(list(cache.glob("*.npz"))) == 5
 
 
 def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_path):

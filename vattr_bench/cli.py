@@ -106,7 +106,8 @@ def _cmd_train_estimator(args) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
-        targets=args.targets, transfer=args.transfer, features=args.features, n_heads=args.heads)
+        targets=args.targets, transfer=args.transfer, features=args.features, n_heads=args.heads,
+        cache_dir=None if args.cache_dir == "none" else Path(args.cache_dir))
     return 0
 
 
@@ -262,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use only this many heads, chosen on the training samples: streaming computes those "
                          "alone, so each span costs less (default: all L·H)")
     te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--cache-dir", default="runs/estimator-examples",
+                    help="where each sample's features and ablation effects are kept once collected, so that a "
+                         "killed run or another fit of the same samples collects only what is missing ('none': "
+                         "keep nothing; keyed by model name: use another folder after retraining a model)")
     _add_device(te)
     te.set_defaults(func=_cmd_train_estimator)
 

@@ -154,18 +154,21 @@ def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, s
     return (w.detach() / scale).numpy()
 
 
-def select_heads(examples: list[dict], n_heads: int, seed: int = 0, targets: str = "both") -> np.ndarray:
+def select_heads(examples: list[dict], n_heads: int, seed: int = 0, targets: str = "both",
+                 all_heads_fit: np.ndarray | None = None) -> np.ndarray:
     """The ``n_heads`` features (heads) an estimator keeps when it may use only that many, chosen on
     ``examples`` alone: fit on the heads still in, drop the less important half (|w_h| times the spread of
     f_h over every (span, region)), fit again, until ``n_heads`` are left. Sorted indices into F. The
-    streaming worker's cost grows with the heads an estimator uses (`SpanAttributor` computes no others)."""
+    streaming worker's cost grows with the heads an estimator uses (`SpanAttributor` computes no others).
+    ``all_heads_fit``: the first round's fit (all heads, same examples and seed) where the caller has it."""
     n_features = examples[0]["features"].shape[-1]
     if not 1 <= n_heads <= n_features:
         raise ValueError(f"cannot keep {n_heads} of {n_features} heads")
     spread = np.concatenate([ex["features"].reshape(-1, n_features) for ex in examples]).std(0)
     kept = np.arange(n_features)
     while len(kept) > n_heads:
-        w = train_estimator(examples, seed=seed, targets=targets, heads=kept)
+        first = len(kept) == n_features and all_heads_fit is not None
+        w = all_heads_fit if first else train_estimator(examples, seed=seed, targets=targets, heads=kept)
         importance = np.abs(w[kept]) * spread[kept]
         keep = max(n_heads, len(kept) // 2)
         kept = np.sort(kept[np.argsort(-importance, kind="stable")[:keep]])

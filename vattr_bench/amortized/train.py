@@ -1,6 +1,15 @@
 """`vattr-bench train-estimator`: collect (features, subset effects) on split "estimator" — disjoint from
-the "test" split every evaluation uses — fit the linear estimator, report held-out R² and LDS, save it."""
+the "test" split every evaluation uses — fit the linear estimator, report held-out R² and LDS, save it.
+
+Collecting is the long part (a trace, its features and its ablation ground truth per sample), so each
+sample's example is kept on disk as soon as it exists (`ExampleCache`): a killed run, or a second fit of
+the same samples (another ``--heads``, ``--targets``), collects only what is not there yet."""
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -13,10 +22,13 @@ from .attributor import trace_features
 from .features import feature_kind
 
 
+MAX_NEW_TOKENS = 128  # the traces the estimator learns from: evaluate's default length
+
+
 def collect_example(model, sample, regions: str, k: int, ablation: str, n_subsets: int, seed: int, region_pool: str,
                     features: str = "attention") -> dict | None:
     prepared = model.prepare(sample.image, sample.prompt)
-    trace = model.generate(prepared, max_new_tokens=128)
+    trace = model.generate(prepared, max_new_tokens=MAX_NEW_TOKENS)
     if not trace.spans:
         return None
     reg, _ = make_regions(regions, model, prepared, k=k, sample=sample)
@@ -38,15 +50,70 @@ def heldout_scores(weights: np.ndarray, examples: list[dict]) -> dict:
             "n_spans": int(np.isfinite(r).sum())}
 
 
+class ExampleCache:
+    """One .npz per collected sample under ``folder``, named by everything the example depends on (model
+    name and dtype, the sample, regions, ablation, subsets, seeds, pooling, feature kind). Keyed by the
+    model's name, like evaluate's ground-truth cache: after retraining a model under the same name, use
+    another folder. A file torn by a kill fails to load and is collected again."""
+
+    ARRAYS = ("features", "masks", "subset_effects", "single_effects")
+
+    def __init__(self, folder: Path | None):
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: dict) -> Path | None:
+        if self.folder is None:
+            return None
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.folder / f"{key['family']}-{key['index']}-{digest}.npz"
+
+    def load(self, path: Path | None, family: str) -> tuple[bool, dict | None]:
+        """(found, example); an example of None is a sample whose trace had no span."""
+        if path is None or not path.is_file():
+            return False, None
+        try:
+            with np.load(path) as saved:
+                if bool(saved["empty"]):
+                    return True, None
+                return True, {"family": family, **{name: saved[name] for name in self.ARRAYS}}
+        except Exception:  # torn by a kill mid-write, or not ours: collect it again
+            return False, None
+
+    def save(self, path: Path | None, example: dict | None) -> None:
+        if path is None:
+            return
+        arrays = {"empty": example is None, **({} if example is None else {n: example[n] for n in self.ARRAYS})}
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, **arrays)
+        os.replace(partial, path)  # whole or absent, never half-written under the real name
+
+
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
-                     n_subsets=32, region_pool="sum", features="attention") -> list[dict]:
-    examples = []
+                     n_subsets=32, region_pool="sum", features="attention", cache_dir: Path | None = None,
+                     log=print) -> list[dict]:
+    """Examples of ``per_family`` samples of each family (split "estimator"); with ``cache_dir``, each kept
+    there once collected and read back from there by a later run."""
+    cache, examples, reused = ExampleCache(cache_dir), [], 0
+    dtype = str(getattr(model, "dtype", ""))
     for family in families:
         for i in tqdm(range(per_family), desc=f"collect {family}", unit="sample"):
-            ex = collect_example(model, synthetic_sample(family, i, "estimator", seed), regions, k, ablation,
-                                 n_subsets, seed + i, region_pool, features)
+            path = cache.path({"model": model.name, "dtype": dtype, "family": family, "index": i, "split": "estimator",
+                               "sample_seed": seed, "example_seed": seed + i, "regions": regions, "k": k,
+                               "ablation": ablation, "n_subsets": n_subsets, "region_pool": region_pool,
+                               "features": features, "max_new_tokens": MAX_NEW_TOKENS})
+            found, ex = cache.load(path, family)
+            if found:
+                reused += 1
+            else:
+                ex = collect_example(model, synthetic_sample(family, i, "estimator", seed), regions, k, ablation,
+                                     n_subsets, seed + i, region_pool, features)
+                cache.save(path, ex)
             if ex is not None:
                 examples.append(ex)
+    if reused:
+        log(f"{reused} of {per_family * len(families)} samples' examples read back from {cache_dir}")
     return examples
 
 
@@ -58,20 +125,26 @@ def split_heldout(examples: list[dict], fraction: float, seed: int) -> tuple[lis
 
 
 def fit(train: list[dict], seed: int = 0, targets: str = "both",
-        n_heads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(weights, heads): the estimator fitted on ``train``; with ``n_heads``, on that many heads chosen on
-    ``train`` alone (`select_heads`), else on all (heads None)."""
-    heads = None if n_heads is None else select_heads(train, n_heads, seed, targets)
-    return train_estimator(train, seed=seed, targets=targets, heads=heads), heads
+        n_heads: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(weights, heads, all-heads weights): the estimator fitted on ``train``; with ``n_heads``, on that many
+    heads chosen on ``train`` alone (`select_heads`, whose first round is the all-heads fit), else on all
+    (heads None, and the two weights the same)."""
+    every = train_estimator(train, seed=seed, targets=targets)
+    if n_heads is None:
+        return every, None, every
+    heads = select_heads(train, n_heads, seed, targets, all_heads_fit=every)
+    return train_estimator(train, seed=seed, targets=targets, heads=heads), heads, every
 
 
 def transfer_scores(train: list[dict], held: list[dict], seed: int = 0, targets: str = "both",
-                    n_heads: int | None = None) -> dict:
+                    n_heads: int | None = None, everything: np.ndarray | None = None) -> dict:
     """Cross-family transfer, as the paper reports it: for each family F, an estimator trained on the
-    other families only vs one trained on all, both scored on the same held-out samples of F (with
-    ``n_heads``, each chooses its heads on its own training samples)."""
+    other families only vs one trained on all (``everything`` where the caller fitted it already), both
+    scored on the same held-out samples of F (with ``n_heads``, each chooses its heads on its own training
+    samples)."""
     families = sorted({ex["family"] for ex in held})
-    everything, _ = fit(train, seed, targets, n_heads)
+    if everything is None:
+        everything = fit(train, seed, targets, n_heads)[0]
     table = {}
     for family in families:
         others = [ex for ex in train if ex["family"] != family]
@@ -95,10 +168,11 @@ def format_transfer(table: dict) -> str:
 
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
-        transfer=False, features="logit-weighted", n_heads: int | None = None, log=print) -> LinearEstimator:
+        transfer=False, features="logit-weighted", n_heads: int | None = None, cache_dir: Path | None = None,
+        log=print) -> LinearEstimator:
     """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
     the streaming worker's cost per span shrinks with them; the held-out scores with all heads are
-    printed and kept beside its own."""
+    printed and kept beside its own. ``cache_dir``: where each sample's example is kept (`ExampleCache`)."""
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
@@ -108,12 +182,12 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
         raise ValueError(f"--heads {n_heads}: choose from 1 to {all_heads - 1} ({model.name} has {all_heads} heads; "
                          "leave it out for all)")
     examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
-                                n_subsets, region_pool, features)
+                                n_subsets, region_pool, features, cache_dir, log)
     train, held = split_heldout(examples, heldout_fraction, seed)
-    weights, heads = fit(train, seed, targets, n_heads)
+    weights, heads, all_heads_weights = fit(train, seed, targets, n_heads)
     scores = heldout_scores(weights, held)
     if heads is not None:
-        every = heldout_scores(train_estimator(train, seed=seed, targets=targets), held)
+        every = heldout_scores(all_heads_weights, held)
         log(f"held-out with all {all_heads} heads: r2 {every['r2']:.3f}  pearson {every['pearson']:.3f}  "
             f"lds {every['lds']:.3f}")
     log(f"held-out ({len(held)} samples, {scores['n_spans']} spans"
@@ -126,7 +200,7 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
     if heads is not None:
         meta.update(heads=heads.tolist(), heldout_all_heads=every)
     if transfer:
-        meta["transfer"] = transfer_scores(train, held, seed, targets, n_heads)
+        meta["transfer"] = transfer_scores(train, held, seed, targets, n_heads, everything=weights)
         log(format_transfer(meta["transfer"]))
     est = LinearEstimator(weights, 0.0, meta)
     est.save(output)
