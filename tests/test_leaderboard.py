@@ -35,7 +35,7 @@ def test_settings_summary_is_one_short_line():
     from vattr_bench.leaderboard import settings_summary
 
     assert settings_summary(None) == "" and settings_summary({}) == ""
-    assert settings_summary({"temperature": 0.5, "table": {"a": 1}}) == "temperature=0.5"
+    assert settings_summary({"temperature": 0.5, "table": {"a": 1}, "layers": [2, 3]}) == "temperature=0.5 layers=2,3"
     two = {"estimators": [{"path": "/x/a.json", "heads": 8}, {"path": "b.json", "heads": 64}]}
     assert settings_summary(two) == "path=a.json heads=8; path=b.json heads=64"
     long = settings_summary({"note": "x" * 500})

@@ -57,15 +57,20 @@ def load_results(paths) -> tuple[pd.DataFrame, list[str]]:
 def settings_summary(settings, limit: int = 160) -> str:
     """One line of what a method says decides its scores (results.json's ``config.method_settings``), so
     that two rows of one method (say amortized with two estimators) say how they differ: scalar entries as
-    key=value, a path by its file name, lists item by item; nested tables (held-out scores) left out."""
-    def flat(value) -> list[str]:
-        if isinstance(value, dict):
-            return [f"{k}={Path(v).name if k == 'path' else v}" for k, v in value.items()
-                    if isinstance(v, (str, int, float, bool))] + [x for v in value.values() if isinstance(v, list)
-                                                                   for x in flat(v)]
-        if isinstance(value, list):
-            return ["; ".join(" ".join(flat(item)) for item in value)]
-        return []
+    key=value (a list of them comma-joined), a path by its file name, a list of tables item by item (";");
+    nested tables (held-out scores) left out."""
+    scalar = (str, int, float, bool)
+
+    def flat(table: dict) -> list[str]:
+        out = []
+        for k, v in table.items():
+            if isinstance(v, scalar):
+                out.append(f"{k}={Path(v).name if k == 'path' and isinstance(v, str) else v}")
+            elif isinstance(v, list) and all(isinstance(x, scalar) for x in v):
+                out.append(f"{k}={','.join(map(str, v))}")
+            elif isinstance(v, list):
+                out.append("; ".join(" ".join(flat(x)) for x in v if isinstance(x, dict)))
+        return out
     text = " ".join(flat(settings)) if isinstance(settings, dict) else ""
     return text if len(text) <= limit else text[:limit - 1] + "…"
 

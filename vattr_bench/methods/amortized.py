@@ -56,7 +56,8 @@ class Amortized(AttributionMethod):
 
 
 def _shown(path: str) -> str:
-    package = Path(__file__).parents[2]
+    """A file shipped in the package as vattr_bench/amortized/NAME wherever it is installed; others as given."""
     resolved = Path(path).resolve()
-    shipped = resolved.parent == SHIPPED["vattr-tiny"].parent.resolve()
-    return str(resolved.relative_to(package)) if shipped else path
+    if resolved.parent == SHIPPED["vattr-tiny"].parent.resolve():
+        return str(resolved.relative_to(Path(__file__).resolve().parents[2]))
+    return path
