@@ -68,6 +68,7 @@ def test_results_follow_the_schema(run):
         assert saved["results"][bench]["ablation"]["r2"] == pytest.approx(1.0)
         assert saved["results"][bench]["ablation"]["r2"] > saved["results"][bench]["random"]["r2"]
     assert saved["higher_is_better"]["deletion_auc"] is False and saved["higher_is_better"]["lds"] is True
+    assert (out / "tradeoff.png").stat().st_size > 0  # r2 against cost per token, a panel per benchmark
     pictures = sorted((out / "heatmaps" / "math").glob("*.png"))  # one per sample: truth + each method
     assert len(pictures) == 2 and pictures[0].stat().st_size > 0
 

@@ -31,6 +31,27 @@ def test_results_load_and_rank_and_bad_files_are_reported(tmp_path):
         leaderboard_table(frame, "accuracy")
 
 
+def test_the_tradeoff_plot_has_a_panel_per_benchmark_and_a_point_per_row():
+    from vattr_bench.leaderboard import leaderboard_plot
+
+    frame, _ = load_results([SHIPPED])
+    fig = leaderboard_plot(frame, "lds")
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["code", "document", "general", "math", "science"]
+    for ax in axes:
+        shown = frame[(frame["benchmark"] == ax.get_title()) & (frame["sec_per_token"] > 0)]
+        points = np.concatenate([c.get_offsets() for c in ax.collections])
+        assert sorted(points[:, 1].round(6)) == sorted(shown["lds"].round(6))
+        assert sorted(points[:, 0].round(9)) == sorted(shown["sec_per_token"].round(9))
+    assert "lds (higher is better)" in axes[0].get_ylabel()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    # amortized is in two runs: told apart by run; one legend entry per label, amortized's first
+    assert legend[:2] == ["amortized (runs/eval50)", "amortized (runs/eval50-16heads)"] and len(legend) == len(set(legend))
+    assert "lower is better" in leaderboard_plot(frame, "deletion_auc").get_axes()[0].get_ylabel()
+    with pytest.raises(ValueError, match="unknown metric"):
+        leaderboard_plot(frame, "accuracy")
+
+
 def test_settings_summary_is_one_short_line():
     from vattr_bench.leaderboard import settings_summary
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .benchmarks import SOURCES, SPLITS, load_samples, resolve_families
-from .heatmaps import save_heatmap_png
+from .heatmaps import save_heatmap_png, save_tradeoff_png
 from .methods import AttributionContext, load_method
 from .metrics import deletion_insertion_auc, lds, pearson_per_span, pointing_game, topk_drop
 from .metrics.cost import PeakMemory
@@ -145,7 +145,11 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     results = build_results(cfg.model, config, read_records(samples_path))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     log(format_table(results))
-    log(f"wrote {out / 'results.json'} and {samples_path}")
+    try:  # the picture is a view of results.json, written above either way
+        save_tradeoff_png(results, out / "tradeoff.png")
+    except Exception as e:
+        log(f"warning: {out / 'tradeoff.png'} not drawn: {type(e).__name__}: {e}")
+    log(f"wrote {out / 'results.json'}, {samples_path} and {out / 'tradeoff.png'} (r2 against cost per token)")
     return results
 
 

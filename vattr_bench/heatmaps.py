@@ -109,6 +109,66 @@ def save_perf_png(report: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def tradeoff_figure(rows, metric: str = "r2", lower_is_better: bool = False, title: str = ""):
+    """Faithfulness against cost, a panel per benchmark: each method's ``metric`` (y) against its seconds
+    of attribution per trace token (x, log) — how faithful, at what price, in one picture. ``rows``: a
+    DataFrame with columns benchmark, label, sec_per_token and ``metric``; rows missing either are left
+    out. A label keeps one colour and marker across panels (amortized's orange), named once in the legend.
+    A matplotlib Figure made without pyplot, so a long-running server (the leaderboard) keeps none."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    rows = rows.dropna(subset=["sec_per_token", metric])
+    rows = rows[rows["sec_per_token"] > 0]
+    benchmarks = sorted(rows["benchmark"].unique()) or ["(no results)"]
+    labels = sorted(rows["label"].unique(), key=lambda name: (not str(name).startswith("amortized"), str(name)))
+    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 1]  # tab10 without orange
+    style, others = {}, 0
+    for i, name in enumerate(labels):
+        if str(name).startswith("amortized") and "tab:orange" not in [c for c, _ in style.values()]:
+            style[name] = ("tab:orange", "*")
+        else:
+            style[name] = ("black", "D") if name == "ablation" else (palette[others % len(palette)], "os^vP"[others // len(palette) % 5])
+            others += name != "ablation"
+    legend_width = 0.45 + 0.055 * max((len(str(name)) for name in labels), default=0)  # inches, at fontsize 7
+    fig = Figure(figsize=(2.7 * len(benchmarks) + legend_width, 3.3))
+    axes = np.atleast_1d(fig.subplots(1, len(benchmarks), sharey=True))
+    for ax, bench in zip(axes, benchmarks):
+        for _, row in rows[rows["benchmark"] == bench].iterrows():
+            colour, marker = style[row["label"]]
+            ax.scatter(row["sec_per_token"], row[metric], color=colour, marker=marker, s=60 if marker == "*" else 30,
+                       zorder=3, label=row["label"])
+        ax.set_xscale("log")
+        ax.set_title(bench, fontsize=9)
+        ax.set_xlabel("seconds per token (log)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)", fontsize=8)
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend([handles[name] for name in labels if name in handles], [n for n in labels if n in handles],
+               loc="center right", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - legend_width / fig.get_figwidth(), 1))
+    return fig
+
+
+def save_tradeoff_png(results: dict, path: Path, metric: str = "r2") -> None:
+    """`tradeoff_figure` of one evaluate run's results.json (its methods on the same samples)."""
+    import pandas as pd
+
+    from .metrics import HIGHER_IS_BETTER
+
+    rows = pd.DataFrame([{"benchmark": bench, "label": method, "sec_per_token": m.get("sec_per_token"),
+                          metric: m.get(metric)}
+                         for bench, methods in results["results"].items() for method, m in methods.items()],
+                        columns=["benchmark", "label", "sec_per_token", metric])
+    fig = tradeoff_figure(rows, metric, not HIGHER_IS_BETTER.get(metric, True),
+                          f"{results.get('model', '?')}: {metric} against ablation vs attribution cost "
+                          "(ablation's cost: computing the truth)")
+    _save(fig, path, layout=False)
+
+
 def overlay(image, regions: Regions, span_scores: np.ndarray, size: int = 320):
     """The image with each region tinted by one span's scores (normalised to the span, inferno), as a
     PIL image scaled to ``size`` px wide — for places that show pictures live (the leaderboard demo)."""
@@ -132,10 +192,12 @@ def _pixel_heat(labels: np.ndarray, span_scores: np.ndarray, outside: float) -> 
     return np.where(labels >= 0, norm[np.clip(labels, 0, None)], outside)
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, layout: bool = True) -> None:
+    """``layout``: False for a figure that laid itself out (room kept for a legend beside the panels)."""
     import matplotlib.pyplot as plt
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plt.close(fig)  # a no-op for figures made without pyplot

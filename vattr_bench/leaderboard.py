@@ -3,8 +3,9 @@ and a live demo that streams the amortized attribution of each span over the use
 
     vattr-bench leaderboard --results runs leaderboard/results
 
-The table logic (`load_results`, `leaderboard_table`) and the demo's generator (`DemoSession.stream`)
-are plain functions, so they are tested without a browser; `build_app` only wires them to components.
+The table logic (`load_results`, `leaderboard_table`, `leaderboard_plot`) and the demo's generator
+(`DemoSession.stream`) are plain functions, so they are tested without a browser; `build_app` only wires
+them to components.
 """
 from __future__ import annotations
 
@@ -89,6 +90,19 @@ def leaderboard_table(frame: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
     return wide.reset_index().round(4)
 
 
+def leaderboard_plot(frame: pd.DataFrame, metric: str = "r2"):
+    """The table's metric against seconds per token, a panel per benchmark (`tradeoff_figure`); a method
+    in several runs is labelled with its run too. For ``sec_per_token`` itself, r2 against it."""
+    from .heatmaps import tradeoff_figure
+
+    metric = "r2" if metric == "sec_per_token" else metric
+    if metric not in TABLE_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(TABLE_METRICS)}")
+    runs_per_method = frame.groupby("method")["run"].nunique()
+    labels = [f"{m} ({r})" if runs_per_method[m] > 1 else m for m, r in zip(frame["method"], frame["run"])]
+    return tradeoff_figure(frame.assign(label=labels), metric, not HIGHER_IS_BETTER.get(metric, True))
+
+
 class DemoSession:
     """The live demo: load the model and its estimator once, then stream any image + prompt."""
 
@@ -146,7 +160,7 @@ def build_app(result_paths, model_name: str = "vattr-tiny", device: str = "cpu")
     session = DemoSession(model_name, device=device)
 
     def table(metric):
-        return leaderboard_table(frame, metric)
+        return leaderboard_table(frame, metric), leaderboard_plot(frame, metric)
 
     def demo(image, prompt):
         try:
@@ -159,8 +173,10 @@ def build_app(result_paths, model_name: str = "vattr-tiny", device: str = "cpu")
                     "thinking model's reasoning steps rely on — scored against exhaustive ablation.")
         with gr.Tab("Leaderboard"):
             metric = gr.Dropdown(list(TABLE_METRICS), value="r2", label="metric")
-            board = gr.Dataframe(value=table("r2"), interactive=False)
-            metric.change(table, inputs=metric, outputs=board)
+            first_table, first_plot = table("r2")
+            board = gr.Dataframe(value=first_table, interactive=False)
+            tradeoff = gr.Plot(value=first_plot, label="the metric against seconds of attribution per token")
+            metric.change(table, inputs=metric, outputs=[board, tradeoff])
             runs = ", ".join(sorted(frame["run"].unique())) or "none"
             gr.Markdown(f"Runs: {runs}." + ("\n\nNot loaded:\n" + "\n".join(f"- {p}" for p in problems) if problems else ""))
         with gr.Tab("Live streaming demo"):
