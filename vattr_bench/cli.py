@@ -167,6 +167,38 @@ def _cmd_perf(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .results import SPAN_METRICS, paired_differences, read_records
+
+    path = Path(args.run)
+    samples = path / "samples.jsonl" if path.is_dir() else path
+    if not samples.is_file():
+        raise FileNotFoundError(f"no samples.jsonl at {path} (give an evaluate --output-dir or its samples.jsonl)")
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in SPAN_METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from {', '.join(SPAN_METRICS)}")
+    records = read_records(samples)
+    if not any(r.get("method") == args.method and "error" not in r for r in records):
+        found = sorted({r.get("method") for r in records})
+        raise ValueError(f"{samples} has no scored sample of {args.method!r}; it has: {', '.join(found) or 'none'}")
+    rows = paired_differences(records, args.method, metrics)
+    cell = {(r["benchmark"], r["other"], r["metric"]): r for r in rows}
+    print(f"{args.method} minus each other method, mean over the spans both scored, [95% interval, samples "
+          "resampled] — an interval that holds 0 is not a difference these samples resolve")
+    print("| benchmark | other method | " + " | ".join(metrics) + " | samples |")
+    print("|---|---|" + "---|" * len(metrics) + "---|")
+    for benchmark, other in dict.fromkeys((r["benchmark"], r["other"]) for r in rows):
+        parts = []
+        for m in metrics:
+            r = cell[(benchmark, other, m)]
+            ci = r["ci95"]
+            parts.append("–" if r["difference"] is None else
+                         f"{r['difference']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
+        print(f"| {benchmark} | {other} | " + " | ".join(parts) + f" | {cell[(benchmark, other, metrics[0])]['n_samples']} |")
+    return 0
+
+
 def _cmd_leaderboard(args) -> int:
     from .leaderboard import build_app
     from .models import check_device
@@ -226,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one PNG per sample: the ablation truth and each method, a panel per span")
     _add_device(e)
     e.set_defaults(func=_cmd_evaluate)
+
+    c = sub.add_parser("compare", help="one method against the others of an evaluate run: paired differences "
+                       "with 95%% intervals")
+    c.add_argument("run", help="an evaluate --output-dir (or its samples.jsonl)")
+    c.add_argument("--method", default="amortized")
+    c.add_argument("--metric", default="r2,lds", help="comma list of span metrics")
+    c.set_defaults(func=_cmd_compare)
 
     r = sub.add_parser("regions", help="compute (and draw) the regions of a sample or an image")
     r.add_argument("--model", default="vattr-tiny")

@@ -1,0 +1,76 @@
+"""results.json's aggregates: span means with bootstrap intervals, and paired differences between methods."""
+import json
+
+import numpy as np
+import pytest
+
+from vattr_bench.cli import main
+from vattr_bench.results import aggregate, paired_differences, span_mean_ci
+
+
+def _record(method, sample, r2, lds=None, benchmark="math"):
+    lds = r2 if lds is None else lds
+    return {"benchmark": benchmark, "sample_id": sample, "method": method, "n_spans": len(r2),
+            "sec_per_token": 0.001, "peak_mem_mb": 1.0,
+            "span_metrics": {m: list(r2 if m == "r2" else lds) for m in
+                             ("r2", "pearson", "lds", "deletion_auc", "insertion_auc", "topk_drop", "pointing_game")}}
+
+
+def test_span_mean_interval_resamples_samples_and_is_reproducible():
+    rng = np.random.default_rng(0)
+    per_sample = [rng.random(rng.integers(2, 6)) for _ in range(40)]
+    mean = np.concatenate(per_sample).mean()
+    low, high = span_mean_ci(per_sample)
+    assert low < mean < high and high - low < 0.25
+    assert span_mean_ci(per_sample) == [low, high]  # seeded: the same results.json twice
+    # samples resampled whole: a sample's many identical spans do not count as many independent draws
+    clustered = [np.full(50, v) for v in rng.random(10)]
+    spread = span_mean_ci(clustered)
+    flat = span_mean_ci([np.concatenate(clustered)[i::50] for i in range(50)])  # the same values, 50 samples of 10
+    assert spread[1] - spread[0] > 2 * (flat[1] - flat[0])
+    assert span_mean_ci([np.ones(3), np.ones(2)]) == [1.0, 1.0]  # no spread (ablation's r2)
+    assert span_mean_ci([np.ones(3)]) is None and span_mean_ci([np.ones(3), np.zeros(0)]) is None
+
+
+def test_aggregate_reports_intervals_around_the_means():
+    rng = np.random.default_rng(1)
+    records = [_record("a", f"s{i}", list(rng.random(3))) for i in range(20)]
+    entry = aggregate(records)["math"]["a"]
+    for metric in ("r2", "lds"):
+        low, high = entry["ci95"][metric]
+        assert low < entry[metric] < high
+
+
+def test_paired_differences_compare_the_spans_both_methods_scored():
+    rng = np.random.default_rng(2)
+    records = []
+    for i in range(12):
+        r2 = rng.random(4)
+        records += [_record("mine", f"s{i}", list(r2), list(r2 + rng.normal(0, 0.05, 4))),
+                    _record("other", f"s{i}", list(r2 - 0.1), list(r2))]
+    records.append(_record("mine", "only-mine", [0.9, 0.9]))  # no partner: left out
+    records.append({**_record("other", "s0", [0.0]), "sample_id": "broken", "error": "boom"})
+    records[0]["span_metrics"]["r2"][1] = None  # a span without a value on one side: left out
+    rows = {(r["other"], r["metric"]): r for r in paired_differences(records, "mine")}
+    r2 = rows[("other", "r2")]
+    assert r2["difference"] == pytest.approx(0.1) and r2["ci95"] == pytest.approx([0.1, 0.1])
+    assert r2["n_samples"] == 12 and r2["n_spans"] == 12 * 4 - 1
+    lds = rows[("other", "lds")]
+    assert lds["ci95"][0] < lds["difference"] < lds["ci95"][1] and abs(lds["difference"]) < 0.05
+
+
+def test_cli_compare(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    lines = [_record(m, f"s{i}", list(rng.random(3) + (0.3 if m == "amortized" else 0))) for i in range(15)
+             for m in ("amortized", "attention")]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["compare", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| math | attention |"))
+    assert row.count("[") == 2 and row.endswith("| 15 |")
+    assert main(["compare", str(tmp_path), "--metric", "accuracy"]) == 2
+    assert "unknown metric accuracy" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), "--method", "rollout"]) == 2
+    assert "no scored sample of 'rollout'; it has: amortized, attention" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "nowhere")]) == 2
+    assert "no samples.jsonl" in capsys.readouterr().err
