@@ -74,3 +74,20 @@ def test_cli_compare(tmp_path, capsys):
     assert "no scored sample of 'rollout'; it has: amortized, attention" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "nowhere")]) == 2
     assert "no samples.jsonl" in capsys.readouterr().err
+
+
+def test_cli_compare_against_another_run_of_the_same_samples(tmp_path, capsys):
+    """The same method in two runs (say two estimators), paired sample by sample — only when both runs share
+    their traces and ground truth."""
+    rng = np.random.default_rng(4)
+    base = {f"s{i}": list(rng.random(3)) for i in range(10)}
+    for name, shift, key in (("mine", 0.2, "k1"), ("theirs", 0.0, "k1"), ("elsewhere", 0.0, "k2")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"ground_truth_key": key}))
+        lines = [_record("amortized", sid, [v + shift for v in r2]) for sid, r2 in base.items()]
+        (tmp_path / name / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["compare", str(tmp_path / "mine"), "--against", str(tmp_path / "theirs"), "--metric", "r2"]) == 0
+    out = capsys.readouterr().out
+    assert "| math | amortized @ theirs | +0.200 [+0.200, +0.200] | 10 |" in out
+    assert main(["compare", str(tmp_path / "mine"), "--against", str(tmp_path / "elsewhere")]) == 2
+    assert "not the same spans" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -144,8 +145,6 @@ def _cmd_stream(args) -> int:
 
 
 def _cmd_perf(args) -> int:
-    import json
-
     from .models import load_model
     from .perf import PerfConfig, run_perf
 
@@ -167,24 +166,48 @@ def _cmd_perf(args) -> int:
     return 0
 
 
-def _cmd_compare(args) -> int:
-    from .results import SPAN_METRICS, paired_differences, read_records
+def _run_records(path: Path) -> tuple[list[dict], Path]:
+    """An evaluate run's records, from its --output-dir or its samples.jsonl."""
+    from .results import read_records
 
-    path = Path(args.run)
     samples = path / "samples.jsonl" if path.is_dir() else path
     if not samples.is_file():
         raise FileNotFoundError(f"no samples.jsonl at {path} (give an evaluate --output-dir or its samples.jsonl)")
+    return read_records(samples), samples
+
+
+def _ground_truth_key(samples: Path) -> str | None:
+    marker = samples.parent / "run.json"
+    return json.loads(marker.read_text()).get("ground_truth_key") if marker.is_file() else None
+
+
+def _cmd_compare(args) -> int:
+    from .results import SPAN_METRICS, paired_differences
+
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in SPAN_METRICS]
     if unknown or not metrics:
         raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from {', '.join(SPAN_METRICS)}")
-    records = read_records(samples)
+    records, samples = _run_records(Path(args.run))
     if not any(r.get("method") == args.method and "error" not in r for r in records):
         found = sorted({r.get("method") for r in records})
         raise ValueError(f"{samples} has no scored sample of {args.method!r}; it has: {', '.join(found) or 'none'}")
+    against = "each other method"
+    if args.against:
+        # another run's methods, renamed by their run, paired on the same samples: only meaningful when both
+        # runs share their traces and ground truth (evaluate's ground-truth key: model, regions, ablation, seed…)
+        theirs, their_samples = _run_records(Path(args.against))
+        mine_key, their_key = _ground_truth_key(samples), _ground_truth_key(their_samples)
+        if mine_key is None or mine_key != their_key:
+            raise ValueError(f"{args.run} and {args.against} were not run under the same ground-truth configuration "
+                             f"(run.json keys {mine_key} and {their_key}): their spans are not the same spans")
+        label = Path(args.against).name if Path(args.against).is_dir() else their_samples.parent.name
+        records = [r for r in records if r.get("method") == args.method] + \
+                  [{**r, "method": f"{r['method']} @ {label}"} for r in theirs]
+        against = f"each method of {args.against}"
     rows = paired_differences(records, args.method, metrics)
     cell = {(r["benchmark"], r["other"], r["metric"]): r for r in rows}
-    print(f"{args.method} minus each other method, mean over the spans both scored, [95% interval, samples "
+    print(f"{args.method} minus {against}, mean over the spans both scored, [95% interval, samples "
           "resampled] — an interval that holds 0 is not a difference these samples resolve")
     print("| benchmark | other method | " + " | ".join(metrics) + " | samples |")
     print("|---|---|" + "---|" * len(metrics) + "---|")
@@ -264,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run", help="an evaluate --output-dir (or its samples.jsonl)")
     c.add_argument("--method", default="amortized")
     c.add_argument("--metric", default="r2,lds", help="comma list of span metrics")
+    c.add_argument("--against", default=None,
+                   help="another evaluate run on the same samples and ground truth (say the same method with another "
+                        "estimator): its methods, named 'method @ run', instead of this run's others")
     c.set_defaults(func=_cmd_compare)
 
     r = sub.add_parser("regions", help="compute (and draw) the regions of a sample or an image")
