@@ -53,10 +53,16 @@ def test_paired_differences_compare_the_spans_both_methods_scored():
     records[0]["span_metrics"]["r2"][1] = None  # a span without a value on one side: left out
     rows = {(r["other"], r["metric"]): r for r in paired_differences(records, "mine")}
     r2 = rows[("other", "r2")]
-    assert r2["difference"] == pytest.approx(0.1) and r2["ci95"] == pytest.approx([0.1, 0.1])
+    assert r2["statistic"] == "difference" and r2["value"] == pytest.approx(0.1) and r2["ci95"] == pytest.approx([0.1, 0.1])
     assert r2["n_samples"] == 12 and r2["n_spans"] == 12 * 4 - 1
     lds = rows[("other", "lds")]
-    assert lds["ci95"][0] < lds["difference"] < lds["ci95"][1] and abs(lds["difference"]) < 0.05
+    assert lds["ci95"][0] < lds["value"] < lds["ci95"][1] and abs(lds["value"]) < 0.05
+    # the ratio of the two means over the same spans, resampled the same way
+    ratio = {(r["other"], r["metric"]): r for r in paired_differences(records, "mine", ratio=True)}[("other", "r2")]
+    spans = [(a, b) for rec_a, rec_b in zip(records[0:24:2], records[1:24:2])
+             for a, b in zip(rec_a["span_metrics"]["r2"], rec_b["span_metrics"]["r2"]) if a is not None]
+    assert ratio["value"] == pytest.approx(sum(a for a, _ in spans) / sum(b for _, b in spans))
+    assert ratio["ci95"][0] < ratio["value"] < ratio["ci95"][1]
 
 
 def test_cli_compare(tmp_path, capsys):
@@ -68,6 +74,8 @@ def test_cli_compare(tmp_path, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| math | attention |"))
     assert row.count("[") == 2 and row.endswith("| 15 |")
+    assert main(["compare", str(tmp_path), "--metric", "r2", "--ratio"]) == 0
+    assert "×" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| math | attention |"))
     assert main(["compare", str(tmp_path), "--metric", "accuracy"]) == 2
     assert "unknown metric accuracy" in capsys.readouterr().err
     assert main(["compare", str(tmp_path), "--method", "rollout"]) == 2

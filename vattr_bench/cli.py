@@ -205,10 +205,14 @@ def _cmd_compare(args) -> int:
         records = [r for r in records if r.get("method") == args.method] + \
                   [{**r, "method": f"{r['method']} @ {label}"} for r in theirs]
         against = f"each method of {args.against}"
-    rows = paired_differences(records, args.method, metrics)
+    rows = paired_differences(records, args.method, metrics, ratio=args.ratio)
     cell = {(r["benchmark"], r["other"], r["metric"]): r for r in rows}
-    print(f"{args.method} minus {against}, mean over the spans both scored, [95% interval, samples "
-          "resampled] — an interval that holds 0 is not a difference these samples resolve")
+    if args.ratio:
+        print(f"{args.method}'s mean ÷ that of {against}, over the spans both scored, [95% interval, samples "
+              "resampled]")
+    else:
+        print(f"{args.method} minus {against}, mean over the spans both scored, [95% interval, samples "
+              "resampled] — an interval that holds 0 is not a difference these samples resolve")
     print("| benchmark | other method | " + " | ".join(metrics) + " | samples |")
     print("|---|---|" + "---|" * len(metrics) + "---|")
     for benchmark, other in dict.fromkeys((r["benchmark"], r["other"]) for r in rows):
@@ -216,8 +220,9 @@ def _cmd_compare(args) -> int:
         for m in metrics:
             r = cell[(benchmark, other, m)]
             ci = r["ci95"]
-            parts.append("–" if r["difference"] is None else
-                         f"{r['difference']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
+            form = "{:.2f}×" if args.ratio else "{:+.3f}"
+            parts.append("–" if r["value"] is None else form.format(r["value"])
+                         + (f" [{form.format(ci[0])}, {form.format(ci[1])}]" if ci else ""))
         print(f"| {benchmark} | {other} | " + " | ".join(parts) + f" | {cell[(benchmark, other, metrics[0])]['n_samples']} |")
     return 0
 
@@ -290,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--against", default=None,
                    help="another evaluate run on the same samples and ground truth (say the same method with another "
                         "estimator): its methods, named 'method @ run', instead of this run's others")
+    c.add_argument("--ratio", action="store_true",
+                   help="the method's mean ÷ the other's instead of the difference (for metrics ≥ 0, such as r2)")
     c.set_defaults(func=_cmd_compare)
 
     r = sub.add_parser("regions", help="compute (and draw) the regions of a sample or an image")

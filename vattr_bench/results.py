@@ -74,48 +74,68 @@ def span_mean_ci(per_sample: list[np.ndarray], seed: int = 0) -> list[float] | N
     """95% interval of the mean over all spans, by a bootstrap over samples (a sample's spans share its
     image and trace, so they are resampled together; scipy's percentile bootstrap, seeded, so a results.json
     is reproducible). None with fewer than two samples that have a finite value."""
+    per_sample = [v for v in per_sample if len(v)]
+    return _ratio_of_sums_ci(np.array([v.sum() for v in per_sample]),
+                             np.array([len(v) for v in per_sample], dtype=np.float64), seed)
+
+
+def _ratio_of_sums_ci(numerators: np.ndarray, denominators: np.ndarray, seed: int) -> list[float] | None:
+    """95% percentile-bootstrap interval of Σ numerators / Σ denominators, one pair per sample, the samples
+    resampled (a mean over spans is Σ span sums / Σ span counts; a ratio of two methods' means over the same
+    spans is Σ one's sums / Σ the other's)."""
     from scipy.stats import bootstrap
 
-    per_sample = [v for v in per_sample if len(v)]
-    if len(per_sample) < 2:
+    if len(numerators) < 2:
         return None
-    sums = np.array([v.sum() for v in per_sample])
-    counts = np.array([len(v) for v in per_sample], dtype=np.float64)
-    if np.ptp(np.concatenate(per_sample)) == 0:  # every span the same value (ablation's r2): no spread to resample
-        return [float(per_sample[0][0])] * 2
-    result = bootstrap((sums, counts), lambda total, n, axis=-1: total.sum(axis) / n.sum(axis), paired=True,
+    per_sample = numerators / denominators
+    if np.ptp(per_sample) == 0:  # every sample the same (ablation's r2): no spread to resample
+        return [float(per_sample[0])] * 2
+    result = bootstrap((numerators, denominators), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis), paired=True,
                        vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
                        rng=np.random.default_rng(seed))
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
-def paired_differences(records: list[dict], method: str, metrics=("r2", "lds"), seed: int = 0) -> list[dict]:
-    """``method`` against every other method of the same run, per benchmark and metric: the mean over spans
-    of (method − other), on the spans both scored (same samples, same traces), with its 95% interval
-    (`span_mean_ci`, samples resampled together) — whether a gap between two table rows is more than
-    which samples were drawn. Rows: benchmark, other, metric, difference, ci95, n_samples, n_spans."""
+def paired_differences(records: list[dict], method: str, metrics=("r2", "lds"), seed: int = 0,
+                       ratio: bool = False) -> list[dict]:
+    """``method`` against every other method of the same records, per benchmark and metric, on the spans
+    both scored (same samples, same traces): the mean over those spans of (method − other), or with
+    ``ratio`` method's mean ÷ other's (for metrics ≥ 0 such as r2: "2× raw attention" is such a ratio), with
+    its 95% interval (samples resampled together) — whether a gap between two table rows is more than which
+    samples were drawn. Rows: benchmark, other, metric, statistic ("difference" or "ratio"), value, ci95,
+    n_samples, n_spans."""
     scored = {(r["benchmark"], r["sample_id"], r["method"]): r for r in records if "error" not in r}
     rows = []
     for benchmark in sorted({b for b, _, m in scored if m == method}):
         others = sorted({m for b, _, m in scored if b == benchmark and m != method})
         mine = {sid: r for (b, sid, m), r in scored.items() if b == benchmark and m == method}
-        for other in others:
-            for metric in metrics:
-                per_sample = []
-                for sid, r in mine.items():
-                    theirs = scored.get((benchmark, sid, other))
-                    if theirs is None:
-                        continue
-                    a = np.array([np.nan if v is None else v for v in r["span_metrics"][metric]], dtype=np.float64)
-                    b = np.array([np.nan if v is None else v for v in theirs["span_metrics"][metric]], dtype=np.float64)
-                    if len(a) == len(b):  # the same trace's spans
-                        diff = a - b
-                        per_sample.append(diff[np.isfinite(diff)])
-                spans = np.concatenate(per_sample) if per_sample else np.zeros(0)
-                rows.append({"benchmark": benchmark, "other": other, "metric": metric, "difference": _mean(spans),
-                             "ci95": span_mean_ci(per_sample, seed), "n_samples": sum(len(v) > 0 for v in per_sample),
-                             "n_spans": int(len(spans))})
+        for other, metric in ((o, m) for o in others for m in metrics):
+            sums = []  # per sample: (method's sum, other's sum, spans) over the spans both have a value for
+            for sid, r in mine.items():
+                theirs = scored.get((benchmark, sid, other))
+                if theirs is None or len(theirs["span_metrics"][metric]) != len(r["span_metrics"][metric]):
+                    continue  # not scored by both, or not the same trace's spans
+                a, b = _finite_pairs(r["span_metrics"][metric], theirs["span_metrics"][metric])
+                if len(a):
+                    sums.append((a.sum(), b.sum(), len(a)))
+            a_sums, b_sums, counts = (np.array(c, dtype=np.float64) for c in zip(*sums)) if sums else [np.zeros(0)] * 3
+            if ratio:
+                value = float(a_sums.sum() / b_sums.sum()) if sums and b_sums.sum() > 0 else None
+                ci = _ratio_of_sums_ci(a_sums, b_sums, seed) if value is not None else None
+            else:
+                value = float((a_sums - b_sums).sum() / counts.sum()) if sums else None
+                ci = _ratio_of_sums_ci(a_sums - b_sums, counts, seed)
+            rows.append({"benchmark": benchmark, "other": other, "metric": metric,
+                         "statistic": "ratio" if ratio else "difference", "value": value, "ci95": ci,
+                         "n_samples": len(sums), "n_spans": int(counts.sum())})
     return rows
+
+
+def _finite_pairs(mine, theirs) -> tuple[np.ndarray, np.ndarray]:
+    a = np.array([np.nan if v is None else v for v in mine], dtype=np.float64)
+    b = np.array([np.nan if v is None else v for v in theirs], dtype=np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    return a[both], b[both]
 
 
 def build_results(model: str, config: dict, records: list[dict]) -> dict:
