@@ -65,8 +65,13 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
+def _floats(values) -> np.ndarray:
+    """A record's per-span values (None where a span has none) as floats, NaN for None."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 def _finite(values) -> np.ndarray:
-    values = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    values = _floats(values)
     return values[np.isfinite(values)]
 
 
@@ -87,12 +92,14 @@ def _ratio_of_sums_ci(numerators: np.ndarray, denominators: np.ndarray, seed: in
 
     if len(numerators) < 2:
         return None
-    per_sample = numerators / denominators
-    if np.ptp(per_sample) == 0:  # every sample the same (ablation's r2): no spread to resample
-        return [float(per_sample[0])] * 2
-    result = bootstrap((numerators, denominators), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis), paired=True,
-                       vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
-                       rng=np.random.default_rng(seed))
+    # a denominator of 0 (a ratio to a method that scored 0 on a sample) gives inf, kept as is
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_sample = numerators / denominators
+        if np.ptp(per_sample) == 0:  # every sample the same (ablation's r2): no spread to resample
+            return [float(per_sample[0])] * 2
+        result = bootstrap((numerators, denominators), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis),
+                           paired=True, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                           rng=np.random.default_rng(seed))
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
@@ -132,8 +139,8 @@ def paired_differences(records: list[dict], method: str, metrics=("r2", "lds"), 
 
 
 def _finite_pairs(mine, theirs) -> tuple[np.ndarray, np.ndarray]:
-    a = np.array([np.nan if v is None else v for v in mine], dtype=np.float64)
-    b = np.array([np.nan if v is None else v for v in theirs], dtype=np.float64)
+    """Two methods' values on the spans where both have one."""
+    a, b = _floats(mine), _floats(theirs)
     both = np.isfinite(a) & np.isfinite(b)
     return a[both], b[both]
 
