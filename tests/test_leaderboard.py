@@ -25,6 +25,17 @@ def test_results_load_and_rank_and_bad_files_are_reported(tmp_path):
     assert amortized["runs/eval50"].startswith("path=vattr-tiny.estimator.json") and "heads=64" in amortized["runs/eval50"]
     assert amortized["runs/eval50-16heads"].startswith("path=vattr-tiny.16-heads.estimator.json")
     assert "heads=16" in amortized["runs/eval50-16heads"] and "heldout" not in amortized["runs/eval50-16heads"]
+    # the same rows with each cell's 95% interval from its run's results.json
+    shown = leaderboard_table(frame, "r2", intervals=True)
+    assert list(shown["method"]) == list(r2["method"]) and list(shown["run"]) == list(r2["run"])
+    saved = json.loads((SHIPPED / "vattr-tiny-synthetic-test50.json").read_text())["results"]["code"]["amortized"]
+    cell = shown[(shown["method"] == "amortized") & (shown["run"] == "runs/eval50")]["code"].item()
+    assert cell == f"{saved['r2']:.3f} [{saved['ci95']['r2'][0]:.3f}, {saved['ci95']['r2'][1]:.3f}]"
+    old = tmp_path / "old" / "results.json"  # a run from before results.json had intervals
+    old.parent.mkdir()
+    old.write_text(json.dumps({"model": "m", "config": {"output_dir": "old"}, "results": {"math": {"x": {"r2": 0.5}}}}))
+    shown = leaderboard_table(load_results([old])[0], "r2", intervals=True)
+    assert shown.loc[0, "math"] == "0.500" and shown.loc[0, "mean"] == 0.5
     deletion = leaderboard_table(frame, "deletion_auc")  # lower is better: ascending
     assert list(deletion["mean"]) == sorted(deletion["mean"])
     with pytest.raises(ValueError, match="unknown metric"):

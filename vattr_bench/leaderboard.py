@@ -48,10 +48,11 @@ def load_results(paths) -> tuple[pd.DataFrame, list[str]]:
                 for method, metrics in methods.items():
                     rows.append({"run": str(run), "model": payload.get("model", "?"), "benchmark": benchmark,
                                  "method": method, "settings": settings_summary(settings.get(method)),
-                                 "n_samples": metrics.get("n_samples"), **{m: metrics.get(m) for m in TABLE_METRICS}})
+                                 "n_samples": metrics.get("n_samples"), **{m: metrics.get(m) for m in TABLE_METRICS},
+                                 "ci95": metrics.get("ci95") or {}})
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as e:
             problems.append(f"{f}: not a readable results.json ({type(e).__name__}: {e})")
-    columns = ["run", "model", "benchmark", "method", "settings", "n_samples", *TABLE_METRICS]
+    columns = ["run", "model", "benchmark", "method", "settings", "n_samples", *TABLE_METRICS, "ci95"]
     return pd.DataFrame(rows, columns=columns), problems
 
 
@@ -76,18 +77,32 @@ def settings_summary(settings, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def leaderboard_table(frame: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
+def leaderboard_table(frame: pd.DataFrame, metric: str = "r2", intervals: bool = False) -> pd.DataFrame:
     """Wide table for one metric: a row per (model, method, run) with the method's settings, a column per
-    benchmark and their mean, best first (direction from the metric's higher_is_better)."""
+    benchmark and their mean, best first (direction from the metric's higher_is_better). ``intervals``: each
+    benchmark's cell as text with the run's 95% interval, "0.531 [0.488, 0.573]" (runs made before
+    results.json had intervals show the value alone)."""
     if metric not in TABLE_METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(TABLE_METRICS)}")
     if frame.empty:
         return pd.DataFrame(columns=["model", "method", "run", "settings", "mean"])
     index = ["model", "method", "run", "settings"]
-    wide = frame.fillna({"settings": ""}).pivot_table(index=index, columns="benchmark", values=metric, aggfunc="mean")
+    frame = frame.fillna({"settings": ""})
+    wide = frame.pivot_table(index=index, columns="benchmark", values=metric, aggfunc="mean")
     wide["mean"] = wide.mean(axis=1)
-    wide = wide.sort_values("mean", ascending=not HIGHER_IS_BETTER.get(metric, True))
-    return wide.reset_index().round(4)
+    wide = wide.sort_values("mean", ascending=not HIGHER_IS_BETTER.get(metric, True)).reset_index().round(4)
+    if intervals:
+        ci = {(*(row[c] for c in index), row["benchmark"]): (row["ci95"] or {}).get(metric) for _, row in frame.iterrows()}
+        for bench in [c for c in wide.columns if c not in (*index, "mean")]:
+            wide[bench] = [_with_interval(row[bench], ci.get((*(row[c] for c in index), bench)))
+                           for _, row in wide.iterrows()]
+    return wide
+
+
+def _with_interval(value, interval) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def leaderboard_plot(frame: pd.DataFrame, metric: str = "r2"):
@@ -159,8 +174,8 @@ def build_app(result_paths, model_name: str = "vattr-tiny", device: str = "cpu")
     frame, problems = load_results(result_paths)
     session = DemoSession(model_name, device=device)
 
-    def table(metric):
-        return leaderboard_table(frame, metric), leaderboard_plot(frame, metric)
+    def table(metric, intervals):
+        return leaderboard_table(frame, metric, intervals), leaderboard_plot(frame, metric)
 
     def demo(image, prompt):
         try:
@@ -172,11 +187,14 @@ def build_app(result_paths, model_name: str = "vattr-tiny", device: str = "cpu")
         gr.Markdown("# vattr-bench\nHow faithfully does each attribution method say which image regions a "
                     "thinking model's reasoning steps rely on — scored against exhaustive ablation.")
         with gr.Tab("Leaderboard"):
-            metric = gr.Dropdown(list(TABLE_METRICS), value="r2", label="metric")
-            first_table, first_plot = table("r2")
+            with gr.Row():
+                metric = gr.Dropdown(list(TABLE_METRICS), value="r2", label="metric")
+                intervals = gr.Checkbox(value=False, label="95% intervals (samples resampled)")
+            first_table, first_plot = table("r2", False)
             board = gr.Dataframe(value=first_table, interactive=False)
             tradeoff = gr.Plot(value=first_plot, label="the metric against seconds of attribution per token")
-            metric.change(table, inputs=metric, outputs=[board, tradeoff])
+            for control in (metric, intervals):
+                control.change(table, inputs=[metric, intervals], outputs=[board, tradeoff])
             runs = ", ".join(sorted(frame["run"].unique())) or "none"
             gr.Markdown(f"Runs: {runs}." + ("\n\nNot loaded:\n" + "\n".join(f"- {p}" for p in problems) if problems else ""))
         with gr.Tab("Live streaming demo"):
