@@ -143,6 +143,36 @@ def test_a_resumed_run_does_not_mix_settings(tmp_path, monkeypatch):
     assert results["config"]["method_settings"] == {"tempered": {"temperature": "0.5"}}
 
 
+def test_a_kill_mid_write_leaves_the_old_file_and_a_torn_cache_is_recomputed(run, tmp_path):
+    from vattr_bench.storage import write_text_atomically, replace_atomically
+
+    target = tmp_path / "records.jsonl"
+    write_text_atomically(target, "old\n")
+
+    def killed(f):
+        f.write(b"half of the new")
+        raise KeyboardInterrupt  # the process dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_atomically(target, killed)
+    assert target.read_text() == "old\n"
+    # a ground-truth file torn some other way (a run before the writes were atomic) is computed again
+    cfg, out, _, _ = run
+    cached = sorted((out / "cache").rglob("*.npz"))[0]
+    before = dict(np.load(cached))
+    cached.write_bytes(cached.read_bytes()[:200])
+    samples = out / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    sample_id = cached.stem
+    samples.write_text("".join(line + "\n" for line in lines if json.loads(line)["sample_id"] != sample_id))
+    logs = []
+    evaluate(cfg, log=logs.append)
+    assert not any(f"sample {sample_id} skipped" in line for line in logs)
+    after = dict(np.load(cached))
+    assert all(np.array_equal(before[k], after[k]) for k in ("token_ids", "effects", "masks", "subset_effects"))
+    assert len(read_records(samples)) == len(lines)
+
+
 def test_ablation_beats_random_per_span(run):
     _, out, _, _ = run
     records = [r for r in read_records(out / "samples.jsonl") if r["method"] in ("ablation", "random")]

@@ -28,6 +28,7 @@ from .models import load_model
 from .regions import OPERATORS, PROTOCOLS, ground_truth, make_regions
 from .regions.protocols import K_RANGE
 from .results import build_results, format_table, read_records
+from .storage import replace_atomically, write_text_atomically
 from .types import validate_attribution
 
 
@@ -102,7 +103,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     samples_path = out / "samples.jsonl"
     previous = read_records(samples_path)
     if samples_path.is_file():  # drop a line torn by a killed run, so appends start on a clean line
-        samples_path.write_text("".join(json.dumps(r) + "\n" for r in previous), encoding="utf-8")
+        write_text_atomically(samples_path, "".join(json.dumps(r) + "\n" for r in previous))
     done = {(r["benchmark"], r["sample_id"], r["method"]) for r in previous}
     cache_dir = out / "cache" / cfg.ground_truth_key()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     config = {**asdict(cfg), "methods": [m.name for m in methods], "r2": "squared Pearson correlation",
               "method_errors": {**method_errors, **stopped}, "method_settings": settings}
     results = build_results(cfg.model, config, read_records(samples_path))
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_atomically(out / "results.json", json.dumps(results, indent=1))
     log(format_table(results))
     try:  # the picture is a view of results.json, written above either way
         save_tradeoff_png(results, out / "tradeoff.png")
@@ -178,7 +179,7 @@ class _SettingsLedger:
         if settings and not previous:
             self.recorded[method.name] = settings
             run = json.loads(self.marker.read_text())
-            self.marker.write_text(json.dumps({**run, "method_settings": self.recorded}, indent=1))
+            write_text_atomically(self.marker, json.dumps({**run, "method_settings": self.recorded}, indent=1))
         return None
 
 
@@ -218,7 +219,7 @@ def _claim_output_dir(out: Path, cfg: EvalConfig) -> None:
             raise ValueError(f"{out} holds a run made under another configuration ({previous.get('config')}); "
                              "use a new --output-dir to compare configurations")
     else:
-        marker.write_text(json.dumps({"ground_truth_key": key, "config": asdict(cfg)}, indent=1))
+        write_text_atomically(marker, json.dumps({"ground_truth_key": key, "config": asdict(cfg)}, indent=1))
 
 
 @dataclass
@@ -234,7 +235,7 @@ def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
     """Trace, regions and ablation ground truth of one sample, from the cache when there."""
     prepared = model.prepare(sample.image, sample.prompt)
     cached_path = cache_dir / f"{sample.id}.npz"
-    cached = dict(np.load(cached_path)) if cached_path.is_file() else None
+    cached = _read_cached(cached_path)
     if cached is not None:
         trace = model.trace_from_ids(prepared, cached["token_ids"].tolist())
     else:
@@ -246,13 +247,27 @@ def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
     if cached is None:
         truth = ground_truth(model, prepared, trace, regions, cfg.ablation, cfg.n_subsets, cfg.seed)
         effects, masks, sub, ablation_seconds = truth.effects, truth.masks, truth.subset_effects, truth.seconds
-        np.savez(cached_path, token_ids=np.array(trace.token_ids), effects=effects, masks=masks, subset_effects=sub,
-                 ablation_seconds=ablation_seconds)
+        replace_atomically(cached_path, lambda f: np.savez(f, token_ids=np.array(trace.token_ids), effects=effects,
+                                                           masks=masks, subset_effects=sub,
+                                                           ablation_seconds=ablation_seconds))
     else:
         effects, masks, sub = cached["effects"], cached["masks"], cached["subset_effects"]
         ablation_seconds = float(cached["ablation_seconds"])
     ctx.cache["single_region_effects"] = effects
     return _Shared(ctx, masks, sub, ablation_seconds, note)
+
+
+def _read_cached(path: Path) -> dict | None:
+    """A sample's cached trace and ground truth; None when absent or unreadable (a file from before cache
+    writes were atomic, torn by a kill): it is computed again."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            return {name: saved[name] for name in ("token_ids", "effects", "masks", "subset_effects",
+                                                   "ablation_seconds")}
+    except Exception:
+        return None
 
 
 def _run_method(method, shared: _Shared, family: str, log) -> dict:

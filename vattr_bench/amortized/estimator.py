@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..storage import write_text_atomically
 from .features import feature_kind
 
 FORMAT = "vattr-bench/linear-estimator"
@@ -59,7 +60,7 @@ class LinearEstimator:
     def save(self, path: Path) -> None:
         payload = {"format": FORMAT, "version": 1, "weights": [float(w) for w in self.weights],
                    "bias": float(self.bias), "meta": self.meta}
-        Path(path).write_text(json.dumps(payload, indent=1))
+        write_text_atomically(Path(path), json.dumps(payload, indent=1))  # retraining into the file in use
 
     @classmethod
     def load(cls, path: Path, expect: dict | None = None) -> "LinearEstimator":

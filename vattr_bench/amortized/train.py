@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 from ..benchmarks import resolve_families, synthetic_sample
 from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
+from ..storage import replace_atomically
 from .estimator import LinearEstimator, select_heads, train_estimator
 from .attributor import trace_features
 from .features import feature_kind
@@ -54,7 +54,8 @@ class ExampleCache:
     """One .npz per collected sample under ``folder``, named by everything the example depends on (model
     name and dtype, the sample, regions, ablation, subsets, seeds, pooling, feature kind). Keyed by the
     model's name, like evaluate's ground-truth cache: after retraining a model under the same name, use
-    another folder. A file torn by a kill fails to load and is collected again."""
+    another folder. Files are replaced whole (`replace_atomically`); one that fails to load anyway (not
+    ours) is collected again."""
 
     ARRAYS = ("features", "masks", "subset_effects", "single_effects")
 
@@ -85,9 +86,7 @@ class ExampleCache:
         if path is None:
             return
         arrays = {"empty": example is None, **({} if example is None else {n: example[n] for n in self.ARRAYS})}
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, **arrays)
-        os.replace(partial, path)  # whole or absent, never half-written under the real name
+        replace_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
