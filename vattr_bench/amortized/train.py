@@ -79,7 +79,7 @@ class ExampleCache:
                 if bool(saved["empty"]):
                     return True, None
                 return True, {"family": family, **{name: saved[name] for name in self.ARRAYS}}
-        except Exception:  # torn by a kill mid-write, or not ours: collect it again
+        except Exception:  # unreadable (damaged, or not ours): collect it again
             return False, None
 
     def save(self, path: Path | None, example: dict | None) -> None:
