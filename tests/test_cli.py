@@ -13,7 +13,7 @@ def test_list_names_families_and_models(capsys):
         assert name in out
 
 
-def test_generate_writes_scored_traces(tmp_path, capsys):
+def test_generate_writes_scored_traces(tmp_path, capsys, monkeypatch):
     assert main(["generate", "--model", "vattr-tiny", "--benchmark", "math,code", "--limit", "3",
                  "--output-dir", str(tmp_path), "--max-new-tokens", "64"]) == 0
     records = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
@@ -23,6 +23,20 @@ def test_generate_writes_scored_traces(tmp_path, capsys):
         assert r["trace"].startswith("<think>") and r["correct"] == (r["answer"] == r["reference"])
     table = capsys.readouterr().out
     assert "accuracy" in table and "math" in table and "code" in table
+    # killed after the first math sample, mid-write of the second: the rerun keeps the first, redoes the rest
+    lines = (tmp_path / "generations.jsonl").read_text().splitlines()
+    (tmp_path / "generations.jsonl").write_text(lines[0] + "\n" + lines[1][:20])
+    from vattr_bench.models.hf import HFVisionLanguageModel
+
+    calls, real = [], HFVisionLanguageModel.generate
+    monkeypatch.setattr(HFVisionLanguageModel, "generate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    assert main(["generate", "--model", "vattr-tiny", "--benchmark", "math,code", "--limit", "3",
+                 "--output-dir", str(tmp_path), "--max-new-tokens", "64"]) == 0
+    assert len(calls) == 5 and (tmp_path / "generations.jsonl").read_text().splitlines() == lines
+    capsys.readouterr()
+    assert main(["generate", "--model", "vattr-tiny", "--benchmark", "math", "--limit", "3",
+                 "--output-dir", str(tmp_path), "--max-new-tokens", "32"]) == 2
+    assert "holds generations made under" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
