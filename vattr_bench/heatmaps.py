@@ -1,6 +1,7 @@
 """Pictures: region maps over an image, per-span attribution heatmaps, and `perf`'s costs."""
 from __future__ import annotations
 
+import itertools
 import textwrap
 from pathlib import Path
 
@@ -123,13 +124,13 @@ def tradeoff_figure(rows, metric: str = "r2", lower_is_better: bool = False, tit
     benchmarks = sorted(rows["benchmark"].unique()) or ["(no results)"]
     labels = sorted(rows["label"].unique(), key=lambda name: (not str(name).startswith("amortized"), str(name)))
     palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 1]  # tab10 without orange
-    style, others = {}, 0
-    for i, name in enumerate(labels):
-        if str(name).startswith("amortized") and "tab:orange" not in [c for c, _ in style.values()]:
+    rest = itertools.cycle([(colour, marker) for marker in "os^vP" for colour in palette])
+    style = {}
+    for name in labels:  # amortized's labels come first: the first of them is the orange star
+        if not style and str(name).startswith("amortized"):
             style[name] = ("tab:orange", "*")
         else:
-            style[name] = ("black", "D") if name == "ablation" else (palette[others % len(palette)], "os^vP"[others // len(palette) % 5])
-            others += name != "ablation"
+            style[name] = ("black", "D") if name == "ablation" else next(rest)
     legend_width = 0.45 + 0.055 * max((len(str(name)) for name in labels), default=0)  # inches, at fontsize 7
     fig = Figure(figsize=(2.7 * len(benchmarks) + legend_width, 3.3))
     axes = np.atleast_1d(fig.subplots(1, len(benchmarks), sharey=True))

@@ -77,13 +77,17 @@ def settings_summary(settings, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _check_metric(metric: str) -> None:
+    if metric not in TABLE_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(TABLE_METRICS)}")
+
+
 def leaderboard_table(frame: pd.DataFrame, metric: str = "r2", intervals: bool = False) -> pd.DataFrame:
     """Wide table for one metric: a row per (model, method, run) with the method's settings, a column per
     benchmark and their mean, best first (direction from the metric's higher_is_better). ``intervals``: each
     benchmark's cell as text with the run's 95% interval, "0.531 [0.488, 0.573]" (runs made before
     results.json had intervals show the value alone)."""
-    if metric not in TABLE_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(TABLE_METRICS)}")
+    _check_metric(metric)
     if frame.empty:
         return pd.DataFrame(columns=["model", "method", "run", "settings", "mean"])
     index = ["model", "method", "run", "settings"]
@@ -111,8 +115,7 @@ def leaderboard_plot(frame: pd.DataFrame, metric: str = "r2"):
     from .heatmaps import tradeoff_figure
 
     metric = "r2" if metric == "sec_per_token" else metric
-    if metric not in TABLE_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(TABLE_METRICS)}")
+    _check_metric(metric)
     runs_per_method = frame.groupby("method")["run"].nunique()
     labels = [f"{m} ({r})" if runs_per_method[m] > 1 else m for m, r in zip(frame["method"], frame["run"])]
     return tradeoff_figure(frame.assign(label=labels), metric, not HIGHER_IS_BETTER.get(metric, True))
