@@ -28,7 +28,7 @@ from .models import load_model
 from .regions import OPERATORS, PROTOCOLS, ground_truth, make_regions
 from .regions.protocols import K_RANGE
 from .results import build_results, format_table, read_records
-from .storage import replace_atomically, write_text_atomically
+from .storage import load_arrays, save_arrays, write_text_atomically
 from .types import validate_attribution
 
 
@@ -235,7 +235,8 @@ def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
     """Trace, regions and ablation ground truth of one sample, from the cache when there."""
     prepared = model.prepare(sample.image, sample.prompt)
     cached_path = cache_dir / f"{sample.id}.npz"
-    cached = _read_cached(cached_path)
+    # None when unreadable too (torn by a kill before writes were atomic): computed again
+    cached = load_arrays(cached_path, ("token_ids", "effects", "masks", "subset_effects", "ablation_seconds"))
     if cached is not None:
         trace = model.trace_from_ids(prepared, cached["token_ids"].tolist())
     else:
@@ -247,27 +248,13 @@ def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
     if cached is None:
         truth = ground_truth(model, prepared, trace, regions, cfg.ablation, cfg.n_subsets, cfg.seed)
         effects, masks, sub, ablation_seconds = truth.effects, truth.masks, truth.subset_effects, truth.seconds
-        replace_atomically(cached_path, lambda f: np.savez(f, token_ids=np.array(trace.token_ids), effects=effects,
-                                                           masks=masks, subset_effects=sub,
-                                                           ablation_seconds=ablation_seconds))
+        save_arrays(cached_path, token_ids=np.array(trace.token_ids), effects=effects, masks=masks,
+                    subset_effects=sub, ablation_seconds=ablation_seconds)
     else:
         effects, masks, sub = cached["effects"], cached["masks"], cached["subset_effects"]
         ablation_seconds = float(cached["ablation_seconds"])
     ctx.cache["single_region_effects"] = effects
     return _Shared(ctx, masks, sub, ablation_seconds, note)
-
-
-def _read_cached(path: Path) -> dict | None:
-    """A sample's cached trace and ground truth; None when absent or unreadable (a file from before cache
-    writes were atomic, torn by a kill): it is computed again."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as saved:
-            return {name: saved[name] for name in ("token_ids", "effects", "masks", "subset_effects",
-                                                   "ablation_seconds")}
-    except Exception:
-        return None
 
 
 def _run_method(method, shared: _Shared, family: str, log) -> dict:

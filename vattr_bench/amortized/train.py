@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..benchmarks import resolve_families, synthetic_sample
 from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
-from ..storage import replace_atomically
+from ..storage import load_arrays, save_arrays
 from .estimator import LinearEstimator, select_heads, train_estimator
 from .attributor import trace_features
 from .features import feature_kind
@@ -54,8 +54,8 @@ class ExampleCache:
     """One .npz per collected sample under ``folder``, named by everything the example depends on (model
     name and dtype, the sample, regions, ablation, subsets, seeds, pooling, feature kind). Keyed by the
     model's name, like evaluate's ground-truth cache: after retraining a model under the same name, use
-    another folder. Files are replaced whole (`replace_atomically`); one that fails to load anyway (not
-    ours) is collected again."""
+    another folder. Files are replaced whole (`save_arrays`); one that fails to load anyway (not ours) is
+    collected again."""
 
     ARRAYS = ("features", "masks", "subset_effects", "single_effects")
 
@@ -72,21 +72,16 @@ class ExampleCache:
 
     def load(self, path: Path | None, family: str) -> tuple[bool, dict | None]:
         """(found, example); an example of None is a sample whose trace had no span."""
-        if path is None or not path.is_file():
-            return False, None
-        try:
-            with np.load(path) as saved:
-                if bool(saved["empty"]):
-                    return True, None
-                return True, {"family": family, **{name: saved[name] for name in self.ARRAYS}}
-        except Exception:  # unreadable (damaged, or not ours): collect it again
-            return False, None
+        saved = None if path is None else load_arrays(path, ("empty",))
+        if saved is not None and bool(saved["empty"]):
+            return True, None
+        if saved is None or not set(self.ARRAYS) <= set(saved):
+            return False, None  # absent, or unreadable (damaged, or not ours): collect it again
+        return True, {"family": family, **{n: saved[n] for n in self.ARRAYS}}
 
     def save(self, path: Path | None, example: dict | None) -> None:
-        if path is None:
-            return
-        arrays = {"empty": example is None, **({} if example is None else {n: example[n] for n in self.ARRAYS})}
-        replace_atomically(path, lambda f: np.savez(f, **arrays))
+        if path is not None:
+            save_arrays(path, empty=example is None, **({} if example is None else {n: example[n] for n in self.ARRAYS}))
 
 
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
