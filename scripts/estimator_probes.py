@@ -14,13 +14,15 @@ knocked-out region can only lower an almost certain token's log-prob by little);
 and the estimator restricted to random subsets of the L·H heads (how r2 moves with the estimator's
 capacity — the model's head count is the lever `train-model --num-heads` exposes); and the shipped
 (logit-weighted) features restricted to heads chosen on the training samples (`select_heads`: what an
-estimator that may use only m heads keeps — the streaming worker's cost grows with the heads used).
+estimator that may use only m heads keeps — the streaming worker's cost grows with the heads used);
+and the logit-weighted features read along other directions or scaled otherwise (`readout_variants`).
 
     python scripts/estimator_probes.py --probes heads   # only that group
 """
 import argparse
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from vattr_bench.amortized import capture_trace, span_region_features
@@ -67,6 +69,68 @@ def pooled(attention, spans, token_matrix, variant, vnorm=None, logit_values=Non
     return feats.reshape(len(spans), token_matrix.shape[0], -1)
 
 
+READOUTS = ("centered", "expected competitor", "runner-up", "knockout, renormalised", "knockout, renormalised, 1 / (1 - A)",
+            "shipped / final norm's rms", "shipped / (1 - A)")
+
+
+def readout_variants(model, prepared, trace, token_matrix) -> dict:
+    """(S, K, L·H) features for the "readout" probes: the shipped |Σ_{n∈k} a_tn u_tᵀW_O^h v_n| with u_t (y_t's
+    unembedding row) replaced by
+      centered             u_y − mean_v u_v: what log-softmax sees (a shift of every logit is no change);
+      expected competitor  u_y − E_{v≠y} u_v under the model's p_t: the direction of log-odds(y_t);
+      runner-up            u_y − u_v of the likeliest other token;
+    or the exact direct effect of knocking region k out of head (l,h)'s attention at query t, the head's
+    output o_t moving to (o_t − Σ_{n∈k} a_tn v_n) / (1 − A_tk), A_tk = Σ_{n∈k} a_tn:
+      knockout, renormalised   |LV_tk − A_tk u_tᵀW_O^h o_t| (LV: the shipped signed sum), and over (1 − A_tk);
+    or the shipped per-token magnitude over the final norm's rms of the residual at t (the scale the logit
+    lens leaves out: the head's exact direct contribution to the logit), or over (1 − A_tk).
+    For a Llama-style decoder (o_proj, a final RMSNorm with variance_epsilon), vattr-tiny's."""
+    decoder, L, H = model._decoder, model.num_layers, model.num_heads
+    ids, P = list(trace.token_ids), prepared.prompt_length
+    T, rows = len(ids), slice(prepared.prompt_length - 1, prepared.prompt_length - 1 + len(trace.token_ids))
+    seen = {}
+    hooks = [layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: seen.__setitem__(l, a[0]))
+             for l, layer in enumerate(decoder.layers)]
+    hooks.append(decoder.norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("residual", a[0])))
+    try:
+        with model.capture_visual_attention(prepared, logit_readout=True) as capture, torch.no_grad():
+            logits = model._forward(prepared, ids).logits[0, rows].double().numpy()  # (T, V)
+    finally:
+        for h in hooks:
+            h.remove()
+    attention = capture.attention(T).astype(np.float64)  # (L, H, T, N)
+    values = np.repeat(np.asarray(capture._visual_values(), dtype=np.float64), capture._groups, axis=1)  # (L, H, N, d)
+    outputs = np.stack([seen[l][0, rows].double().numpy().reshape(T, H, -1) for l in range(L)])  # (L, T, H, d)
+    residual = seen["residual"][0, rows].double().numpy()
+    rms = np.sqrt((residual ** 2).mean(-1) + decoder.norm.variance_epsilon)  # (T,)
+    unembed = model.model.get_output_embeddings().weight.detach().double().numpy()  # (V, hidden)
+    gain = decoder.norm.weight.detach().double().numpy()
+    w_o = np.concatenate([layer.self_attn.o_proj.weight.detach().double().numpy() for layer in decoder.layers], axis=1)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    others = p.copy()
+    others[np.arange(T), ids] = 0
+    u_y = unembed[ids]
+    directions = {"shipped": u_y, "centered": u_y - unembed.mean(0),
+                  "expected competitor": u_y - (others / others.sum(1, keepdims=True)) @ unembed,
+                  "runner-up": u_y - unembed[others.argmax(1)]}
+    pool = region_pool_matrix(token_matrix)  # (K, N)
+    A = np.einsum("lhtn,kn->lhtk", attention, pool)
+    per_token = {}
+    for name, u in directions.items():
+        g = ((u * gain) @ w_o).reshape(T, L, H, -1)  # W_O^hᵀ(γ ⊙ u_t), per head
+        LV = np.einsum("lhtn,kn->lhtk", attention * np.einsum("tlhd,lhnd->lhtn", g, values), pool)
+        per_token[name] = np.abs(LV)
+        if name == "shipped":
+            head_output = np.einsum("tlhd,lthd->lht", g, outputs)[..., None]  # u_tᵀW_O^h o_t
+            per_token["knockout, renormalised"] = np.abs(LV - A * head_output)
+            per_token["knockout, renormalised, 1 / (1 - A)"] = per_token["knockout, renormalised"] / np.clip(1 - A, 1e-9, None)
+            per_token["shipped / final norm's rms"] = np.abs(LV) / rms[:, None]
+            per_token["shipped / (1 - A)"] = np.abs(LV) / np.clip(1 - A, 1e-9, None)
+    K, S = pool.shape[0], len(trace.spans)
+    return {name: np.stack([x[:, :, s.start:s.end].mean(2) for s in trace.spans]).transpose(0, 3, 1, 2).reshape(S, K, L * H)
+            for name, x in per_token.items() if name in READOUTS}
+
+
 TRANSFORMS = {"fraction-of-region-total": lambda f: f / (f.sum(1, keepdims=True) + 1e-9),
               "log": lambda f: np.log(f + 1e-4), "sqrt": np.sqrt}
 
@@ -76,9 +140,9 @@ def main():
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--model", default="vattr-tiny")
     p.add_argument("--probes", default="all",
-                   help="comma-separated: targets, capacity, pooling, transforms, heads, selected")
+                   help="comma-separated: targets, capacity, pooling, transforms, heads, selected, readout")
     a = p.parse_args()
-    probes = {"targets", "capacity", "pooling", "transforms", "heads", "selected"} if a.probes == "all" else set(a.probes.split(","))
+    probes = {"targets", "capacity", "pooling", "transforms", "heads", "selected", "readout"} if a.probes == "all" else set(a.probes.split(","))
     model = load_model(a.model)
     families = resolve_families("all")
     variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted", "logit-weighted", "logit-weighted, signed",
@@ -100,6 +164,8 @@ def main():
             logit_values = capture_trace(model, prepared, trace.token_ids, logit_readout=True).logit_values(trace.token_ids)
             ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm, logit_values, trace.logprobs)
                        for v in variants})
+            if "readout" in probes:
+                ex.update(readout_variants(model, prepared, trace, regions.token_matrix))
             examples.append(ex)
             certainty.append(np.exp(trace.logprobs))
     train, held = split_heldout(examples, 0.2, 0)
@@ -152,6 +218,21 @@ def main():
             report(f"logit-weighted, {k} random heads (mean of 5 subsets)", key="logit-weighted",
                    draws=[{"heads": np.sort(rng.choice(n_heads, k, replace=False))} for _ in range(5)])
         report(f"logit-weighted, all {n_heads} heads", key="logit-weighted")
+    if "readout" in probes:
+        for v in READOUTS:
+            report(f"logit-weighted read otherwise: {v}", key=v)
+        # the one that gained on the split above, on every fifth of the samples held out in turn
+        order = np.random.default_rng(0).permutation(len(examples))
+        for fold in range(5):
+            held_out = set(order[fold::5].tolist())
+            fit_on = [e for i, e in enumerate(examples) if i not in held_out]
+            fold_held = [e for i, e in enumerate(examples) if i in held_out]
+            row = []
+            for key in ("logit-weighted", "shipped / final norm's rms"):
+                w = train_estimator(view(fit_on, key))
+                row.append(heldout_scores(w, view(fold_held, key)))
+            print(f"| fold {fold + 1} of 5: logit-weighted → / final norm's rms | {row[0]['r2']:.3f} → {row[1]['r2']:.3f} | "
+                  f"{row[0]['lds']:.3f} → {row[1]['lds']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

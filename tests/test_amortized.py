@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from vattr_bench.amortized import LinearEstimator, span_region_features, train_estimator
 from vattr_bench.methods import AttributionContext, load_method
@@ -194,10 +195,11 @@ def test_collected_examples_survive_a_killed_run(tiny, tmp_path, monkeypatch):
 def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_path):
     """The method scores span by span off one captured pass (the streaming worker's computation); the numbers
     are the estimator applied to the defining features: eager attention pooled per (span, region), weighted
-    by logit or value terms computed the long way (each head's full write into the residual stream). An
-    adapter that cannot capture gets value-weighted scores through its attention_to_visual, and a clear
-    error for logit-weighted ones."""
-    from test_streaming import logit_values_the_long_way, value_norms_the_long_way
+    by logit or value terms computed the long way (each head's full write into the residual stream; the final
+    norm's 1/rms off the last layer's output). An adapter that cannot capture gets value-weighted scores
+    through its attention_to_visual, and a clear error for the logit kinds; a model whose final norm is no
+    RMSNorm, a clear error for direct-logit ones."""
+    from test_streaming import logit_values_the_long_way, token_scales_the_long_way, value_norms_the_long_way
     from vattr_bench.benchmarks import synthetic_sample
     from vattr_bench.methods.amortized import Amortized
 
@@ -208,8 +210,12 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_p
     ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
     shipped = Amortized().estimator_for(ctx)
     eager = tiny.attention_to_visual(prepared, trace.token_ids, eager=True)
+    logit_values = logit_values_the_long_way(tiny, prepared, trace.token_ids)
     reference = {"logit-weighted": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
-                                                        logit_values=logit_values_the_long_way(tiny, prepared, trace.token_ids)),
+                                                        logit_values=logit_values),
+                 "direct-logit": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
+                                                      logit_values=logit_values,
+                                                      token_scales=token_scales_the_long_way(tiny, prepared, trace.token_ids)),
                  "value-weighted": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
                                                         value_norms_the_long_way(tiny, prepared))}
     methods = {}
@@ -230,5 +236,16 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_p
     ctx.model = NoCapture()
     np.testing.assert_allclose(methods["value-weighted"].attribute(ctx), reference["value-weighted"] @ shipped.weights,
                                rtol=1e-4, atol=1e-5)
-    with pytest.raises(NotImplementedError, match="logit-weighted features need"):
-        methods["logit-weighted"].attribute(ctx)
+    for kind in ("logit-weighted", "direct-logit"):
+        with pytest.raises(NotImplementedError, match=f"{kind} features need"):
+            methods[kind].attribute(ctx)
+
+    ctx.model = tiny
+    decoder = tiny._decoder
+    rms_norm = decoder.norm
+    decoder.norm = torch.nn.LayerNorm(rms_norm.weight.shape[0])
+    try:
+        with pytest.raises(ValueError, match="direct-logit features need the decoder's final RMSNorm; LayerNorm"):
+            methods["direct-logit"].attribute(ctx)
+    finally:
+        decoder.norm = rms_norm

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tiny_archs
-from vattr_bench.amortized import LinearEstimator, SpanAttributor, span_region_features
+from vattr_bench.amortized import LOGIT_FEATURES, LinearEstimator, SpanAttributor, span_region_features
 from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.cli import main
 from vattr_bench.methods import AttributionContext, load_method
@@ -98,10 +98,12 @@ def test_stream_on_the_paper_architectures_equals_offline(arch, on_device, monke
     eager = model.attention_to_visual(prepared, trace.token_ids, eager=True)
     value_norms = value_norms_the_long_way(model, prepared)
     logit_values = logit_values_the_long_way(model, prepared, trace.token_ids)
+    token_scales = token_scales_the_long_way(model, prepared, trace.token_ids)
     some = [1, 2, 4, 7]  # an estimator using some heads only: both query heads of a kv head, and one alone
     cases = [("sum", "attention", None), ("mean", "attention", None), ("sum", "value-weighted", None),
              ("sum", "logit-weighted", None), ("mean", "logit-weighted", None),
-             ("sum", "attention", some), ("sum", "value-weighted", some), ("sum", "logit-weighted", some)]
+             ("sum", "attention", some), ("sum", "value-weighted", some), ("sum", "logit-weighted", some),
+             ("sum", "direct-logit", None), ("mean", "direct-logit", some)]
     for pool, features, heads in cases:
         weights = rng.normal(size=model.num_layers * model.num_heads)
         meta = {"region_pool": pool, "features": features}
@@ -113,7 +115,7 @@ def test_stream_on_the_paper_architectures_equals_offline(arch, on_device, monke
         assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
         offline = estimator.predict(span_region_features(
             eager, trace.spans, regions.token_matrix, pool, value_norms if features == "value-weighted" else None,
-            logit_values if features == "logit-weighted" else None))
+            logit_values if features in LOGIT_FEATURES else None, token_scales if features == "direct-logit" else None))
         np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
     assert len(device_spans) == (len(cases) * len(trace.spans) if on_device else 0)  # the torch path did the work
 
@@ -162,6 +164,23 @@ def logit_values_the_long_way(model, prepared, token_ids):
         writes = torch.stack([v[:, h] @ w_o[:, h].T for h in range(model.num_heads)])  # (H, N, hidden)
         per_layer.append(torch.einsum("hnc,tc->htn", writes, u))
     return torch.stack(per_layer).numpy()
+
+
+@torch.no_grad()
+def token_scales_the_long_way(model, prepared, token_ids):
+    """Reference 1/rms (T,) of the residual the final norm reads at each trace token's row: the last decoder
+    layer's output in a plain teacher-forced forward (no capture), read by a hook on that layer."""
+    language_model = model.model.model.language_model
+    seen = []
+    hook = language_model.layers[-1].register_forward_hook(
+        lambda m, i, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        model._forward(prepared, list(token_ids))
+    finally:
+        hook.remove()
+    P, T = prepared.prompt_length, len(token_ids)
+    x = seen[0][0, P - 1:P - 1 + T].double()
+    return (1 / torch.sqrt(x.pow(2).mean(-1) + language_model.norm.variance_epsilon)).numpy()
 
 
 def test_value_weighted_amortized_streams_what_it_scores_offline(tiny, tmp_path):

@@ -323,10 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--ablation", default="knockout")
     te.add_argument("--n-subsets", type=int, default=32)
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
-    te.add_argument("--features", default="logit-weighted", choices=["logit-weighted", "value-weighted", "attention"],
-                    help="logit-weighted (default): per token |Σ over the region of attention × u_yᵀW_O^h v_n|, the visual "
-                         "values read along the predicted token's unembedding; value-weighted: attention × ‖W_O^h v_n‖; "
-                         "attention: plain pooled attention")
+    te.add_argument("--features", default="direct-logit",
+                    choices=["direct-logit", "logit-weighted", "value-weighted", "attention"],
+                    help="direct-logit (default): per token |Σ over the region of attention × u_yᵀW_O^h v_n| / rms, what "
+                         "each head's read of the region adds to the predicted token's logit, final norm included; "
+                         "logit-weighted: the same without the final norm's 1/rms; value-weighted: attention × "
+                         "‖W_O^h v_n‖; attention: plain pooled attention")
     te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
     te.add_argument("--transfer", action="store_true",

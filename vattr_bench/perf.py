@@ -34,7 +34,7 @@ import torch
 from scipy.stats import bootstrap
 from tqdm.auto import tqdm
 
-from .amortized import SpanAttributor, capture_options, feature_kind
+from .amortized import LOGIT_FEATURES, SpanAttributor, capture_options, feature_kind
 from .benchmarks import resolve_families, synthetic_sample
 from .methods import AttributionContext
 from .methods.amortized import Amortized
@@ -206,8 +206,8 @@ def interval_text(interval) -> str:
 def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> tuple[dict, int]:
     """3: seconds per span on the same spans (each sample's greedy trace): amortized (the worker's work)
     vs exhaustive ablation (K forward passes, batched as `evaluate` runs them) vs each gradient method."""
-    # logit-weighted: also the process's first stream, no token's head directions kept yet (module docstring)
-    amortized = ("amortized", FIRST_STREAM) if feature_kind(estimator.meta) == "logit-weighted" else ("amortized",)
+    # the logit kinds: also the process's first stream, no token's head directions kept yet (module docstring)
+    amortized = ("amortized", FIRST_STREAM) if feature_kind(estimator.meta) in LOGIT_FEATURES else ("amortized",)
     per_span = {**dict.fromkeys(amortized, 0.0), "ablation": 0.0, **{m.name: 0.0 for m in methods}}
     n_spans = 0
     for s, prepared, regions in tqdm(items, desc="cost per span", unit="sample"):

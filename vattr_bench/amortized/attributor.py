@@ -7,7 +7,8 @@ import torch
 
 from ..types import Regions, Trace
 from .estimator import LinearEstimator
-from .features import capture_options, feature_kind, logit_weighted_per_token, region_pool_matrix, span_region_features
+from .features import (LOGIT_FEATURES, capture_options, feature_kind, logit_weighted_per_token, region_pool_matrix,
+                       span_region_features)
 
 
 class SpanAttributor:
@@ -20,7 +21,7 @@ class SpanAttributor:
     with c = w, or w·‖W_O^h v_n‖ for value-weighted features, folded once per capture) and only that (N,)
     vector is pooled into regions. Logit-weighted features take a magnitude per token after the region
     sum, so they are pooled per token (`logit_weighted_per_token`, as `span_region_features` does), averaged
-    over the span's tokens, then weighted.
+    over the span's tokens (direct-logit features: each token's over its rms at the final norm), then weighted.
     Memory is one span's weights, whatever the trace length. For a capture on the host all numpy (see
     VisualAttentionCapture.rows): the streaming worker calls it from its own thread, with numpy's BLAS held
     to one thread (`streaming.one_blas_thread`) so that it stays off the cores generation uses. For a
@@ -49,7 +50,7 @@ class SpanAttributor:
 
     def __call__(self, start: int, end: int, token_ids=None) -> np.ndarray:
         """(K,) scores of the span of trace tokens [start, end); ``token_ids``, the span's tokens, only
-        logit-weighted features need."""
+        the logit kinds need."""
         rows = self.capture.weights(start, end)  # (L, H, n, N), or (F, n, N) for the heads read
         n, N = rows.shape[-2:]
         if self.heads is None and rows.shape[0] * rows.shape[1] != self.n_heads:
@@ -57,16 +58,18 @@ class SpanAttributor:
                              f"{self.n_heads} weights")
         F = len(self.weights)
         rows = rows.reshape(F, n, N)
-        if self.kind == "logit-weighted" and (token_ids is None or len(token_ids) != n):
-            raise ValueError(f"logit-weighted features need the span's {n} token ids, got "
+        if self.kind in LOGIT_FEATURES and (token_ids is None or len(token_ids) != n):
+            raise ValueError(f"{self.kind} features need the span's {n} token ids, got "
                              f"{None if token_ids is None else len(token_ids)}")
+        scales = self.capture.token_scales(start, end) if self.kind == "direct-logit" else None  # (n,) 1/rms
         if isinstance(rows, torch.Tensor):
-            return self._scores_on_device(rows, token_ids)
-        if self.kind == "logit-weighted":
+            return self._scores_on_device(rows, token_ids, scales)
+        if self.kind in LOGIT_FEATURES:
             logit_values = self.capture.logit_values(token_ids).reshape(F, n, N)
             per_token = logit_weighted_per_token(rows, logit_values, self.pool32)  # (F, n, K)
-            # the mean over the span's tokens folded into the weights: Σ_lh w_lh Σ_t f_lh,t / n, one product
-            return (np.repeat(self.weights / n, n) @ per_token.reshape(F * n, -1)) + self.bias
+            # the mean over the span's tokens folded into the weights: Σ_lh w_lh Σ_t s_t f_lh,t / n, one product
+            token_weights = np.repeat(self.weights / n, n) if scales is None else np.outer(self.weights / n, scales).ravel()
+            return (token_weights @ per_token.reshape(F * n, -1)) + self.bias
         if self._per_token is None:
             self._per_token = self._visual_token_weights(N).astype(np.float32)
         # Σ_lh Σ_t c_lh,n a_lh,t,n in one float32 pass (~1e-7 relative here; float64 cost 2× the time)
@@ -82,20 +85,23 @@ class SpanAttributor:
         return self.weights[:, None] * (norms if self.heads is None else norms[self.heads])
 
     @torch.no_grad()
-    def _scores_on_device(self, rows: torch.Tensor, token_ids) -> np.ndarray:
+    def _scores_on_device(self, rows: torch.Tensor, token_ids, scales: torch.Tensor | None) -> np.ndarray:
         """`__call__`'s computation in torch on the rows' device: a handful of kernels, then (K,) to the host."""
         F, n, N = rows.shape
         if self._device_factors is None:
             weights = torch.as_tensor(self.weights, dtype=torch.float32, device=rows.device)
-            if self.kind == "logit-weighted":
+            if self.kind in LOGIT_FEATURES:
                 per_token = weights
             else:
                 per_token = torch.as_tensor(self._visual_token_weights(N), dtype=torch.float32, device=rows.device)
             self._device_factors = per_token, torch.as_tensor(self.pool32, device=rows.device)
         per_token, pool = self._device_factors
-        if self.kind == "logit-weighted":
+        if self.kind in LOGIT_FEATURES:
             weighted = (rows * self.capture.logit_values(token_ids).reshape(F, n, N)).reshape(-1, N) @ pool.T  # (F·n, K)
-            scores = (per_token / n) @ weighted.abs_().reshape(F, n, -1).sum(1)
+            weighted = weighted.abs_().reshape(F, n, -1)
+            if scales is not None:
+                weighted *= scales[:, None]
+            scores = (per_token / n) @ weighted.sum(1)
         else:
             scores = pool @ (torch.einsum("htn,hn->n", rows, per_token) / n)
         return scores.double().cpu().numpy() + self.bias
@@ -134,11 +140,12 @@ def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, regi
         capture = capture_trace(model, prepared, trace.token_ids, on_device=False, **options)
     except NotImplementedError:
         if options["logit_readout"]:
-            raise NotImplementedError(f"{type(model).__name__} cannot capture attention, which logit-weighted "
+            raise NotImplementedError(f"{type(model).__name__} cannot capture attention, which {features} "
                                       "features need; use an estimator trained with --features value-weighted") from None
         norms = model.visual_value_norms(prepared) if options["value_norms"] else None
         return span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, token_matrix,
                                     region_pool, norms)
     return span_region_features(capture.attention(len(trace.token_ids)), trace.spans, token_matrix, region_pool,
                                 capture.value_norms if options["value_norms"] else None,
-                                capture.logit_values(trace.token_ids) if options["logit_readout"] else None)
+                                capture.logit_values(trace.token_ids) if options["logit_readout"] else None,
+                                capture.token_scales(0, len(trace.token_ids)) if options["norm_scale"] else None)

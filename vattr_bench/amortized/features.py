@@ -15,13 +15,19 @@ row times the final norm's gain — the direct path through the logit lens), sum
 tokens and takes the magnitude per token: |Σ_{n∈k} a_{t,n} u_tᵀ W_O^h v_n|, mean over the span's tokens.
 Signed contributions of a region's tokens can cancel, so the sum comes before the magnitude. Still L·H
 features and the same linear estimator.
+
+``features="direct-logit"``: the logit-weighted magnitude of each token over the rms of the residual the
+final norm reads there (RMSNorm: γ·x/rms(x)), so that each is exactly what head h's read of region k adds
+to y_t's logit along the direct path; the logit lens left that per-token scale out. Tokens whose residual
+is small, where a head's write moves the logit more, weigh more in the span's mean.
 """
 from __future__ import annotations
 
 import numpy as np
 
 REGION_POOLS = ("sum", "mean")
-FEATURES = ("attention", "value-weighted", "logit-weighted")
+FEATURES = ("attention", "value-weighted", "logit-weighted", "direct-logit")
+LOGIT_FEATURES = ("logit-weighted", "direct-logit")  # the kinds read through the unembedding (`logit_values`)
 
 
 def feature_kind(meta: dict) -> str:
@@ -36,7 +42,8 @@ def capture_options(meta: dict) -> dict:
     """What a model's attention capture must keep for an estimator's features (keyword arguments of
     `capture_visual_attention`)."""
     kind = feature_kind(meta)
-    options = {"value_norms": kind == "value-weighted", "logit_readout": kind == "logit-weighted"}
+    options = {"value_norms": kind == "value-weighted", "logit_readout": kind in LOGIT_FEATURES,
+               "norm_scale": kind == "direct-logit"}
     if meta.get("heads") is not None:  # an estimator that uses some heads only: the reads cover those
         options["heads"] = meta["heads"]
     return options
@@ -52,14 +59,18 @@ def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np
 
 
 def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum",
-                         value_norms: np.ndarray | None = None, logit_values: np.ndarray | None = None) -> np.ndarray:
+                         value_norms: np.ndarray | None = None, logit_values: np.ndarray | None = None,
+                         token_scales: np.ndarray | None = None) -> np.ndarray:
     """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H); with ``value_norms``
     (L, H, N), the value-weighted features; with ``logit_values`` (L, H, T, N) — u_tᵀ W_O^h v_n of the
-    token each row predicts (`VisualAttentionCapture.logit_values`) — the logit-weighted ones."""
+    token each row predicts (`VisualAttentionCapture.logit_values`) — the logit-weighted ones, and with
+    ``token_scales`` (T,) too — each row's 1/rms at the final norm (`token_scales`) — the direct-logit ones."""
     L, H = attention.shape[:2]
     pool = region_pool_matrix(token_matrix, region_pool)
     if logit_values is not None:
         per_token = logit_weighted_per_token(attention, logit_values, pool)  # (L, H, T, K)
+        if token_scales is not None:
+            per_token = per_token * np.asarray(token_scales, dtype=per_token.dtype)[:, None]
         feats = np.stack([per_token[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, K)
         return feats.transpose(0, 3, 1, 2).reshape(len(spans), pool.shape[0], L * H)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative

@@ -162,7 +162,7 @@ def format_transfer(table: dict) -> str:
 
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
-        transfer=False, features="logit-weighted", n_heads: int | None = None, cache_dir: Path | None = None,
+        transfer=False, features="direct-logit", n_heads: int | None = None, cache_dir: Path | None = None,
         log=print) -> LinearEstimator:
     """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
     the streaming worker's cost per span shrinks with them; the held-out scores with all heads are

@@ -53,14 +53,16 @@ class VisionLanguageModel(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot stream generation")
 
     def capture_visual_attention(self, prepared: PreparedInput, first_row: int | None = None, value_norms: bool = False,
-                                 logit_readout: bool = False, on_device: bool | None = None, heads=None):
+                                 logit_readout: bool = False, on_device: bool | None = None, heads=None,
+                                 norm_scale: bool = False):
         """Context manager yielding a VisualAttentionCapture that records, during any forward inside it,
         each query row at position ≥ first_row (default: the one predicting trace token 0) to the
         visual tokens — the attention features without the eager kernel (models/attention_capture.py);
         with ``value_norms``, also ‖W_O^h v_n‖ of the visual tokens; with ``logit_readout``, what
         `logit_values` needs (the visual values, every o_proj, the unembedding and final-norm gain);
         ``on_device``: rows kept and read on the model's accelerator (default: when it has one); ``heads``:
-        the per-span reads cover only those heads (layer-major indices; an estimator's `heads`)."""
+        the per-span reads cover only those heads (layer-major indices; an estimator's `heads`); ``norm_scale``:
+        each row's 1/rms at the final norm too (`token_scales`, the direct-logit features)."""
         raise NotImplementedError(f"{type(self).__name__} cannot capture attention")
 
     def visual_value_norms(self, prepared: PreparedInput) -> np.ndarray:

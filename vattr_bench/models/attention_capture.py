@@ -67,6 +67,10 @@ class VisualAttentionCapture:
     row per head in the given order, where all heads give (L, H, …). Rows are still recorded for every head
     (the flush copies whole calls); what shrinks is the products, exponentials and logit rows per span, and
     with a readout of those heads (the adapter's, `logit_readout(heads=…)`) a new token's head directions.
+
+    ``norm_eps`` (direct-logit features): the model's final RMSNorm's epsilon. The adapter hands the norm's
+    input (the residual stream after the last layer) to `record_residual` at every forward, and the flush
+    keeps each row's 1/rms — the scale the final norm puts on everything a head writes (`token_scales`).
     """
 
     INITIAL_ROWS = 256  # buffer rows at first; doubled whenever the rows not released (`release`) outgrow them
@@ -77,7 +81,7 @@ class VisualAttentionCapture:
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
                  value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None,
-                 on_device: bool = False, heads=None):
+                 on_device: bool = False, heads=None, norm_eps: float | None = None):
         """``value_grams``: per layer, the (H, d, d) W_O^hᵀW_O^h of `o_proj_gram`, for ‖W_O^h v_n‖ (the
         value-weighted features' factor, `value_norms`); ``readout``: what `logit_values` reads the visual
         values with (the logit-weighted features). Given either, the capture also keeps the visual values."""
@@ -103,7 +107,10 @@ class VisualAttentionCapture:
         self.n_rows = 0  # rows flushed in every layer so far
         self._row0 = 0  # the row that buffer row 0 holds (rows before it were released and dropped)
         self._released = 0  # rows before this will not be read again (`release`)
-        self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (layer, key length, query, lse)
+        self._pending: list[tuple] = []  # (layer, key length, query, lse), and (RESIDUAL, first position, residual)
+        self.norm_eps = norm_eps
+        self._inverse_rms: np.ndarray | None = None  # (capacity,) 1/rms of each buffer row's residual, with norm_eps
+        self._last_key_length = 0  # the last recorded call's: a residual's forward ends at that position
         self._keys_t: np.ndarray | None = None  # (L, H, d + 1, N), built at the first read
         self._values: np.ndarray | None = None  # (L, H, N, d), built at the first read
         self._value_norms: np.ndarray | None = None  # (L, H, N), built at the first read
@@ -128,6 +135,12 @@ class VisualAttentionCapture:
             self.scale[layer] = scale
             self._device = query.device
         self._pending.append((layer, key.shape[2], query, lse))
+        self._last_key_length = key.shape[2]
+
+    def record_residual(self, residual: torch.Tensor) -> None:
+        """The final norm's (1, s, hidden) input of the forward whose attention calls were just recorded: a
+        reference only, as `record`; the flush turns it into 1/rms per row."""
+        self._pending.append((RESIDUAL, self._last_key_length - residual.shape[1], residual))
 
     def _visual_rows(self, t: torch.Tensor) -> torch.Tensor:
         """(1, H_kv, N, d) rows of the visual positions, copied (a cache may reuse its buffer later)."""
@@ -145,6 +158,9 @@ class VisualAttentionCapture:
         """Write recorded calls' rows into the buffers: ``pending`` from `take_pending`, else everything
         recorded so far. One thread writes at a time (streaming: the worker; otherwise the caller)."""
         pending = self.take_pending() if pending is None else pending
+        if self.norm_eps is not None:
+            residuals = [c for c in pending if c[0] is RESIDUAL]
+            pending = [c for c in pending if c[0] is not RESIDUAL]
         L, i = self.num_layers, 0
         while i < len(pending):
             steps = _decode_steps(pending, i, L)
@@ -166,6 +182,29 @@ class VisualAttentionCapture:
             if lo < q_len:
                 self._write(layer, first + lo - self.first_row, self._array(query)[0, :, lo:], self._array(lse)[0, :, lo:])
             i += 1
+        if self.norm_eps is not None and residuals:
+            self._write_inverse_rms(residuals)
+
+    def _write_inverse_rms(self, residuals: list) -> None:
+        """1/sqrt(mean(x²) + eps) of each recorded residual row at or after first_row (its attention rows,
+        written first, made the room); a run of consecutive forwards (decode steps) in one pass."""
+        i = 0
+        while i < len(residuals):
+            j = i + 1
+            while j < len(residuals) and residuals[j][1] == residuals[j - 1][1] + residuals[j - 1][2].shape[1]:
+                j += 1
+            first = residuals[i][1]
+            x = residuals[i][2] if j == i + 1 else torch.cat([c[2] for c in residuals[i:j]], dim=1)
+            lo = max(self.first_row - first, 0)
+            if lo < x.shape[1]:
+                x = self._array(x[0, lo:])  # (r, hidden)
+                r0 = first + lo - self.first_row
+                if r0 < self._row0 or r0 + x.shape[0] - self._row0 > len(self._inverse_rms):
+                    raise RuntimeError(f"attention capture: residual rows {r0}… have no attention rows")
+                mean_square = (x * x).mean(-1) + self.norm_eps
+                self._inverse_rms[r0 - self._row0:r0 - self._row0 + x.shape[0]] = \
+                    mean_square.rsqrt() if self.on_device else 1 / np.sqrt(mean_square)
+            i = j
 
     def _write(self, layers, r0: int, queries: Array, lse: Array) -> None:
         """Rows r0… of ``layers`` (one index, or a slice of all); n_rows moves once the last layer has them."""
@@ -190,6 +229,12 @@ class VisualAttentionCapture:
         if self._rows is not None:
             kept = self._rows[:, :, self._released - self._row0:]
             buffer[:, :, :kept.shape[2]] = kept
+        if self.norm_eps is not None:
+            inverse_rms = self._empty((capacity,))
+            if self._inverse_rms is not None:
+                kept = self._inverse_rms[self._released - self._row0:]
+                inverse_rms[:len(kept)] = kept
+            self._inverse_rms = inverse_rms
         self._rows, self._row0 = buffer, self._released
 
     def release(self, upto: int) -> None:
@@ -212,6 +257,15 @@ class VisualAttentionCapture:
         if first < self._released:
             raise ValueError(f"captured rows before {self._released} were released (`release`); asked from {first}")
         return self._rows[:, :, first - self._row0:last - self._row0]
+
+    def token_scales(self, first: int = 0, last: int | None = None) -> Array:
+        """(r,) 1/rms of the residual the final norm reads at flushed rows [first, last) (with ``norm_eps``):
+        what the norm multiplies each head's direct write by before the unembedding."""
+        if self.norm_eps is None:
+            raise RuntimeError("no token scales: open the capture with norm_scale=True")
+        self._row_range(first, last)  # the same checks as the rows'
+        last = self.n_rows if last is None else min(last, self.n_rows)
+        return self._inverse_rms[first - self._row0:last - self._row0]
 
     def weights(self, first: int = 0, last: int | None = None) -> Array:
         """(L, H, r, N) (or (m, r, N) for `heads`) attention weights of flushed rows [first, last) to the
@@ -504,6 +558,8 @@ def _decode_steps(pending: list, i: int, num_layers: int) -> int:
         steps += 1
     return steps
 
+
+RESIDUAL = "residual"  # `record_residual`'s entries among the pending records (a layer index elsewhere)
 
 # at::internal::GRAIN_SIZE: a CPU op on fewer elements runs in the calling thread, never in an OpenMP region
 _TORCH_GRAIN = 32768

@@ -239,31 +239,49 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @contextmanager
     def capture_visual_attention(self, prepared, first_row: int | None = None, value_norms: bool = False,
-                                 logit_readout: bool = False, on_device: bool | None = None, heads=None):
+                                 logit_readout: bool = False, on_device: bool | None = None, heads=None,
+                                 norm_scale: bool = False):
         """While active, every forward of this model records each decoder query row at position ≥
         ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
         visual keys once (and, with ``value_norms``, ‖W_O^h v_n‖ of the visual tokens; with
         ``logit_readout``, what `logit_values` needs); see attention_capture. ``on_device`` (default: when
         the model is on an accelerator) keeps the rows there and reads them there; ``heads``: the per-span
-        reads cover only those (layer-major indices). Yields the capture."""
+        reads cover only those (layer-major indices); ``norm_scale``: each row's 1/rms at the final norm too
+        (`token_scales`, for direct-logit features). Yields the capture."""
         decoder = self._decoder
         layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
         grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
                                          prepared.prompt_length - 1 if first_row is None else first_row, grams,
                                          self.logit_readout(heads=heads) if logit_readout else None,
-                                         self._on_accelerator if on_device is None else on_device, heads)
+                                         self._on_accelerator if on_device is None else on_device, heads,
+                                         self._final_norm_eps() if norm_scale else None)
         # the decoder only (the vision tower keeps its kernel), and only if it is not on the backend already
         previous = decoder.config._attn_implementation
         if previous != CAPTURE_BACKEND:
             decoder.set_attn_implementation(CAPTURE_BACKEND)
+        # the final norm's input, for each row's 1/rms: a hook for the call only (a reference kept per forward)
+        hook = decoder.norm.register_forward_pre_hook(lambda module, args: capture.record_residual(args[0])) \
+            if norm_scale else None
         try:
             with activate(capture):
                 yield capture
         finally:
             if previous != CAPTURE_BACKEND:
                 decoder.set_attn_implementation(previous)
+            if hook is not None:
+                hook.remove()
             capture.flush()  # rows recorded before an error are kept too
+
+    def _final_norm_eps(self) -> float:
+        """The epsilon of the decoder's final RMSNorm (x·γ/sqrt(mean(x²) + eps)), which direct-logit
+        features divide by; other norms (LayerNorm centres x first) are not supported."""
+        norm = getattr(self._decoder, "norm", None)
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+        if norm is None or "RMSNorm" not in type(norm).__name__ or eps is None:
+            raise ValueError(f"direct-logit features need the decoder's final RMSNorm; {type(norm).__name__} is not one "
+                             "(use an estimator trained with --features logit-weighted)")
+        return float(eps)
 
     def logit_readout(self, on_device: bool | None = None, heads=None) -> LogitReadout:
         """What logit-weighted features read the visual values with: each token's unembedding row times the
