@@ -135,7 +135,7 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--output", str(out), *examples]) == 0
     assert "held-out (1 samples" in capsys.readouterr().out
     est = LinearEstimator.load(out)
-    assert est.meta["features"] == "logit-weighted" and est.meta["n_train"] == 3 and len(est.weights) == 64
+    assert est.meta["features"] == "direct-logit" and est.meta["n_train"] == 3 and len(est.weights) == 64
     assert np.isfinite(est.weights).all() and {"r2", "lds"} <= set(est.meta["heldout"])
     model = tiny
     s = synthetic_sample("math", 0)
