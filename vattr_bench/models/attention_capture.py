@@ -199,7 +199,8 @@ class VisualAttentionCapture:
             if lo < x.shape[1]:
                 x = self._array(x[0, lo:])  # (r, hidden)
                 r0 = first + lo - self.first_row
-                if r0 < self._row0 or r0 + x.shape[0] - self._row0 > len(self._inverse_rms):
+                held = self._inverse_rms
+                if held is None or r0 < self._row0 or r0 + x.shape[0] - self._row0 > len(held):
                     raise RuntimeError(f"attention capture: residual rows {r0}… have no attention rows")
                 mean_square = (x * x).mean(-1) + self.norm_eps
                 self._inverse_rms[r0 - self._row0:r0 - self._row0 + x.shape[0]] = \
