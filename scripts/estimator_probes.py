@@ -123,9 +123,9 @@ def readout_variants(model, prepared, trace, token_matrix) -> dict:
         if name == "shipped":
             head_output = np.einsum("tlhd,lthd->lht", g, outputs)[..., None]  # u_tᵀW_O^h o_t
             per_token["knockout, renormalised"] = np.abs(LV - A * head_output)
-            per_token["knockout, renormalised, 1 / (1 - A)"] = per_token["knockout, renormalised"] / np.clip(1 - A, 1e-9, None)
+            per_token["knockout, renormalised, 1 / (1 - A)"] = per_token["knockout, renormalised"] / np.clip(1 - A, 1e-6, None)
             per_token["shipped / final norm's rms"] = np.abs(LV) / rms[:, None]
-            per_token["shipped / (1 - A)"] = np.abs(LV) / np.clip(1 - A, 1e-9, None)
+            per_token["shipped / (1 - A)"] = np.abs(LV) / np.clip(1 - A, 1e-6, None)
     K, S = pool.shape[0], len(trace.spans)
     return {name: np.stack([x[:, :, s.start:s.end].mean(2) for s in trace.spans]).transpose(0, 3, 1, 2).reshape(S, K, L * H)
             for name, x in per_token.items() if name in READOUTS}

@@ -157,7 +157,7 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     method = Amortized(str(few))
     assert np.isfinite(method.attribute(ctx)).all()
     (used,) = method.settings()["estimators"]  # what evaluate records in results.json
-    assert used["path"] == str(few) and used["heads"] == 8 and used["features"] == "logit-weighted"
+    assert used["path"] == str(few) and used["heads"] == 8 and used["features"] == "direct-logit"
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few),
                  *examples]) == 2
     assert "--heads 64: choose from 1 to 63" in capsys.readouterr().err

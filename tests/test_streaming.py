@@ -199,7 +199,9 @@ def test_value_weighted_amortized_streams_what_it_scores_offline(tiny, tmp_path)
     ctx = AttributionContext(tiny, s, prepared, trace, regions, "knockout")
     offline = Amortized(str(tmp_path / "weighted.json")).attribute(ctx)
     events = stream_attributions(tiny, prepared, regions, weighted, max_new_tokens=128)
-    np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
+    # float32 sums over 64 heads × 64 visual tokens: the rounding scales with the largest scores
+    np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5,
+                               atol=1e-6 * np.abs(offline).max())
     assert not np.allclose(offline, Amortized(str(tmp_path / "plain.json")).attribute(ctx))  # the weighting did something
     unknown = LinearEstimator(shipped.weights, 0.0, dict(shipped.meta, features="gradients"))
     unknown.save(tmp_path / "unknown.json")
@@ -238,7 +240,7 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
                             "amortized_cost_ratio_64_vs_32"}
     assert all(np.isfinite(v) for v in summary.values()) and summary["speedup_vs_ablation"] > 0
     text = "\n".join(lines)
-    assert "(logit-weighted estimator)" in lines[0]  # the shipped one's features
+    assert "(direct-logit estimator)" in lines[0]  # the shipped one's features
     for row in ("overhead", "95% interval", "median lag", "| amortized |", "| amortized, first stream |", "| amortized, in the stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
         assert row in text
     report = json.loads(out_json.read_text())
