@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vattr_bench.amortized import capture_trace, span_region_features
-from vattr_bench.amortized.features import logit_weighted_per_token, region_pool_matrix
+from vattr_bench.amortized.features import logit_weighted_per_token, region_pool_matrix, span_token_means
 from vattr_bench.amortized.estimator import select_heads, train_estimator
 from vattr_bench.amortized.train import heldout_scores, split_heldout
 from vattr_bench.benchmarks import resolve_families, synthetic_sample
@@ -126,9 +126,7 @@ def readout_variants(model, prepared, trace, token_matrix) -> dict:
             per_token["knockout, renormalised, 1 / (1 - A)"] = per_token["knockout, renormalised"] / np.clip(1 - A, 1e-6, None)
             per_token["shipped / final norm's rms"] = np.abs(LV) / rms[:, None]
             per_token["shipped / (1 - A)"] = np.abs(LV) / np.clip(1 - A, 1e-6, None)
-    K, S = pool.shape[0], len(trace.spans)
-    return {name: np.stack([x[:, :, s.start:s.end].mean(2) for s in trace.spans]).transpose(0, 3, 1, 2).reshape(S, K, L * H)
-            for name, x in per_token.items() if name in READOUTS}
+    return {name: span_token_means(x, trace.spans) for name, x in per_token.items() if name in READOUTS}
 
 
 TRANSFORMS = {"fraction-of-region-total": lambda f: f / (f.sum(1, keepdims=True) + 1e-9),

@@ -71,14 +71,20 @@ def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray,
         per_token = logit_weighted_per_token(attention, logit_values, pool)  # (L, H, T, K)
         if token_scales is not None:
             per_token = per_token * np.asarray(token_scales, dtype=per_token.dtype)[:, None]
-        feats = np.stack([per_token[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, K)
-        return feats.transpose(0, 3, 1, 2).reshape(len(spans), pool.shape[0], L * H)
+        return span_token_means(per_token, spans)
     # float64 from here: float32 sums over span tokens and heads drift by ~1e-6 relative
     per_span = np.stack([attention[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, N)
     if value_norms is not None:
         per_span = per_span * value_norms
     feats = np.einsum("slhn,kn->sklh", per_span, pool)  # (S, K, L, H)
     return feats.reshape(len(spans), pool.shape[0], L * H)
+
+
+def span_token_means(per_token: np.ndarray, spans) -> np.ndarray:
+    """(L, H, T, K) per-token features -> (n_spans, K, L·H): the mean over each span's tokens, in float64."""
+    L, H, _, K = per_token.shape
+    feats = np.stack([per_token[:, :, s.start:s.end].mean(2, dtype=np.float64) for s in spans])  # (S, L, H, K)
+    return feats.transpose(0, 3, 1, 2).reshape(len(spans), K, L * H)
 
 
 def logit_weighted_per_token(attention: np.ndarray, logit_values: np.ndarray, pool: np.ndarray) -> np.ndarray:

@@ -158,7 +158,8 @@ class VisualAttentionCapture:
         """Write recorded calls' rows into the buffers: ``pending`` from `take_pending`, else everything
         recorded so far. One thread writes at a time (streaming: the worker; otherwise the caller)."""
         pending = self.take_pending() if pending is None else pending
-        if self.norm_eps is not None:
+        residuals = []
+        if self.norm_eps is not None:  # the residuals apart: the attention calls' runs are read by position
             residuals = [c for c in pending if c[0] is RESIDUAL]
             pending = [c for c in pending if c[0] is not RESIDUAL]
         L, i = self.num_layers, 0
@@ -182,7 +183,7 @@ class VisualAttentionCapture:
             if lo < q_len:
                 self._write(layer, first + lo - self.first_row, self._array(query)[0, :, lo:], self._array(lse)[0, :, lo:])
             i += 1
-        if self.norm_eps is not None and residuals:
+        if residuals:
             self._write_inverse_rms(residuals)
 
     def _write_inverse_rms(self, residuals: list) -> None:
@@ -199,11 +200,11 @@ class VisualAttentionCapture:
             if lo < x.shape[1]:
                 x = self._array(x[0, lo:])  # (r, hidden)
                 r0 = first + lo - self.first_row
-                held = self._inverse_rms
-                if held is None or r0 < self._row0 or r0 + x.shape[0] - self._row0 > len(held):
+                held, b0 = self._inverse_rms, r0 - self._row0
+                if held is None or b0 < 0 or b0 + x.shape[0] > len(held):
                     raise RuntimeError(f"attention capture: residual rows {r0}… have no attention rows")
                 mean_square = (x * x).mean(-1) + self.norm_eps
-                self._inverse_rms[r0 - self._row0:r0 - self._row0 + x.shape[0]] = \
+                held[b0:b0 + x.shape[0]] = \
                     mean_square.rsqrt() if self.on_device else 1 / np.sqrt(mean_square)
             i = j
 
@@ -252,21 +253,24 @@ class VisualAttentionCapture:
         return rows[..., :-1], rows[..., -1]
 
     def _row_range(self, first: int, last: int | None) -> Array:
+        return self._rows[:, :, self._buffer_slice(first, last)]
+
+    def _buffer_slice(self, first: int, last: int | None) -> slice:
+        """Buffer positions of flushed rows [first, last) (last clamped to the rows flushed), checked: some
+        rows, none released. The row buffers and the 1/rms buffer share the positions."""
         last = self.n_rows if last is None else min(last, self.n_rows)
         if first >= last:
             raise ValueError(f"no captured rows in [{first}, {last}); {self.n_rows} flushed")
         if first < self._released:
             raise ValueError(f"captured rows before {self._released} were released (`release`); asked from {first}")
-        return self._rows[:, :, first - self._row0:last - self._row0]
+        return slice(first - self._row0, last - self._row0)
 
     def token_scales(self, first: int = 0, last: int | None = None) -> Array:
         """(r,) 1/rms of the residual the final norm reads at flushed rows [first, last) (with ``norm_eps``):
         what the norm multiplies each head's direct write by before the unembedding."""
         if self.norm_eps is None:
             raise RuntimeError("no token scales: open the capture with norm_scale=True")
-        self._row_range(first, last)  # the same checks as the rows'
-        last = self.n_rows if last is None else min(last, self.n_rows)
-        return self._inverse_rms[first - self._row0:last - self._row0]
+        return self._inverse_rms[self._buffer_slice(first, last)]
 
     def weights(self, first: int = 0, last: int | None = None) -> Array:
         """(L, H, r, N) (or (m, r, N) for `heads`) attention weights of flushed rows [first, last) to the
