@@ -11,6 +11,8 @@ kind: its values do not change the cost.
 --modes (all by default; plain is always run):
 plain     model.generate_ids
 again     plain once more: an A/A control, the noise floor of this run
+streamer  an aside: plain generation handing each token to a streamer that does nothing (what transformers'
+          streamer hook costs by itself)
 explicit  the capture with every lse from an explicit q·Kᵀ (no fused kernel): what the kernels save
           (an aside, as "again" is: "step added" goes on from plain)
 capture   + the attention-capture backend switched on (rows and lse kept)
@@ -23,6 +25,8 @@ release   spins --busy-us µs a span — holding the interpreter lock (hold: a P
           worker cost generation the lock, or a core? (--busy-us: by default a span's attribution time
           measured in place, the median over inline streams of the prompts, once every token's head
           directions are kept)
+MODE@1    any mode above with torch held to one intra-op thread while it runs (torch.set_num_threads), so that
+          a worker thread has the second core to itself: e.g. plain,plain@1,thread@1,release@1
 
 Modes run in a rotating order per prompt and round. Each mode's wall time against plain comes with a 95%
 bootstrap interval over rounds (`vattr_bench.perf.overhead_interval`), and so does the calling (generating)
@@ -40,6 +44,8 @@ from unittest import mock
 import numpy as np
 import torch
 
+from transformers.generation.streamers import BaseStreamer
+
 from perf_scaling import random_decoder_model, write_traces
 from vattr_bench.amortized import LinearEstimator, capture_options
 from vattr_bench.methods import load_method
@@ -47,10 +53,10 @@ from vattr_bench.models import attention_capture, load_model
 from vattr_bench.perf import PerfConfig, interval_text, overhead_interval, overhead_pct, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
-MODES = {"plain": "plain", "again": "plain, again (A/A)", "explicit": "capture, explicit lse", "capture": "capture",
+MODES = {"plain": "plain", "again": "plain, again (A/A)", "streamer": "plain, a streamer that does nothing", "explicit": "capture, explicit lse", "capture": "capture",
          "splitter": "capture+splitter", "inline": "inline", "thread": "thread",
          "hold": "busy worker, lock held", "release": "busy worker, lock released"}  # --modes key: row label
-ASIDES = ("again", "explicit", "hold", "release")  # not a step of the pipeline: each compared with plain only
+ASIDES = ("again", "streamer", "explicit", "hold", "release")  # not a step of the pipeline: each compared with plain only
 
 
 def busy_loops(seconds: float):
@@ -68,6 +74,27 @@ def busy_loops(seconds: float):
         hashlib.sha256(data).digest()
     chunk = data[:max(4096, int(len(data) * seconds / ((time.perf_counter() - start) / 5)))]
     return hold, lambda: hashlib.sha256(chunk).digest()
+
+
+class NoopStreamer(BaseStreamer):
+    def put(self, value):
+        pass
+
+    def end(self):
+        pass
+
+
+def one_torch_thread(run):
+    """``run`` with torch's intra-op pool held to one thread (restored after): the other core is left to
+    whatever else runs, e.g. the streaming worker."""
+    def wrapped(*args):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run(*args)
+        finally:
+            torch.set_num_threads(threads)
+    return wrapped
 
 
 def vs_plain(seconds: list, plain: list) -> str:
@@ -88,7 +115,7 @@ def main():
                    help="hold/release: µs of busy work a span (default: a span's attribution time, measured in place)")
     a = p.parse_args()
     chosen = ["plain"] + [m for m in a.modes.split(",") if m != "plain"]
-    if unknown := set(chosen) - set(MODES):
+    if unknown := {m.removesuffix("@1") for m in chosen} - set(MODES):
         p.error(f"unknown modes {sorted(unknown)}; choose from {','.join(MODES)}")
     model = load_model("vattr-tiny", device=a.device, dtype=a.dtype)
     estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
@@ -136,10 +163,11 @@ def main():
 
     runs = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128),
             "again": lambda prepared, regions: model.generate_ids(prepared, 128),
+            "streamer": lambda prepared, regions: model.generate_ids(prepared, 128, streamer=NoopStreamer()),
             "explicit": capture_explicit, "capture": capture, "splitter": splitter,
             "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
             "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
-    if {"hold", "release"} & set(chosen):
+    if {"hold", "release"} & {m.removesuffix("@1") for m in chosen}:
         def inline_spans():
             return [e.attribution_s for item in items for e in stream_attributions(model, *item, estimator, 128, worker=False)]
         if a.busy_us is not None:
@@ -150,6 +178,7 @@ def main():
         runs["hold"], runs["release"] = map(busy_worker, busy_loops(busy_s))
         print(f"busy workers: {busy_s * 1e6:.0f} µs of work a span")
     modes = {MODES[m]: runs[m] for m in MODES if m in chosen}  # pipeline order, by label
+    modes.update({f"{MODES[m]}, one torch thread": one_torch_thread(runs[m]) for m in MODES if f"{m}@1" in chosen})
     for run in modes.values():  # warm-up
         run(*items[0])
     names = list(modes)
@@ -168,7 +197,7 @@ def main():
           "| mode | seconds | vs plain (95% interval) | step added | generating thread's CPU vs plain (95% interval) |\n"
           "|---|---|---|---|---|")
     previous = total["plain"]
-    asides = [MODES[m] for m in ASIDES]
+    asides = [MODES[m] for m in ASIDES] + [name for name in total if name.endswith("one torch thread")]
     for name, t in total.items():
         step = "—" if name in asides else f"{100 * (t - previous) / total['plain']:+.1f}%"
         print(f"| {name} | {t:.3f} | {vs_plain(wall[name], wall['plain'])} | {step} | {vs_plain(cpu[name], cpu['plain'])} |")
