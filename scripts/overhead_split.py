@@ -21,8 +21,11 @@ inline    + attribution of each span in the producer (stream_attributions(worker
 thread    + the background worker thread (stream_attributions, the default)
 hold      asides, as "again" is: the splitter's streams with a worker thread that, instead of attributing,
 release   spins --busy-us µs a span — holding the interpreter lock (hold: a Python loop) or not (release:
-          hashlib's sha256 over a buffer sized to take as long, which runs without the lock). Does the
-          worker cost generation the lock, or a core? (--busy-us: by default a span's attribution time
+sleep     hashlib's sha256 over a buffer sized to take as long, which runs without the lock), or sleeps as
+          long (sleep: no CPU, no lock; only the worker's wake-ups). Does the worker cost generation the
+          lock, a core, or its waking at all?
+wake      an aside: the splitter's streams with a worker thread that takes each span and does nothing (one
+          wake-up a span, where sleep has two) (--busy-us: by default a span's attribution time
           measured in place, the median over inline streams of the prompts, once every token's head
           directions are kept)
 MODE@1    any mode above with torch held to one intra-op thread while it runs (torch.set_num_threads), so that
@@ -55,8 +58,8 @@ from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 MODES = {"plain": "plain", "again": "plain, again (A/A)", "streamer": "plain, a streamer that does nothing", "explicit": "capture, explicit lse", "capture": "capture",
          "splitter": "capture+splitter", "inline": "inline", "thread": "thread",
-         "hold": "busy worker, lock held", "release": "busy worker, lock released"}  # --modes key: row label
-ASIDES = ("again", "streamer", "explicit", "hold", "release")  # not a step of the pipeline: each compared with plain only
+         "hold": "busy worker, lock held", "release": "busy worker, lock released", "sleep": "worker that sleeps", "wake": "worker that does nothing"}  # --modes key: row label
+ASIDES = ("again", "streamer", "explicit", "hold", "release", "sleep", "wake")  # not a step of the pipeline: each compared with plain only
 
 
 def busy_loops(seconds: float):
@@ -165,9 +168,10 @@ def main():
             "again": lambda prepared, regions: model.generate_ids(prepared, 128),
             "streamer": lambda prepared, regions: model.generate_ids(prepared, 128, streamer=NoopStreamer()),
             "explicit": capture_explicit, "capture": capture, "splitter": splitter,
+            "wake": busy_worker(lambda: None),
             "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
             "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
-    if {"hold", "release"} & {m.removesuffix("@1") for m in chosen}:
+    if {"hold", "release", "sleep"} & {m.removesuffix("@1") for m in chosen}:
         def inline_spans():
             return [e.attribution_s for item in items for e in stream_attributions(model, *item, estimator, 128, worker=False)]
         if a.busy_us is not None:
@@ -176,6 +180,7 @@ def main():
             inline_spans()  # the first pass computes the head directions a process keeps
             busy_s = statistics.median(inline_spans())
         runs["hold"], runs["release"] = map(busy_worker, busy_loops(busy_s))
+        runs["sleep"] = busy_worker(lambda: time.sleep(busy_s))
         print(f"busy workers: {busy_s * 1e6:.0f} µs of work a span")
     modes = {MODES[m]: runs[m] for m in MODES if m in chosen}  # pipeline order, by label
     modes.update({f"{MODES[m]}, one torch thread": one_torch_thread(runs[m]) for m in MODES if f"{m}@1" in chosen})
