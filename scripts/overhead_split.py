@@ -25,7 +25,9 @@ sleep     hashlib's sha256 over a buffer sized to take as long, which runs witho
           long (sleep: no CPU, no lock; only the worker's wake-ups). Does the worker cost generation the
           lock, a core, or its waking at all?
 wake      an aside: the splitter's streams with a worker thread that takes each span and does nothing (one
-          wake-up a span, where sleep has two) (--busy-us: by default a span's attribution time
+          wake-up a span, where sleep has two)
+idle      an aside: the splitter's streams with a worker thread started and joined as streaming's is, which is
+          handed no span (waits the whole stream): the thread's existence without its wake-ups (--busy-us: by default a span's attribution time
           measured in place, the median over inline streams of the prompts, once every token's head
           directions are kept)
 MODE@1    any mode above with torch held to one intra-op thread while it runs (torch.set_num_threads), so that
@@ -58,8 +60,8 @@ from vattr_bench.streaming import SpanStreamer, stream_attributions
 
 MODES = {"plain": "plain", "again": "plain, again (A/A)", "streamer": "plain, a streamer that does nothing", "explicit": "capture, explicit lse", "capture": "capture",
          "splitter": "capture+splitter", "inline": "inline", "thread": "thread",
-         "hold": "busy worker, lock held", "release": "busy worker, lock released", "sleep": "worker that sleeps", "wake": "worker that does nothing"}  # --modes key: row label
-ASIDES = ("again", "streamer", "explicit", "hold", "release", "sleep", "wake")  # not a step of the pipeline: each compared with plain only
+         "hold": "busy worker, lock held", "release": "busy worker, lock released", "sleep": "worker that sleeps", "wake": "worker that does nothing", "idle": "worker handed no span"}  # --modes key: row label
+ASIDES = ("again", "streamer", "explicit", "hold", "release", "sleep", "wake", "idle")  # not a step of the pipeline: each compared with plain only
 
 
 def busy_loops(seconds: float):
@@ -147,8 +149,9 @@ def main():
         with model.capture_visual_attention(prepared, **options) as c:
             model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, sink))
 
-    def busy_worker(work):
-        """The splitter's streams, each closed span handed to a worker thread that runs ``work``."""
+    def busy_worker(work, hand_over: bool = True):
+        """The splitter's streams, each closed span handed to a worker thread that runs ``work`` (with
+        ``hand_over`` False: none handed over; the thread only waits)."""
         def run(prepared, regions):
             spans: queue.Queue = queue.Queue()
 
@@ -158,7 +161,7 @@ def main():
             thread = threading.Thread(target=consume, daemon=True)
             thread.start()
             try:
-                splitter(prepared, regions, spans.put)
+                splitter(prepared, regions, spans.put if hand_over else lambda closed_span: None)
             finally:
                 spans.put(None)
                 thread.join()
@@ -168,7 +171,7 @@ def main():
             "again": lambda prepared, regions: model.generate_ids(prepared, 128),
             "streamer": lambda prepared, regions: model.generate_ids(prepared, 128, streamer=NoopStreamer()),
             "explicit": capture_explicit, "capture": capture, "splitter": splitter,
-            "wake": busy_worker(lambda: None),
+            "wake": busy_worker(lambda: None), "idle": busy_worker(lambda: None, hand_over=False),
             "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
             "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
     if {"hold", "release", "sleep"} & {m.removesuffix("@1") for m in chosen}:
