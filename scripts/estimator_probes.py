@@ -15,7 +15,9 @@ and the estimator restricted to random subsets of the L·H heads (how r2 moves w
 capacity — the model's head count is the lever `train-model --num-heads` exposes); and the shipped
 (logit-weighted) features restricted to heads chosen on the training samples (`select_heads`: what an
 estimator that may use only m heads keeps — the streaming worker's cost grows with the heads used);
-and the logit-weighted features read along other directions or scaled otherwise (`readout_variants`).
+and the logit-weighted features read along other directions or scaled otherwise (`readout_variants`); and
+the shipped direct-logit features side by side with another kind, 2·L·H features in one linear map (how much
+an estimator that read each head as one kind or the other could gain at most: "combined").
 
     python scripts/estimator_probes.py --probes heads   # only that group
 """
@@ -138,9 +140,10 @@ def main():
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--model", default="vattr-tiny")
     p.add_argument("--probes", default="all",
-                   help="comma-separated: targets, capacity, pooling, transforms, heads, selected, readout")
+                   help="comma-separated: targets, capacity, pooling, transforms, heads, selected, readout, combined")
     a = p.parse_args()
-    probes = {"targets", "capacity", "pooling", "transforms", "heads", "selected", "readout"} if a.probes == "all" else set(a.probes.split(","))
+    probes = {"targets", "capacity", "pooling", "transforms", "heads", "selected", "readout", "combined"} if a.probes == "all" \
+        else set(a.probes.split(","))
     model = load_model(a.model)
     families = resolve_families("all")
     variants = ("mean", "max", "visual-mass", "no-last-token", "value-weighted", "logit-weighted", "logit-weighted, signed",
@@ -162,7 +165,7 @@ def main():
             logit_values = capture_trace(model, prepared, trace.token_ids, logit_readout=True).logit_values(trace.token_ids)
             ex.update({v: pooled(attention, trace.spans, regions.token_matrix, v, vnorm, logit_values, trace.logprobs)
                        for v in variants})
-            if "readout" in probes:
+            if {"readout", "combined"} & probes:
                 ex.update(readout_variants(model, prepared, trace, regions.token_matrix))
             examples.append(ex)
             certainty.append(np.exp(trace.logprobs))
@@ -231,6 +234,14 @@ def main():
                 row.append(heldout_scores(w, view(fold_held, key)))
             print(f"| fold {fold + 1} of 5: logit-weighted → / final norm's rms | {row[0]['r2']:.3f} → {row[1]['r2']:.3f} | "
                   f"{row[0]['lds']:.3f} → {row[1]['lds']:.3f} |", flush=True)
+
+    if "combined" in probes:  # upper bound for a per-head choice between the direct-logit kind and another
+        shipped = "shipped / final norm's rms"
+        report("direct-logit alone (L·H)", key=shipped)
+        for other in ("mean", "value-weighted", "logit-weighted, signed"):
+            for e in examples:  # in place: train and held hold these same dicts
+                e["combined"] = np.concatenate([e[shipped], e[other]], -1)
+            report(f"direct-logit beside {'plain attention' if other == 'mean' else other} (2·L·H)", key="combined")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Where streaming's overhead goes: the same 20 test prompts generated in up to seven modes, interleaved,
+"""Where streaming's overhead goes: the same 20 test prompts generated in each mode asked for, interleaved,
 medians per prompt summed (the `vattr-bench perf` method, with more modes).
 
     python scripts/overhead_split.py [--rounds 6] [--modes plain,again,thread] [--device cuda] [--dtype bfloat16]
@@ -21,15 +21,14 @@ inline    + attribution of each span in the producer (stream_attributions(worker
 thread    + the background worker thread (stream_attributions, the default)
 hold      asides, as "again" is: the splitter's streams with a worker thread that, instead of attributing,
 release   spins --busy-us µs a span — holding the interpreter lock (hold: a Python loop) or not (release:
-sleep     hashlib's sha256 over a buffer sized to take as long, which runs without the lock), or sleeps as
-          long (sleep: no CPU, no lock; only the worker's wake-ups). Does the worker cost generation the
-          lock, a core, or its waking at all?
+sleep     hashlib's sha256 over a buffer sized to take as long, which runs without the lock) — or sleeps as
+          long (sleep: no CPU, no lock, only the worker's wake-ups). Does the worker cost generation the lock,
+          a core, or its waking at all? (--busy-us: by default a span's attribution time measured in place,
+          the median over inline streams of the prompts, once every token's head directions are kept)
 wake      an aside: the splitter's streams with a worker thread that takes each span and does nothing (one
           wake-up a span, where sleep has two)
 idle      an aside: the splitter's streams with a worker thread started and joined as streaming's is, which is
-          handed no span (waits the whole stream): the thread's existence without its wake-ups (--busy-us: by default a span's attribution time
-          measured in place, the median over inline streams of the prompts, once every token's head
-          directions are kept)
+          handed no span (waits the whole stream): the thread's existence without its wake-ups
 MODE@1    any mode above with torch held to one intra-op thread while it runs (torch.set_num_threads), so that
           a worker thread has the second core to itself: e.g. plain,plain@1,thread@1,release@1
 
@@ -48,7 +47,6 @@ from unittest import mock
 
 import numpy as np
 import torch
-
 from transformers.generation.streamers import BaseStreamer
 
 from perf_scaling import random_decoder_model, write_traces
@@ -58,10 +56,12 @@ from vattr_bench.models import attention_capture, load_model
 from vattr_bench.perf import PerfConfig, interval_text, overhead_interval, overhead_pct, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
-MODES = {"plain": "plain", "again": "plain, again (A/A)", "streamer": "plain, a streamer that does nothing", "explicit": "capture, explicit lse", "capture": "capture",
-         "splitter": "capture+splitter", "inline": "inline", "thread": "thread",
-         "hold": "busy worker, lock held", "release": "busy worker, lock released", "sleep": "worker that sleeps", "wake": "worker that does nothing", "idle": "worker handed no span"}  # --modes key: row label
-ASIDES = ("again", "streamer", "explicit", "hold", "release", "sleep", "wake", "idle")  # not a step of the pipeline: each compared with plain only
+MODES = {"plain": "plain", "again": "plain, again (A/A)", "streamer": "plain, a streamer that does nothing",
+         "explicit": "capture, explicit lse", "capture": "capture", "splitter": "capture+splitter", "inline": "inline",
+         "thread": "thread", "hold": "busy worker, lock held", "release": "busy worker, lock released",
+         "sleep": "worker that sleeps", "wake": "worker that does nothing", "idle": "worker handed no span"}  # --modes key: row label
+# not a step of the pipeline: each compared with plain only
+ASIDES = ("again", "streamer", "explicit", "hold", "release", "sleep", "wake", "idle")
 
 
 def busy_loops(seconds: float):
@@ -117,7 +117,7 @@ def main():
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from " + ",".join(MODES))
     p.add_argument("--decoder", default=None, help="a random decoder of this size (HIDDENxLAYERS) instead of vattr-tiny")
     p.add_argument("--busy-us", type=float, default=None,
-                   help="hold/release: µs of busy work a span (default: a span's attribution time, measured in place)")
+                   help="hold/release/sleep: µs of busy work a span (default: a span's attribution time, measured in place)")
     a = p.parse_args()
     chosen = ["plain"] + [m for m in a.modes.split(",") if m != "plain"]
     if unknown := {m.removesuffix("@1") for m in chosen} - set(MODES):
