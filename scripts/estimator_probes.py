@@ -16,8 +16,9 @@ capacity — the model's head count is the lever `train-model --num-heads` expos
 (logit-weighted) features restricted to heads chosen on the training samples (`select_heads`: what an
 estimator that may use only m heads keeps — the streaming worker's cost grows with the heads used);
 and the logit-weighted features read along other directions or scaled otherwise (`readout_variants`); and
-the shipped direct-logit features side by side with another kind, 2·L·H features in one linear map (how much
-an estimator that read each head as one kind or the other could gain at most: "combined").
+the shipped direct-logit features side by side with another kind, 2·L·H features in one linear map (what an
+estimator that read each head both ways could gain), and the direct-logit features with each token's signed
+contribution x mixed into its magnitude, |x| + beta·x, one feature a head again ("combined").
 
     python scripts/estimator_probes.py --probes heads   # only that group
 """
@@ -73,6 +74,8 @@ def pooled(attention, spans, token_matrix, variant, vnorm=None, logit_values=Non
 
 READOUTS = ("centered", "expected competitor", "runner-up", "knockout, renormalised", "knockout, renormalised, 1 / (1 - A)",
             "shipped / final norm's rms", "shipped / (1 - A)")
+SIGN_MIXES = (-0.5, -0.25, 0.25, 0.5, 1.0)  # direct-logit per token |x| + beta·x: one feature a head, the sign kept in part
+SIGNED = ("signed / final norm's rms", *(f"(abs(x) {b:+g}·x) / final norm's rms" for b in SIGN_MIXES))
 
 
 def readout_variants(model, prepared, trace, token_matrix) -> dict:
@@ -128,7 +131,10 @@ def readout_variants(model, prepared, trace, token_matrix) -> dict:
             per_token["knockout, renormalised, 1 / (1 - A)"] = per_token["knockout, renormalised"] / np.clip(1 - A, 1e-6, None)
             per_token["shipped / final norm's rms"] = np.abs(LV) / rms[:, None]
             per_token["shipped / (1 - A)"] = np.abs(LV) / np.clip(1 - A, 1e-6, None)
-    return {name: span_token_means(x, trace.spans) for name, x in per_token.items() if name in READOUTS}
+            per_token[SIGNED[0]] = LV / rms[:, None]
+            for beta, name in zip(SIGN_MIXES, SIGNED[1:]):
+                per_token[name] = (np.abs(LV) + beta * LV) / rms[:, None]
+    return {name: span_token_means(x, trace.spans) for name, x in per_token.items() if name in READOUTS + SIGNED}
 
 
 TRANSFORMS = {"fraction-of-region-total": lambda f: f / (f.sum(1, keepdims=True) + 1e-9),
@@ -238,10 +244,26 @@ def main():
     if "combined" in probes:  # upper bound for a per-head choice between the direct-logit kind and another
         shipped = "shipped / final norm's rms"
         report("direct-logit alone (L·H)", key=shipped)
-        for other in ("mean", "value-weighted", "logit-weighted, signed"):
+        for other in ("mean", "value-weighted", "logit-weighted, signed", SIGNED[0]):
             for e in examples:  # in place: train and held hold these same dicts
                 e["combined"] = np.concatenate([e[shipped], e[other]], -1)
             report(f"direct-logit beside {'plain attention' if other == 'mean' else other} (2·L·H)", key="combined")
+        for name in SIGNED:  # one feature a head again, the sign of each token's direct contribution kept in part
+            report(f"direct-logit read as {name} (L·H)", key=name)
+        # beta chosen inside each fold's training samples (an inner 80/20 split), so that the fold's held-out
+        # samples never took part in the choice: is the sign mix ahead of direct-logit when nothing is tuned on them?
+        order = np.random.default_rng(0).permutation(len(examples))
+        for fold in range(5):
+            held_out = set(order[fold::5].tolist())
+            fit_on = [e for i, e in enumerate(examples) if i not in held_out]
+            fold_held = [e for i, e in enumerate(examples) if i in held_out]
+            inner_train, inner_held = split_heldout(fit_on, 0.2, fold)
+            inner = {name: heldout_scores(train_estimator(view(inner_train, name)), view(inner_held, name))["r2"]
+                     for name in SIGNED[1:]}
+            chosen = max(inner, key=inner.get)
+            row = [heldout_scores(train_estimator(view(fit_on, key)), view(fold_held, key)) for key in (shipped, chosen)]
+            print(f"| fold {fold + 1} of 5: direct-logit → {chosen} (chosen inside the fold) | {row[0]['r2']:.3f} → "
+                  f"{row[1]['r2']:.3f} | {row[0]['lds']:.3f} → {row[1]['lds']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
