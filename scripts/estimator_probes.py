@@ -137,6 +137,15 @@ def readout_variants(model, prepared, trace, token_matrix) -> dict:
     return {name: span_token_means(x, trace.spans) for name, x in per_token.items() if name in READOUTS + SIGNED}
 
 
+def five_folds(examples: list):
+    """(fold, fitted on, held out) for each fifth of the examples held out in turn (seeded permutation)."""
+    order = np.random.default_rng(0).permutation(len(examples))
+    for fold in range(5):
+        held_out = set(order[fold::5].tolist())
+        yield (fold, [e for i, e in enumerate(examples) if i not in held_out],
+               [e for i, e in enumerate(examples) if i in held_out])
+
+
 TRANSFORMS = {"fraction-of-region-total": lambda f: f / (f.sum(1, keepdims=True) + 1e-9),
               "log": lambda f: np.log(f + 1e-4), "sqrt": np.sqrt}
 
@@ -229,19 +238,14 @@ def main():
         for v in READOUTS:
             report(f"logit-weighted read otherwise: {v}", key=v)
         # the one that gained on the split above, on every fifth of the samples held out in turn
-        order = np.random.default_rng(0).permutation(len(examples))
-        for fold in range(5):
-            held_out = set(order[fold::5].tolist())
-            fit_on = [e for i, e in enumerate(examples) if i not in held_out]
-            fold_held = [e for i, e in enumerate(examples) if i in held_out]
+        for fold, fit_on, fold_held in five_folds(examples):
             row = []
             for key in ("logit-weighted", "shipped / final norm's rms"):
                 w = train_estimator(view(fit_on, key))
                 row.append(heldout_scores(w, view(fold_held, key)))
             print(f"| fold {fold + 1} of 5: logit-weighted → / final norm's rms | {row[0]['r2']:.3f} → {row[1]['r2']:.3f} | "
                   f"{row[0]['lds']:.3f} → {row[1]['lds']:.3f} |", flush=True)
-
-    if "combined" in probes:  # upper bound for a per-head choice between the direct-logit kind and another
+    if "combined" in probes:  # the direct-logit features beside another kind, and with the sign kept in part
         shipped = "shipped / final norm's rms"
         report("direct-logit alone (L·H)", key=shipped)
         for other in ("mean", "value-weighted", "logit-weighted, signed", SIGNED[0]):
@@ -252,11 +256,7 @@ def main():
             report(f"direct-logit read as {name} (L·H)", key=name)
         # beta chosen inside each fold's training samples (an inner 80/20 split), so that the fold's held-out
         # samples never took part in the choice: is the sign mix ahead of direct-logit when nothing is tuned on them?
-        order = np.random.default_rng(0).permutation(len(examples))
-        for fold in range(5):
-            held_out = set(order[fold::5].tolist())
-            fit_on = [e for i, e in enumerate(examples) if i not in held_out]
-            fold_held = [e for i, e in enumerate(examples) if i in held_out]
+        for fold, fit_on, fold_held in five_folds(examples):
             inner_train, inner_held = split_heldout(fit_on, 0.2, fold)
             inner = {name: heldout_scores(train_estimator(view(inner_train, name)), view(inner_held, name))["r2"]
                      for name in SIGNED[1:]}
