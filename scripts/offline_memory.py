@@ -15,7 +15,7 @@ import tracemalloc
 
 import numpy as np
 
-from vattr_bench.amortized import attribute_trace, feature_kind, trace_features
+from vattr_bench.amortized import attribute_trace, feature_kind, feature_sign_weight, trace_features
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
 from vattr_bench.models.spans import split_spans
@@ -32,11 +32,11 @@ def main():
     cfg = PerfConfig(per_family=1, benchmark="math")
     _, prepared, regions = prepare_items(model, cfg)[0]
     estimator = load_method("amortized").load_for(model, cfg.regions, cfg.ablation)
-    pool, kind = estimator.meta.get("region_pool", "sum"), feature_kind(estimator.meta)
+    pool, kind, beta = estimator.meta.get("region_pool", "sum"), feature_kind(estimator.meta), feature_sign_weight(estimator.meta)
     base = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
     thinking = [sp for sp in base.spans if not sp.is_answer]
     prefix, body = base.token_ids[:thinking[0].start], base.token_ids[thinking[0].start:thinking[-1].end]
-    ways = {"full attention array": lambda t: estimator.predict(trace_features(model, prepared, t, regions.token_matrix, pool, kind)),
+    ways = {"full attention array": lambda t: estimator.predict(trace_features(model, prepared, t, regions.token_matrix, pool, kind, beta)),
             "span by span": lambda t: attribute_trace(model, prepared, t, regions, estimator)}
     print(f"{a.model}: L·H = {model.num_layers}×{model.num_heads}, N = {prepared.n_visual_tokens} visual tokens\n")
     print("| trace tokens | spans | way | peak memory (tracemalloc) | seconds | max difference in scores |\n|---|---|---|---|---|---|")

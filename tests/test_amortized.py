@@ -24,6 +24,21 @@ def test_pooling_is_mean_over_span_tokens_and_sum_or_mean_over_region_tokens():
         span_region_features(attn, spans, regions, "max")
 
 
+def test_signed_direct_logit_features_weigh_a_token_by_its_sign():
+    """|x| + β·x per token, x = Σ_{n∈k} a_tn u_tᵀW_O^h v_n / rms_t, then the mean over the span's tokens: a token
+    whose read lowers the logit (x < 0) counts 1 − β, one that raises it 1 + β; β = 0 is direct-logit."""
+    attn = np.array([[[[0.2, 0.2], [0.1, 0.1]]]])  # L = H = 1, T = 2, N = 2
+    logit_values = np.array([[[[1.0, 1.0], [-1.0, -1.0]]]])  # x = +0.4 at token 0, -0.2 at token 1
+    spans, one_region = [Span(0, 2, "a")], np.ones((1, 2), dtype=bool)
+    for beta, expected in ((0.0, 0.3), (0.5, 0.35), (1.0, 0.4), (-1.0, 0.2)):
+        f = span_region_features(attn, spans, one_region, logit_values=logit_values, token_scales=np.ones(2),
+                                 sign_weight=beta)
+        assert f[0, 0, 0] == pytest.approx(expected)
+    halved = span_region_features(attn, spans, one_region, logit_values=logit_values, token_scales=np.array([1.0, 0.5]),
+                                  sign_weight=0.5)
+    assert halved[0, 0, 0] == pytest.approx((0.6 + 0.05) / 2)  # each token's 1/rms scales its x before |x| + βx
+
+
 def _planted_examples(w_true, n, rng, family="math"):
     """Examples whose ablation effects are exactly linear in the features: Δ_k(S) = w_true · f_{S,k}."""
     examples = []
@@ -93,6 +108,11 @@ def test_estimator_file_round_trip_and_mismatch(tmp_path):
         LinearEstimator.load(tmp_path / "e.json", {"model": "m", "regions": "superpixel"})
     with pytest.raises(FileNotFoundError, match="train-estimator"):
         LinearEstimator.load(tmp_path / "missing.json")
+    for weight in (None, 1.5, "0.5"):  # signed direct-logit features say how much of the sign they keep
+        meta = {"features": "direct-logit-signed", **({} if weight is None else {"sign_weight": weight})}
+        LinearEstimator(np.arange(4.0), 0.0, meta).save(tmp_path / "signed.json")
+        with pytest.raises(ValueError, match=f"need a 'sign_weight' between -1 and 1, got {weight!r}"):
+            LinearEstimator.load(tmp_path / "signed.json")
     with pytest.raises(ValueError, match="features have 3 dims"):
         est.predict(np.zeros((1, 2, 3)))
     # an estimator using some heads: listed in meta, every other weight 0, or loading says what is wrong
@@ -161,6 +181,15 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few),
                  *examples]) == 2
     assert "--heads 64: choose from 1 to 63" in capsys.readouterr().err
+    # signed direct-logit features record the sign weight they were trained with (default 0.5); no other kind takes one
+    signed = tmp_path / "signed.json"
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--features", "direct-logit-signed",
+                 "--output", str(signed), *examples]) == 0
+    assert LinearEstimator.load(signed).meta["sign_weight"] == 0.5
+    assert np.isfinite(Amortized(str(signed)).attribute(ctx)).all()
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--sign-weight", "0.5", "--output",
+                 str(signed), *examples]) == 2
+    assert "a sign weight is for direct-logit-signed features, not direct-logit" in capsys.readouterr().err
 
 
 def test_collected_examples_survive_a_killed_run(tiny, tmp_path, monkeypatch):
@@ -211,16 +240,21 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_p
     shipped = Amortized().estimator_for(ctx)
     eager = tiny.attention_to_visual(prepared, trace.token_ids, eager=True)
     logit_values = logit_values_the_long_way(tiny, prepared, trace.token_ids)
+    token_scales = token_scales_the_long_way(tiny, prepared, trace.token_ids)
+    # direct-logit-signed by its definition: x_lhtk = Σ_{n∈k} a·u_tᵀW_O^h v_n / rms_t, |x| + 0.5x, mean over each span
+    x = np.einsum("lhtn,kn->tklh", eager * logit_values, regions.token_matrix.astype(np.float64)) * token_scales[:, None, None, None]
+    signed = np.stack([(np.abs(x) + 0.5 * x)[sp.start:sp.end].mean(0) for sp in trace.spans]).reshape(len(trace.spans), regions.k, -1)
     reference = {"logit-weighted": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
                                                         logit_values=logit_values),
                  "direct-logit": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
-                                                      logit_values=logit_values,
-                                                      token_scales=token_scales_the_long_way(tiny, prepared, trace.token_ids)),
+                                                      logit_values=logit_values, token_scales=token_scales),
+                 "direct-logit-signed": signed,
                  "value-weighted": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
                                                         value_norms_the_long_way(tiny, prepared))}
     methods = {}
     for kind, features in reference.items():
-        LinearEstimator(shipped.weights, 0.0, dict(shipped.meta, features=kind)).save(tmp_path / f"{kind}.json")
+        meta = dict(shipped.meta, features=kind, **({"sign_weight": 0.5} if kind == "direct-logit-signed" else {}))
+        LinearEstimator(shipped.weights, 0.0, meta).save(tmp_path / f"{kind}.json")
         methods[kind] = Amortized(str(tmp_path / f"{kind}.json"))
         scores = methods[kind].attribute(ctx)
         assert len(trace.spans) > 1 and scores.shape == (len(trace.spans), regions.k)
@@ -236,7 +270,7 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_p
     ctx.model = NoCapture()
     np.testing.assert_allclose(methods["value-weighted"].attribute(ctx), reference["value-weighted"] @ shipped.weights,
                                rtol=1e-4, atol=1e-5)
-    for kind in ("logit-weighted", "direct-logit"):
+    for kind in ("logit-weighted", "direct-logit", "direct-logit-signed"):
         with pytest.raises(NotImplementedError, match=f"{kind} features need"):
             methods[kind].attribute(ctx)
 

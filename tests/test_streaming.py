@@ -103,10 +103,14 @@ def test_stream_on_the_paper_architectures_equals_offline(arch, on_device, monke
     cases = [("sum", "attention", None), ("mean", "attention", None), ("sum", "value-weighted", None),
              ("sum", "logit-weighted", None), ("mean", "logit-weighted", None),
              ("sum", "attention", some), ("sum", "value-weighted", some), ("sum", "logit-weighted", some),
-             ("sum", "direct-logit", None), ("mean", "direct-logit", some)]
+             ("sum", "direct-logit", None), ("mean", "direct-logit", some),
+             ("sum", "direct-logit-signed", None), ("sum", "direct-logit-signed", some)]
     for pool, features, heads in cases:
         weights = rng.normal(size=model.num_layers * model.num_heads)
         meta = {"region_pool": pool, "features": features}
+        beta = 0.5 if heads is None else -0.25  # direct-logit-signed: |x| + βx per token
+        if features == "direct-logit-signed":
+            meta["sign_weight"] = beta
         if heads is not None:
             weights[np.setdiff1d(np.arange(len(weights)), heads)] = 0
             meta["heads"] = heads
@@ -115,7 +119,8 @@ def test_stream_on_the_paper_architectures_equals_offline(arch, on_device, monke
         assert events and [(e.start, e.end) for e in events] == [(sp.start, sp.end) for sp in trace.spans]
         offline = estimator.predict(span_region_features(
             eager, trace.spans, regions.token_matrix, pool, value_norms if features == "value-weighted" else None,
-            logit_values if features in LOGIT_FEATURES else None, token_scales if features == "direct-logit" else None))
+            logit_values if features in LOGIT_FEATURES else None,
+            token_scales if features.startswith("direct-logit") else None, beta if features == "direct-logit-signed" else 0.0))
         np.testing.assert_allclose(np.stack([e.scores for e in events]), offline, rtol=1e-5, atol=1e-5)
     assert len(device_spans) == (len(cases) * len(trace.spans) if on_device else 0)  # the torch path did the work
 

@@ -108,7 +108,7 @@ def _cmd_train_estimator(args) -> int:
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
         targets=args.targets, transfer=args.transfer, features=args.features, n_heads=args.heads,
-        cache_dir=None if args.cache_dir == "none" else Path(args.cache_dir))
+        cache_dir=None if args.cache_dir == "none" else Path(args.cache_dir), sign_weight=args.sign_weight)
     return 0
 
 
@@ -324,11 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--n-subsets", type=int, default=32)
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
     te.add_argument("--features", default="direct-logit",
-                    choices=["direct-logit", "logit-weighted", "value-weighted", "attention"],
+                    choices=["direct-logit", "direct-logit-signed", "logit-weighted", "value-weighted", "attention"],
                     help="direct-logit (default): per token |Σ over the region of attention × u_yᵀW_O^h v_n| / rms, what "
                          "each head's read of the region adds to the predicted token's logit, final norm included; "
-                         "logit-weighted: the same without the final norm's 1/rms; value-weighted: attention × "
-                         "‖W_O^h v_n‖; attention: plain pooled attention")
+                         "direct-logit-signed: that sum x read as |x| + β·x (--sign-weight β), so that a read raising "
+                         "the logit counts more than one lowering it; logit-weighted: direct-logit without the final "
+                         "norm's 1/rms; value-weighted: attention × ‖W_O^h v_n‖; attention: plain pooled attention")
+    te.add_argument("--sign-weight", type=float, default=None,
+                    help="β of direct-logit-signed features, between -1 and 1 (default 0.5, chosen on split "
+                         "'estimator': docs/estimator.md)")
     te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
     te.add_argument("--transfer", action="store_true",

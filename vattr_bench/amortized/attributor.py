@@ -8,7 +8,7 @@ import torch
 from ..types import Regions, Trace
 from .estimator import LinearEstimator
 from .features import (LOGIT_FEATURES, capture_options, feature_kind, logit_weighted_per_token, region_pool_matrix,
-                       span_region_features)
+                       feature_sign_weight, span_region_features)
 
 
 class SpanAttributor:
@@ -21,7 +21,8 @@ class SpanAttributor:
     with c = w, or w·‖W_O^h v_n‖ for value-weighted features, folded once per capture) and only that (N,)
     vector is pooled into regions. Logit-weighted features take a magnitude per token after the region
     sum, so they are pooled per token (`logit_weighted_per_token`, as `span_region_features` does), averaged
-    over the span's tokens (direct-logit features: each token's over its rms at the final norm), then weighted.
+    over the span's tokens (direct-logit features: each token's over its rms at the final norm; direct-logit-signed
+    ones: |x| + β·x of each token's x), then weighted.
     Memory is one span's weights, whatever the trace length. For a capture on the host all numpy (see
     VisualAttentionCapture.rows): the streaming worker calls it from its own thread, with numpy's BLAS held
     to one thread (`streaming.one_blas_thread`) so that it stays off the cores generation uses. For a
@@ -45,6 +46,8 @@ class SpanAttributor:
         self.pool = region_pool_matrix(regions.token_matrix, estimator.meta.get("region_pool", "sum"))  # (K, N)
         self.pool32 = self.pool.astype(np.float32)  # for float32 captures' products
         self.kind = feature_kind(estimator.meta)
+        self.sign_weight = feature_sign_weight(estimator.meta)  # β of |x| + β·x per token (0 but for direct-logit-signed)
+        self.norm_scale = capture_options(estimator.meta)["norm_scale"]  # each token over its rms at the final norm
         self._per_token = None  # (F, N) c_lh,n, at the first span (the prompt has run by then)
         self._device_factors = None  # (c or w, pool) as float32 tensors on the capture's device, at its first span
 
@@ -61,12 +64,12 @@ class SpanAttributor:
         if self.kind in LOGIT_FEATURES and (token_ids is None or len(token_ids) != n):
             raise ValueError(f"{self.kind} features need the span's {n} token ids, got "
                              f"{None if token_ids is None else len(token_ids)}")
-        scales = self.capture.token_scales(start, end) if self.kind == "direct-logit" else None  # (n,) 1/rms
+        scales = self.capture.token_scales(start, end) if self.norm_scale else None  # (n,) 1/rms
         if isinstance(rows, torch.Tensor):
             return self._scores_on_device(rows, token_ids, scales)
         if self.kind in LOGIT_FEATURES:
             logit_values = self.capture.logit_values(token_ids).reshape(F, n, N)
-            per_token = logit_weighted_per_token(rows, logit_values, self.pool32)  # (F, n, K)
+            per_token = logit_weighted_per_token(rows, logit_values, self.pool32, self.sign_weight)  # (F, n, K)
             # the mean over the span's tokens folded into the weights: Σ_lh w_lh Σ_t s_t f_lh,t / n, one product
             token_weights = np.repeat(self.weights / n, n) if scales is None else np.outer(self.weights / n, scales).ravel()
             return (token_weights @ per_token.reshape(F * n, -1)) + self.bias
@@ -97,8 +100,9 @@ class SpanAttributor:
             self._device_factors = per_token, torch.as_tensor(self.pool32, device=rows.device)
         per_token, pool = self._device_factors
         if self.kind in LOGIT_FEATURES:
-            weighted = (rows * self.capture.logit_values(token_ids).reshape(F, n, N)).reshape(-1, N) @ pool.T  # (F·n, K)
-            weighted = weighted.abs_().reshape(F, n, -1)
+            signed = (rows * self.capture.logit_values(token_ids).reshape(F, n, N)).reshape(-1, N) @ pool.T  # (F·n, K)
+            weighted = (signed.abs().add_(signed, alpha=self.sign_weight) if self.sign_weight else signed.abs_())
+            weighted = weighted.reshape(F, n, -1)
             if scales is not None:
                 weighted *= scales[:, None]
             scores = (per_token / n) @ weighted.sum(1)
@@ -124,17 +128,18 @@ def attribute_trace(model, prepared, trace: Trace, regions: Regions, estimator: 
         capture = capture_trace(model, prepared, trace.token_ids, **capture_options(estimator.meta))
     except NotImplementedError:
         return estimator.predict(trace_features(model, prepared, trace, regions.token_matrix,
-                                                estimator.meta.get("region_pool", "sum"), feature_kind(estimator.meta)))
+                                                estimator.meta.get("region_pool", "sum"), feature_kind(estimator.meta),
+                                                feature_sign_weight(estimator.meta)))
     attributor = SpanAttributor(capture, regions, estimator)
     ids = list(trace.token_ids)
     return np.array([attributor(s.start, s.end, ids[s.start:s.end]) for s in trace.spans]).reshape(len(trace.spans), regions.k)
 
 
 def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, region_pool: str = "sum",
-                   features: str = "attention") -> np.ndarray:
-    """(n_spans, K, L·H) features of kind ``features`` for a finished trace (what the estimator trains on):
-    the attention and what weighs it from one captured pass, or, for an adapter that cannot capture,
-    from its `attention_to_visual` and `visual_value_norms`."""
+                   features: str = "attention", sign_weight: float = 0.0) -> np.ndarray:
+    """(n_spans, K, L·H) features of kind ``features`` (``sign_weight``: β of direct-logit-signed ones) for a
+    finished trace (what the estimator trains on): the attention and what weighs it from one captured pass,
+    or, for an adapter that cannot capture, from its `attention_to_visual` and `visual_value_norms`."""
     options = capture_options({"features": features})
     try:  # on the host: the features are numpy, whichever device the model is on
         capture = capture_trace(model, prepared, trace.token_ids, on_device=False, **options)
@@ -148,4 +153,5 @@ def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, regi
     return span_region_features(capture.attention(len(trace.token_ids)), trace.spans, token_matrix, region_pool,
                                 capture.value_norms if options["value_norms"] else None,
                                 capture.logit_values(trace.token_ids) if options["logit_readout"] else None,
-                                capture.token_scales(0, len(trace.token_ids)) if options["norm_scale"] else None)
+                                capture.token_scales(0, len(trace.token_ids)) if options["norm_scale"] else None,
+                                sign_weight)

@@ -9,6 +9,7 @@ for the saved format's sake (and is 0).
 Saved format (JSON, documented in README): {"format": "vattr-bench/linear-estimator", "version": 1,
 "weights": [L·H floats, layer-major], "bias": float, "meta": {model, num_layers, num_heads, regions, k,
 ablation, region_pool, features, n_train, seed, heldout}}; ``features`` is "attention" where absent;
+``sign_weight`` (β of |x| + β·x) for direct-logit-signed features;
 ``heads`` (optional: sorted layer-major indices) for an estimator that uses only those heads (its other
 weights are 0), which the streaming worker then computes alone (`select_heads`).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import write_text_atomically
-from .features import feature_kind
+from .features import feature_kind, feature_sign_weight
 
 FORMAT = "vattr-bench/linear-estimator"
 # what a model/protocol must match for an estimator to apply to it
@@ -74,6 +75,7 @@ class LinearEstimator:
         est = cls(np.asarray(payload["weights"], dtype=np.float64), float(payload["bias"]), payload["meta"],
                   hashlib.sha256(raw).hexdigest()[:16])
         feature_kind(est.meta)  # a kind this version cannot compute fails here, not mid-run
+        feature_sign_weight(est.meta)
         est.check_heads(path)
         if expect:
             wrong = {k: (est.meta.get(k), v) for k, v in expect.items() if k in MATCH_KEYS and est.meta.get(k) != v}

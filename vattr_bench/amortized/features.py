@@ -20,14 +20,22 @@ features and the same linear estimator.
 final norm reads there (RMSNorm: γ·x/rms(x)), so that each is exactly what head h's read of region k adds
 to y_t's logit along the direct path; the logit lens left that per-token scale out. Tokens whose residual
 is small, where a head's write moves the logit more, weigh more in the span's mean.
+
+``features="direct-logit-signed"``: the direct-logit per-token value x (signed, before the magnitude) read
+as |x| + β·x, β = the estimator's ``sign_weight`` (0 is direct-logit; 1 keeps only what pushes y_t up,
+twice): a head's read that raises the predicted token's logit weighs 1 + β, one that lowers it 1 − β.
+Knocking out a region that raised y_t's logit lowers its log-prob, the effect the estimator fits; the
+magnitude alone cannot tell the two apart. Still L·H features; β is chosen on training samples
+(docs/estimator.md, "Keeping part of the sign").
 """
 from __future__ import annotations
 
 import numpy as np
 
 REGION_POOLS = ("sum", "mean")
-FEATURES = ("attention", "value-weighted", "logit-weighted", "direct-logit")
-LOGIT_FEATURES = ("logit-weighted", "direct-logit")  # the kinds read through the unembedding (`logit_values`)
+FEATURES = ("attention", "value-weighted", "logit-weighted", "direct-logit", "direct-logit-signed")
+LOGIT_FEATURES = ("logit-weighted", "direct-logit", "direct-logit-signed")  # read through the unembedding (`logit_values`)
+NORM_SCALED_FEATURES = ("direct-logit", "direct-logit-signed")  # each token over its rms at the final norm (`token_scales`)
 
 
 def feature_kind(meta: dict) -> str:
@@ -38,12 +46,23 @@ def feature_kind(meta: dict) -> str:
     return kind
 
 
+def feature_sign_weight(meta: dict) -> float:
+    """β of |x| + β·x per token for direct-logit-signed features (``meta["sign_weight"]``, in [-1, 1]: beyond,
+    a token's magnitude would count against it); 0 for every other kind."""
+    if feature_kind(meta) != "direct-logit-signed":
+        return 0.0
+    beta = meta.get("sign_weight")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not -1 <= beta <= 1:
+        raise ValueError(f"direct-logit-signed features need a 'sign_weight' between -1 and 1, got {beta!r}")
+    return float(beta)
+
+
 def capture_options(meta: dict) -> dict:
     """What a model's attention capture must keep for an estimator's features (keyword arguments of
     `capture_visual_attention`)."""
     kind = feature_kind(meta)
     options = {"value_norms": kind == "value-weighted", "logit_readout": kind in LOGIT_FEATURES,
-               "norm_scale": kind == "direct-logit"}
+               "norm_scale": kind in NORM_SCALED_FEATURES}
     if meta.get("heads") is not None:  # an estimator that uses some heads only: the reads cover those
         options["heads"] = meta["heads"]
     return options
@@ -60,15 +79,16 @@ def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np
 
 def span_region_features(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str = "sum",
                          value_norms: np.ndarray | None = None, logit_values: np.ndarray | None = None,
-                         token_scales: np.ndarray | None = None) -> np.ndarray:
+                         token_scales: np.ndarray | None = None, sign_weight: float = 0.0) -> np.ndarray:
     """attention (L, H, T, N) from trace tokens to visual tokens -> (n_spans, K, L·H); with ``value_norms``
     (L, H, N), the value-weighted features; with ``logit_values`` (L, H, T, N) — u_tᵀ W_O^h v_n of the
     token each row predicts (`VisualAttentionCapture.logit_values`) — the logit-weighted ones, and with
-    ``token_scales`` (T,) too — each row's 1/rms at the final norm (`token_scales`) — the direct-logit ones."""
+    ``token_scales`` (T,) too — each row's 1/rms at the final norm (`token_scales`) — the direct-logit ones
+    (with ``sign_weight`` β, the direct-logit-signed ones: |x| + β·x per token)."""
     L, H = attention.shape[:2]
     pool = region_pool_matrix(token_matrix, region_pool)
     if logit_values is not None:
-        per_token = logit_weighted_per_token(attention, logit_values, pool)  # (L, H, T, K)
+        per_token = logit_weighted_per_token(attention, logit_values, pool, sign_weight)  # (L, H, T, K)
         if token_scales is not None:
             per_token = per_token * np.asarray(token_scales, dtype=per_token.dtype)[:, None]
         return span_token_means(per_token, spans)
@@ -87,11 +107,18 @@ def span_token_means(per_token: np.ndarray, spans) -> np.ndarray:
     return feats.transpose(0, 3, 1, 2).reshape(len(spans), K, L * H)
 
 
-def logit_weighted_per_token(attention: np.ndarray, logit_values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+def logit_weighted_per_token(attention: np.ndarray, logit_values: np.ndarray, pool: np.ndarray,
+                             sign_weight: float = 0.0) -> np.ndarray:
     """(L, H, T, K) |Σ_{n∈k} a_{t,n} u_tᵀW_O^h v_n| for (L, H, T, N) attention and logit values and a (K, N)
-    `region_pool_matrix`: the magnitude per token, after the sum over the region's tokens. In the inputs'
-    precision (float32 from a capture: ~1e-6 relative)."""
+    `region_pool_matrix`: the magnitude per token, after the sum over the region's tokens; with
+    ``sign_weight`` β, |x| + β·x of that sum x. In the inputs' precision (float32 from a capture: ~1e-6
+    relative)."""
     weighted = attention * logit_values
     # one 2-D product: a (…, N) @ (N, K) product broadcast over L, H runs one small gemm per head (2× the time)
-    per_token = weighted.reshape(-1, weighted.shape[-1]) @ pool.T.astype(weighted.dtype, copy=False)
-    return np.abs(per_token, out=per_token).reshape(*weighted.shape[:-1], pool.shape[0])
+    signed = weighted.reshape(-1, weighted.shape[-1]) @ pool.T.astype(weighted.dtype, copy=False)
+    if sign_weight:
+        per_token = np.abs(signed)
+        per_token += signed * per_token.dtype.type(sign_weight)
+    else:
+        per_token = np.abs(signed, out=signed)
+    return per_token.reshape(*weighted.shape[:-1], pool.shape[0])

@@ -19,20 +19,23 @@ from ..regions import ground_truth, make_regions
 from ..storage import load_arrays, save_arrays
 from .estimator import LinearEstimator, select_heads, train_estimator
 from .attributor import trace_features
-from .features import feature_kind
+from .features import feature_kind, feature_sign_weight
 
 
 MAX_NEW_TOKENS = 128  # the traces the estimator learns from: evaluate's default length
+# β of direct-logit-signed features, |x| + β·x per token: chosen on split "estimator" inside each of five folds
+# (`scripts/estimator_probes.py --probes combined`: 0.5 in all five), never on the test samples
+DEFAULT_SIGN_WEIGHT = 0.5
 
 
 def collect_example(model, sample, regions: str, k: int, ablation: str, n_subsets: int, seed: int, region_pool: str,
-                    features: str = "attention") -> dict | None:
+                    features: str = "attention", sign_weight: float = 0.0) -> dict | None:
     prepared = model.prepare(sample.image, sample.prompt)
     trace = model.generate(prepared, max_new_tokens=MAX_NEW_TOKENS)
     if not trace.spans:
         return None
     reg, _ = make_regions(regions, model, prepared, k=k, sample=sample)
-    feats = trace_features(model, prepared, trace, reg.token_matrix, region_pool, features)
+    feats = trace_features(model, prepared, trace, reg.token_matrix, region_pool, features, sign_weight)
     truth = ground_truth(model, prepared, trace, reg, ablation, n_subsets, seed)
     return {"family": sample.family, "features": feats, "masks": truth.masks, "subset_effects": truth.subset_effects,
             "single_effects": truth.effects}
@@ -86,7 +89,7 @@ class ExampleCache:
 
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
                      n_subsets=32, region_pool="sum", features="attention", cache_dir: Path | None = None,
-                     log=print) -> list[dict]:
+                     log=print, sign_weight: float = 0.0) -> list[dict]:
     """Examples of ``per_family`` samples of each family (split "estimator"); with ``cache_dir``, each kept
     there once collected and read back from there by a later run."""
     cache, examples, reused = ExampleCache(cache_dir), [], 0
@@ -96,13 +99,14 @@ def collect_examples(model, families, per_family: int, regions="feature-ward", k
             path = cache.path({"model": model.name, "dtype": dtype, "family": family, "index": i, "split": "estimator",
                                "sample_seed": seed, "example_seed": seed + i, "regions": regions, "k": k,
                                "ablation": ablation, "n_subsets": n_subsets, "region_pool": region_pool,
-                               "features": features, "max_new_tokens": MAX_NEW_TOKENS})
+                               "features": features, "max_new_tokens": MAX_NEW_TOKENS,
+                               **({"sign_weight": sign_weight} if sign_weight else {})})  # older files' keys unchanged
             found, ex = cache.load(path, family)
             if found:
                 reused += 1
             else:
                 ex = collect_example(model, synthetic_sample(family, i, "estimator", seed), regions, k, ablation,
-                                     n_subsets, seed + i, region_pool, features)
+                                     n_subsets, seed + i, region_pool, features, sign_weight)
                 cache.save(path, ex)
             if ex is not None:
                 examples.append(ex)
@@ -163,20 +167,26 @@ def format_transfer(table: dict) -> str:
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
         transfer=False, features="direct-logit", n_heads: int | None = None, cache_dir: Path | None = None,
-        log=print) -> LinearEstimator:
+        log=print, sign_weight: float | None = None) -> LinearEstimator:
     """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
     the streaming worker's cost per span shrinks with them; the held-out scores with all heads are
-    printed and kept beside its own. ``cache_dir``: where each sample's example is kept (`ExampleCache`)."""
+    printed and kept beside its own. ``cache_dir``: where each sample's example is kept (`ExampleCache`).
+    ``sign_weight``: β of direct-logit-signed features (default `DEFAULT_SIGN_WEIGHT`; no other kind takes one)."""
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
-    feature_kind({"features": features})  # an unknown kind fails before the long collection
+    kind_meta = {"features": features}
+    if features == "direct-logit-signed":
+        kind_meta["sign_weight"] = DEFAULT_SIGN_WEIGHT if sign_weight is None else sign_weight
+    elif sign_weight is not None:
+        raise ValueError(f"a sign weight is for direct-logit-signed features, not {features}")
+    beta = feature_sign_weight(kind_meta)  # an unknown kind or a bad weight fails before the long collection
     all_heads = model.num_layers * model.num_heads
     if n_heads is not None and not 1 <= n_heads < all_heads:
         raise ValueError(f"--heads {n_heads}: choose from 1 to {all_heads - 1} ({model.name} has {all_heads} heads; "
                          "leave it out for all)")
     examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
-                                n_subsets, region_pool, features, cache_dir, log)
+                                n_subsets, region_pool, features, cache_dir, log, beta)
     train, held = split_heldout(examples, heldout_fraction, seed)
     weights, heads, all_heads_weights = fit(train, seed, targets, n_heads)
     scores = heldout_scores(weights, held)
@@ -188,7 +198,7 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
         f"{'' if heads is None else f'; {len(heads)} heads chosen on the training samples'}): r2 {scores['r2']:.3f}  "
         f"pearson {scores['pearson']:.3f}  lds {scores['lds']:.3f}")
     meta = {"model": model_name, "num_layers": model.num_layers, "num_heads": model.num_heads, "regions": regions,
-            "k": k, "ablation": ablation, "region_pool": region_pool, "features": features, "targets": targets, "n_train": len(train),
+            "k": k, "ablation": ablation, "region_pool": region_pool, **kind_meta, "targets": targets, "n_train": len(train),
             "n_heldout": len(held), "split": "estimator", "seed": seed, "n_subsets": n_subsets,
             "benchmarks": families, "heldout": scores}
     if heads is not None:

@@ -38,12 +38,12 @@ class Amortized(AttributionMethod):
 
     def settings(self) -> dict:
         """The estimators this run loaded: file (a shipped one by its place in the package, so that the record
-        does not depend on where the package is installed) and its content's digest, features, heads used,
-        training samples, held-out scores."""
+        does not depend on where the package is installed) and its content's digest, features (and sign
+        weight), heads used, training samples, held-out scores."""
         return {"estimators": [{"path": _shown(path), "sha256": est.digest,
                                 "features": est.meta.get("features", "attention"),
                                 "heads": len(est.meta["heads"]) if est.meta.get("heads") else len(est.weights),
-                                **{k: est.meta[k] for k in ("n_train", "heldout") if k in est.meta}}
+                                **{k: est.meta[k] for k in ("sign_weight", "n_train", "heldout") if k in est.meta}}
                                for (path, _), est in self._loaded.items()]} if self._loaded else {}
 
     def estimator_for(self, ctx: AttributionContext) -> LinearEstimator:
