@@ -155,7 +155,8 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--output", str(out), *examples]) == 0
     assert "held-out (1 samples" in capsys.readouterr().out
     est = LinearEstimator.load(out)
-    assert est.meta["features"] == "direct-logit" and est.meta["n_train"] == 3 and len(est.weights) == 64
+    assert est.meta["features"] == "direct-logit-signed" and est.meta["sign_weight"] == 0.25
+    assert est.meta["n_train"] == 3 and len(est.weights) == 64
     assert np.isfinite(est.weights).all() and {"r2", "lds"} <= set(est.meta["heldout"])
     model = tiny
     s = synthetic_sample("math", 0)
@@ -177,18 +178,18 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     method = Amortized(str(few))
     assert np.isfinite(method.attribute(ctx)).all()
     (used,) = method.settings()["estimators"]  # what evaluate records in results.json
-    assert used["path"] == str(few) and used["heads"] == 8 and used["features"] == "direct-logit"
+    assert used["path"] == str(few) and used["heads"] == 8 and used["features"] == "direct-logit-signed"
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few),
                  *examples]) == 2
     assert "--heads 64: choose from 1 to 63" in capsys.readouterr().err
-    # signed direct-logit features record the sign weight they were trained with (default 0.5); no other kind takes one
-    signed = tmp_path / "signed.json"
-    assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--features", "direct-logit-signed",
-                 "--output", str(signed), *examples]) == 0
-    assert LinearEstimator.load(signed).meta["sign_weight"] == 0.5
-    assert np.isfinite(Amortized(str(signed)).attribute(ctx)).all()
-    assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--sign-weight", "0.5", "--output",
-                 str(signed), *examples]) == 2
+    # the sign weight is the estimator's (another one: other features, collected anew); no other kind takes one
+    other = tmp_path / "other.json"
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--sign-weight", "0.5",
+                 "--output", str(other), *examples]) == 0
+    assert LinearEstimator.load(other).meta["sign_weight"] == 0.5 and "read back" not in capsys.readouterr().out
+    assert np.isfinite(Amortized(str(other)).attribute(ctx)).all()
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--features", "direct-logit",
+                 "--sign-weight", "0.5", "--output", str(other), *examples]) == 2
     assert "a sign weight is for direct-logit-signed features, not direct-logit" in capsys.readouterr().err
 
 

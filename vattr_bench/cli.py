@@ -323,15 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--ablation", default="knockout")
     te.add_argument("--n-subsets", type=int, default=32)
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
-    te.add_argument("--features", default="direct-logit",
-                    choices=["direct-logit", "direct-logit-signed", "logit-weighted", "value-weighted", "attention"],
-                    help="direct-logit (default): per token |Σ over the region of attention × u_yᵀW_O^h v_n| / rms, what "
-                         "each head's read of the region adds to the predicted token's logit, final norm included; "
-                         "direct-logit-signed: that sum x read as |x| + β·x (--sign-weight β), so that a read raising "
-                         "the logit counts more than one lowering it; logit-weighted: direct-logit without the final "
-                         "norm's 1/rms; value-weighted: attention × ‖W_O^h v_n‖; attention: plain pooled attention")
+    te.add_argument("--features", default="direct-logit-signed",
+                    choices=["direct-logit-signed", "direct-logit", "logit-weighted", "value-weighted", "attention"],
+                    help="direct-logit-signed (default): per token x = Σ over the region of attention × u_yᵀW_O^h v_n / rms, "
+                         "what each head's read of the region adds to the predicted token's logit, final norm "
+                         "included, read as |x| + β·x (--sign-weight β), so that a read raising the logit counts "
+                         "more than one lowering it; direct-logit: |x|; logit-weighted: |x| without the final norm's "
+                         "1/rms; value-weighted: attention × ‖W_O^h v_n‖; attention: plain pooled attention")
     te.add_argument("--sign-weight", type=float, default=None,
-                    help="β of direct-logit-signed features, between -1 and 1 (default 0.5, chosen on split "
+                    help="β of direct-logit-signed features, between -1 and 1 (default 0.25, chosen on split "
                          "'estimator': docs/estimator.md)")
     te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")

@@ -34,7 +34,7 @@ import torch
 from scipy.stats import bootstrap
 from tqdm.auto import tqdm
 
-from .amortized import LOGIT_FEATURES, SpanAttributor, capture_options, feature_kind
+from .amortized import LOGIT_FEATURES, SpanAttributor, capture_options, feature_kind, feature_label
 from .benchmarks import resolve_families, synthetic_sample
 from .methods import AttributionContext
 from .methods.amortized import Amortized
@@ -280,7 +280,7 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
         f"amortized_cost_ratio_{hi}_vs_{lo}": round(per_token["amortized"][hi] / per_token["amortized"][lo], 3),
     }
     report = {"config": cfg.__dict__, "model": model.name, "device": str(getattr(model, "device", "cpu")),
-              "dtype": str(getattr(model, "dtype", "float32")).removeprefix("torch."), "features": feature_kind(estimator.meta),
+              "dtype": str(getattr(model, "dtype", "float32")).removeprefix("torch."), "features": feature_label(estimator.meta),
               "n_samples": len(items), "n_spans": n_spans,
               **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
               "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token, "summary": summary}

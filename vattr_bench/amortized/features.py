@@ -57,6 +57,12 @@ def feature_sign_weight(meta: dict) -> float:
     return float(beta)
 
 
+def feature_label(meta: dict) -> str:
+    """The features an estimator reads, as a table header names them: the kind, and β where it has one."""
+    kind = feature_kind(meta)
+    return f"{kind}, β {feature_sign_weight(meta):g}" if kind == "direct-logit-signed" else kind
+
+
 def capture_options(meta: dict) -> dict:
     """What a model's attention capture must keep for an estimator's features (keyword arguments of
     `capture_visual_attention`)."""
