@@ -73,6 +73,32 @@ def test_results_follow_the_schema(run):
     assert len(pictures) == 2 and pictures[0].stat().st_size > 0
 
 
+def test_git_hash_is_dirty_for_the_package_not_its_docs(tmp_path):
+    """results.json's git_hash: HEAD, "-dirty" only when the package's own tracked files differ from it."""
+    import subprocess
+
+    from vattr_bench.results import _git_hash
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "code.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("docs\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert _git_hash(package) == head
+    (tmp_path / "README.md").write_text("docs edited mid-run\n")
+    (package / "new.py").write_text("untracked\n")
+    assert _git_hash(package) == head
+    (package / "code.py").write_text("x = 2\n")
+    assert _git_hash(package) == head + "-dirty"
+
+
 def test_bad_plugins_are_reported_and_others_kept(run):
     cfg, out, results, logs = run
     records = read_records(out / "samples.jsonl")

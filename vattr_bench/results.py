@@ -179,14 +179,15 @@ def _versions() -> dict:
     return out
 
 
-def _git_hash() -> str | None:
-    """HEAD, with "-dirty" when tracked files differ from it (the numbers then came from code or a
-    checkpoint that no commit holds)."""
+def _git_hash(package: Path = Path(__file__).parent) -> str | None:
+    """HEAD, with "-dirty" when the package's tracked files (its code, checkpoints and estimators) differ from
+    it: the numbers then came from something no commit holds. Edits elsewhere (README, docs, tests), say
+    while a long run goes on, do not make a run's numbers dirty."""
     def git(*args):
-        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
-                              timeout=5).stdout.strip()
+        return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5).stdout.strip()
     try:
         head = git("rev-parse", "HEAD")
-        return head + ("-dirty" if head and git("status", "--porcelain", "--untracked-files=no") else "") or None
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        return head + ("-dirty" if head and changed else "") or None
     except (OSError, subprocess.SubprocessError):
         return None
