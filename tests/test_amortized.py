@@ -146,6 +146,7 @@ def test_shipped_estimator_refuses_another_protocol(tiny):
 def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, capsys):
     """`vattr-bench train-estimator` end to end on a few samples: held-out scores printed, the file records
     what it was trained under, and `amortized` runs with it."""
+    from vattr_bench.amortized import train
     from vattr_bench.benchmarks import synthetic_sample
     from vattr_bench.cli import main
     from vattr_bench.methods.amortized import Amortized
@@ -182,12 +183,23 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--heads", "64", "--output", str(few),
                  *examples]) == 2
     assert "--heads 64: choose from 1 to 63" in capsys.readouterr().err
-    # the sign weight is the estimator's (another one: other features, collected anew); no other kind takes one
+    # the sign weight is the estimator's: the examples keep |x| and x apart, so any β fits them without collecting
     other = tmp_path / "other.json"
-    assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--sign-weight", "0.5",
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--sign-weight", "0.5",
                  "--output", str(other), *examples]) == 0
-    assert LinearEstimator.load(other).meta["sign_weight"] == 0.5 and "read back" not in capsys.readouterr().out
+    assert "4 of 4 samples' examples read back" in capsys.readouterr().out
+    assert LinearEstimator.load(other).meta["sign_weight"] == 0.5
     assert np.isfinite(Amortized(str(other)).attribute(ctx)).all()
+    # "auto": the β that fits best inside the training samples, with what each scored there
+    assert main(["train-estimator", "--benchmark", "math", "--n-train", "4", "--sign-weight", "auto",
+                 "--output", str(other), *examples]) == 0
+    assert "sign weight inside the training samples" in capsys.readouterr().out
+    meta = LinearEstimator.load(other).meta
+    choice = {float(b): v["r2"] + v["lds"] for b, v in meta["sign_weight_choice"].items()}
+    assert set(choice) == set(train.SIGN_WEIGHTS) and meta["sign_weight"] == max(choice, key=choice.get)
+    with pytest.raises(SystemExit):
+        main(["train-estimator", "--sign-weight", "half", "--output", str(other)])
+    assert "a number between -1 and 1, or 'auto'; got 'half'" in capsys.readouterr().err
     assert main(["train-estimator", "--benchmark", "math", "--n-train", "2", "--features", "direct-logit",
                  "--sign-weight", "0.5", "--output", str(other), *examples]) == 2
     assert "a sign weight is for direct-logit-signed features, not direct-logit" in capsys.readouterr().err
@@ -230,6 +242,7 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_p
     through its attention_to_visual, and a clear error for the logit kinds; a model whose final norm is no
     RMSNorm, a clear error for direct-logit ones."""
     from test_streaming import logit_values_the_long_way, token_scales_the_long_way, value_norms_the_long_way
+    from vattr_bench.amortized.attributor import signed_feature_parts
     from vattr_bench.benchmarks import synthetic_sample
     from vattr_bench.methods.amortized import Amortized
 
@@ -252,6 +265,10 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_p
                  "direct-logit-signed": signed,
                  "value-weighted": span_region_features(eager, trace.spans, regions.token_matrix, "sum",
                                                         value_norms_the_long_way(tiny, prepared))}
+    # train-estimator's kept parts (|x| and x apart, one pass) give the same features at any β
+    magnitude, signed_part = signed_feature_parts(tiny, prepared, trace, regions.token_matrix)
+    np.testing.assert_allclose(magnitude + 0.5 * signed_part, signed, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(magnitude, reference["direct-logit"], rtol=1e-4, atol=1e-5)
     methods = {}
     for kind, features in reference.items():
         meta = dict(shipped.meta, features=kind, **({"sign_weight": 0.5} if kind == "direct-logit-signed" else {}))

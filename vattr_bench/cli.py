@@ -112,6 +112,16 @@ def _cmd_train_estimator(args) -> int:
     return 0
 
 
+def _sign_weight(text: str) -> float | str:
+    """--sign-weight: a number, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number between -1 and 1, or 'auto'; got {text!r}") from None
+
+
 def _cmd_stream(args) -> int:
     from .images import load_image
     from .methods.amortized import Amortized
@@ -330,9 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "included, read as |x| + β·x (--sign-weight β), so that a read raising the logit counts "
                          "more than one lowering it; direct-logit: |x|; logit-weighted: |x| without the final norm's "
                          "1/rms; value-weighted: attention × ‖W_O^h v_n‖; attention: plain pooled attention")
-    te.add_argument("--sign-weight", type=float, default=None,
-                    help="β of direct-logit-signed features, between -1 and 1 (default 0.25, chosen on split "
-                         "'estimator': docs/estimator.md)")
+    te.add_argument("--sign-weight", type=_sign_weight, default=None,
+                    help="β of direct-logit-signed features, between -1 and 1 (default 0.25, chosen for vattr-tiny "
+                         "on split 'estimator': docs/estimator.md), or 'auto': the one of 0, 0.25, 0.5, 0.75, 1 "
+                         "that fits best inside the training samples")
     te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
     te.add_argument("--transfer", action="store_true",

@@ -150,8 +150,29 @@ def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, regi
         norms = model.visual_value_norms(prepared) if options["value_norms"] else None
         return span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, token_matrix,
                                     region_pool, norms)
-    return span_region_features(capture.attention(len(trace.token_ids)), trace.spans, token_matrix, region_pool,
-                                capture.value_norms if options["value_norms"] else None,
-                                capture.logit_values(trace.token_ids) if options["logit_readout"] else None,
-                                capture.token_scales(0, len(trace.token_ids)) if options["norm_scale"] else None,
-                                sign_weight)
+    attention, weighing = _captured(capture, trace, options)
+    return span_region_features(attention, trace.spans, token_matrix, region_pool, **weighing, sign_weight=sign_weight)
+
+
+def signed_feature_parts(model, prepared, trace: Trace, token_matrix: np.ndarray,
+                         region_pool: str = "sum") -> tuple[np.ndarray, np.ndarray]:
+    """(magnitude, signed) (n_spans, K, L·H) parts of a finished trace's direct-logit-signed features, from
+    one captured pass: the span means of |x| and of x, so that the features at any β are magnitude + β·signed
+    (what train-estimator keeps, to fit any β, or choose one, without collecting again)."""
+    options = capture_options({"features": "direct-logit-signed"})
+    capture = capture_trace(model, prepared, trace.token_ids, on_device=False, **options)
+    attention, weighing = _captured(capture, trace, options)
+    magnitude = span_region_features(attention, trace.spans, token_matrix, region_pool, **weighing)
+    kept_sign = span_region_features(attention, trace.spans, token_matrix, region_pool, **weighing, sign_weight=1.0)
+    return magnitude, kept_sign - magnitude
+
+
+def _captured(capture, trace: Trace, options: dict) -> tuple[np.ndarray, dict]:
+    """A trace's (L, H, T, N) attention off its capture, and what weighs it as `span_region_features`'
+    keyword arguments (value norms, logit values, token scales; None where the features' ``options``,
+    `capture_options`, leave it out)."""
+    n = len(trace.token_ids)
+    return capture.attention(n), {
+        "value_norms": capture.value_norms if options["value_norms"] else None,
+        "logit_values": capture.logit_values(trace.token_ids) if options["logit_readout"] else None,
+        "token_scales": capture.token_scales(0, n) if options["norm_scale"] else None}

@@ -18,7 +18,7 @@ from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
 from ..storage import load_arrays, save_arrays
 from .estimator import LinearEstimator, select_heads, train_estimator
-from .attributor import trace_features
+from .attributor import signed_feature_parts, trace_features
 from .features import feature_kind, feature_sign_weight
 
 
@@ -28,19 +28,32 @@ MAX_NEW_TOKENS = 128  # the traces the estimator learns from: evaluate's default
 # folds by `scripts/estimator_probes.py --probes combined`), 0.25 carries over to an unseen family better
 # (`--transfer`: r2 0.482 / 0.474, LDS 0.477 / 0.454 on average over the five): docs/estimator.md
 DEFAULT_SIGN_WEIGHT = 0.25
+SIGN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # what `--sign-weight auto` chooses among
 
 
 def collect_example(model, sample, regions: str, k: int, ablation: str, n_subsets: int, seed: int, region_pool: str,
-                    features: str = "attention", sign_weight: float = 0.0) -> dict | None:
+                    features: str = "attention") -> dict | None:
+    """A sample's features and ablation effects; for direct-logit-signed features the two parts apart,
+    "features" the magnitude and "signed_features" the signed mean (`with_sign_weight` puts them together)."""
     prepared = model.prepare(sample.image, sample.prompt)
     trace = model.generate(prepared, max_new_tokens=MAX_NEW_TOKENS)
     if not trace.spans:
         return None
     reg, _ = make_regions(regions, model, prepared, k=k, sample=sample)
-    feats = trace_features(model, prepared, trace, reg.token_matrix, region_pool, features, sign_weight)
+    if features == "direct-logit-signed":
+        magnitude, signed = signed_feature_parts(model, prepared, trace, reg.token_matrix, region_pool)
+        feats = {"features": magnitude, "signed_features": signed}
+    else:
+        feats = {"features": trace_features(model, prepared, trace, reg.token_matrix, region_pool, features)}
     truth = ground_truth(model, prepared, trace, reg, ablation, n_subsets, seed)
-    return {"family": sample.family, "features": feats, "masks": truth.masks, "subset_effects": truth.subset_effects,
+    return {"family": sample.family, **feats, "masks": truth.masks, "subset_effects": truth.subset_effects,
             "single_effects": truth.effects}
+
+
+def with_sign_weight(examples: list[dict], beta: float) -> list[dict]:
+    """Examples of direct-logit-signed parts as examples of their features at β: magnitude + β·signed."""
+    return [{k: v for k, v in dict(ex, features=ex["features"] + beta * ex["signed_features"]).items()
+             if k != "signed_features"} for ex in examples]
 
 
 def heldout_scores(weights: np.ndarray, examples: list[dict]) -> dict:
@@ -64,10 +77,12 @@ class ExampleCache:
 
     ARRAYS = ("features", "masks", "subset_effects", "single_effects")
 
-    def __init__(self, folder: Path | None):
+    def __init__(self, folder: Path | None, features: str = "attention"):
         self.folder = None if folder is None else Path(folder)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
+        # direct-logit-signed examples keep their second part too (`collect_example`)
+        self.arrays = self.ARRAYS + (("signed_features",) if features == "direct-logit-signed" else ())
 
     def path(self, key: dict) -> Path | None:
         if self.folder is None:
@@ -80,41 +95,56 @@ class ExampleCache:
         saved = None if path is None else load_arrays(path, ("empty",))
         if saved is not None and bool(saved["empty"]):
             return True, None
-        if saved is None or not set(self.ARRAYS) <= set(saved):
+        if saved is None or not set(self.arrays) <= set(saved):
             return False, None  # absent, or unreadable (damaged, or not ours): collect it again
-        return True, {"family": family, **{n: saved[n] for n in self.ARRAYS}}
+        return True, {"family": family, **{n: saved[n] for n in self.arrays}}
 
     def save(self, path: Path | None, example: dict | None) -> None:
         if path is not None:
-            save_arrays(path, empty=example is None, **({} if example is None else {n: example[n] for n in self.ARRAYS}))
+            save_arrays(path, empty=example is None, **({} if example is None else {n: example[n] for n in self.arrays}))
 
 
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
                      n_subsets=32, region_pool="sum", features="attention", cache_dir: Path | None = None,
-                     log=print, sign_weight: float = 0.0) -> list[dict]:
+                     log=print) -> list[dict]:
     """Examples of ``per_family`` samples of each family (split "estimator"); with ``cache_dir``, each kept
     there once collected and read back from there by a later run."""
-    cache, examples, reused = ExampleCache(cache_dir), [], 0
+    cache, examples, reused = ExampleCache(cache_dir, features), [], 0
     dtype = str(getattr(model, "dtype", ""))
     for family in families:
         for i in tqdm(range(per_family), desc=f"collect {family}", unit="sample"):
             path = cache.path({"model": model.name, "dtype": dtype, "family": family, "index": i, "split": "estimator",
                                "sample_seed": seed, "example_seed": seed + i, "regions": regions, "k": k,
                                "ablation": ablation, "n_subsets": n_subsets, "region_pool": region_pool,
-                               "features": features, "max_new_tokens": MAX_NEW_TOKENS,
-                               **({"sign_weight": sign_weight} if sign_weight else {})})  # older files' keys unchanged
+                               "features": features, "max_new_tokens": MAX_NEW_TOKENS})
             found, ex = cache.load(path, family)
             if found:
                 reused += 1
             else:
                 ex = collect_example(model, synthetic_sample(family, i, "estimator", seed), regions, k, ablation,
-                                     n_subsets, seed + i, region_pool, features, sign_weight)
+                                     n_subsets, seed + i, region_pool, features)
                 cache.save(path, ex)
             if ex is not None:
                 examples.append(ex)
     if reused:
         log(f"{reused} of {per_family * len(families)} samples' examples read back from {cache_dir}")
     return examples
+
+
+def choose_sign_weight(train: list[dict], seed: int = 0, targets: str = "both", log=print) -> tuple[float, dict]:
+    """(β, scores): the β of `SIGN_WEIGHTS` whose all-heads estimator, fitted on 80% of ``train`` (examples
+    of direct-logit-signed parts), scores the best mean of held-out r2 and LDS on the other 20% — chosen
+    inside the training samples, so the run's own held-out scores stay unbiased. It judges fit within the
+    families trained on, not transfer to others (docs/estimator.md: the shipped 0.25 weighed both)."""
+    inner_train, inner_held = split_heldout(train, 0.2, seed + 1)
+    scores = {}
+    for beta in tqdm(SIGN_WEIGHTS, desc="choose the sign weight", unit="β"):
+        weights = train_estimator(with_sign_weight(inner_train, beta), seed=seed, targets=targets)
+        scores[beta] = heldout_scores(weights, with_sign_weight(inner_held, beta))
+    best = max(SIGN_WEIGHTS, key=lambda b: scores[b]["r2"] + scores[b]["lds"])
+    log("sign weight inside the training samples (" + ", ".join(
+        f"β {b:g}: r2 {v['r2']:.3f} lds {v['lds']:.3f}" for b, v in scores.items()) + f"): β {best:g}")
+    return best, {f"{b:g}": {"r2": v["r2"], "lds": v["lds"]} for b, v in scores.items()}
 
 
 def split_heldout(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -169,27 +199,38 @@ def format_transfer(table: dict) -> str:
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
         transfer=False, features="direct-logit-signed", n_heads: int | None = None, cache_dir: Path | None = None,
-        log=print, sign_weight: float | None = None) -> LinearEstimator:
+        log=print, sign_weight: float | str | None = None) -> LinearEstimator:
     """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
     the streaming worker's cost per span shrinks with them; the held-out scores with all heads are
     printed and kept beside its own. ``cache_dir``: where each sample's example is kept (`ExampleCache`).
-    ``sign_weight``: β of direct-logit-signed features (default `DEFAULT_SIGN_WEIGHT`; no other kind takes one)."""
+    ``sign_weight``: β of direct-logit-signed features (default `DEFAULT_SIGN_WEIGHT`; no other kind takes
+    one), or "auto": the one of `SIGN_WEIGHTS` that fits best inside the training samples (`choose_sign_weight`)."""
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
-    kind_meta = {"features": features}
-    if features == "direct-logit-signed":
-        kind_meta["sign_weight"] = DEFAULT_SIGN_WEIGHT if sign_weight is None else sign_weight
-    elif sign_weight is not None:
+    feature_kind({"features": features})  # an unknown kind fails before the long collection
+    signed = features == "direct-logit-signed"
+    if not signed and sign_weight is not None:
         raise ValueError(f"a sign weight is for direct-logit-signed features, not {features}")
-    beta = feature_sign_weight(kind_meta)  # an unknown kind or a bad weight fails before the long collection
+    beta = DEFAULT_SIGN_WEIGHT if sign_weight is None else sign_weight
+    if signed and beta != "auto":
+        feature_sign_weight({"features": features, "sign_weight": beta})  # a bad one fails here too
     all_heads = model.num_layers * model.num_heads
     if n_heads is not None and not 1 <= n_heads < all_heads:
         raise ValueError(f"--heads {n_heads}: choose from 1 to {all_heads - 1} ({model.name} has {all_heads} heads; "
                          "leave it out for all)")
     examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
-                                n_subsets, region_pool, features, cache_dir, log, beta)
+                                n_subsets, region_pool, features, cache_dir, log)
     train, held = split_heldout(examples, heldout_fraction, seed)
+    kind_meta = {"features": features}
+    if signed:
+        choice = None
+        if beta == "auto":
+            beta, choice = choose_sign_weight(train, seed, targets, log)
+        kind_meta["sign_weight"] = beta
+        if choice is not None:
+            kind_meta["sign_weight_choice"] = choice  # the inner held-out scores of each β
+        train, held = with_sign_weight(train, beta), with_sign_weight(held, beta)
     weights, heads, all_heads_weights = fit(train, seed, targets, n_heads)
     scores = heldout_scores(weights, held)
     if heads is not None:
