@@ -52,8 +52,12 @@ def collect_example(model, sample, regions: str, k: int, ablation: str, n_subset
 
 def with_sign_weight(examples: list[dict], beta: float) -> list[dict]:
     """Examples of direct-logit-signed parts as examples of their features at β: magnitude + β·signed."""
-    return [{k: v for k, v in dict(ex, features=ex["features"] + beta * ex["signed_features"]).items()
-             if k != "signed_features"} for ex in examples]
+    out = []
+    for ex in examples:
+        ex = dict(ex)
+        ex["features"] = ex["features"] + beta * ex.pop("signed_features")
+        out.append(ex)
+    return out
 
 
 def heldout_scores(weights: np.ndarray, examples: list[dict]) -> dict:
