@@ -8,7 +8,7 @@ import torch
 from ..types import Regions, Trace
 from .estimator import LinearEstimator
 from .features import (LOGIT_FEATURES, capture_options, feature_kind, logit_weighted_per_token, region_pool_matrix,
-                       feature_sign_weight, span_region_features)
+                       feature_sign_weight, signed_span_parts, span_region_features)
 
 
 class SpanAttributor:
@@ -162,9 +162,8 @@ def signed_feature_parts(model, prepared, trace: Trace, token_matrix: np.ndarray
     options = capture_options({"features": "direct-logit-signed"})
     capture = capture_trace(model, prepared, trace.token_ids, on_device=False, **options)
     attention, weighing = _captured(capture, trace, options)
-    magnitude = span_region_features(attention, trace.spans, token_matrix, region_pool, **weighing)
-    kept_sign = span_region_features(attention, trace.spans, token_matrix, region_pool, **weighing, sign_weight=1.0)
-    return magnitude, kept_sign - magnitude
+    return signed_span_parts(attention, trace.spans, token_matrix, region_pool, weighing["logit_values"],
+                             weighing["token_scales"])
 
 
 def _captured(capture, trace: Trace, options: dict) -> tuple[np.ndarray, dict]:

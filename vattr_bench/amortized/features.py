@@ -119,12 +119,27 @@ def logit_weighted_per_token(attention: np.ndarray, logit_values: np.ndarray, po
     `region_pool_matrix`: the magnitude per token, after the sum over the region's tokens; with
     ``sign_weight`` β, |x| + β·x of that sum x. In the inputs' precision (float32 from a capture: ~1e-6
     relative)."""
+    signed = logit_signed_per_token(attention, logit_values, pool)
+    if not sign_weight:
+        return np.abs(signed, out=signed)
+    per_token = np.abs(signed)
+    per_token += signed * per_token.dtype.type(sign_weight)
+    return per_token
+
+
+def logit_signed_per_token(attention: np.ndarray, logit_values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """(L, H, T, K) x = Σ_{n∈k} a_{t,n} u_tᵀW_O^h v_n, signed (`logit_weighted_per_token` reads it)."""
     weighted = attention * logit_values
     # one 2-D product: a (…, N) @ (N, K) product broadcast over L, H runs one small gemm per head (2× the time)
     signed = weighted.reshape(-1, weighted.shape[-1]) @ pool.T.astype(weighted.dtype, copy=False)
-    if sign_weight:
-        per_token = np.abs(signed)
-        per_token += signed * per_token.dtype.type(sign_weight)
-    else:
-        per_token = np.abs(signed, out=signed)
-    return per_token.reshape(*weighted.shape[:-1], pool.shape[0])
+    return signed.reshape(*weighted.shape[:-1], pool.shape[0])
+
+
+def signed_span_parts(attention: np.ndarray, spans, token_matrix: np.ndarray, region_pool: str,
+                      logit_values: np.ndarray, token_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(magnitude, signed) (n_spans, K, L·H): the span means of |x| and of x, x each token's direct-logit
+    contribution (over its rms), so that direct-logit-signed features at any β are magnitude + β·signed
+    (`span_region_features` with ``sign_weight`` β gives the same, one β at a time)."""
+    x = logit_signed_per_token(attention, logit_values, region_pool_matrix(token_matrix, region_pool))
+    x *= np.asarray(token_scales, dtype=x.dtype)[:, None]
+    return span_token_means(np.abs(x), spans), span_token_means(x, spans)
