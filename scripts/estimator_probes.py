@@ -12,7 +12,7 @@ and without the magnitude per token, and with the span's tokens weighted by 1 �
 root instead of averaged — the share of a token's log-prob that a logit change can still move, since a
 knocked-out region can only lower an almost certain token's log-prob by little); feature transforms;
 and the estimator restricted to random subsets of the L·H heads (how r2 moves with the estimator's
-capacity — the model's head count is the lever `train-model --num-heads` exposes); and the shipped
+capacity — the model's head count is the lever `python -m vattr_bench.models.tiny.train --num-heads` exposes); and the shipped
 (logit-weighted) features restricted to heads chosen on the training samples (`select_heads`: what an
 estimator that may use only m heads keeps — the streaming worker's cost grows with the heads used);
 and the logit-weighted features read along other directions or scaled otherwise (`readout_variants`); and

@@ -45,3 +45,11 @@ def test_steps_depend_on_the_image(tiny):
         drop = trace.logprobs - tiny.token_logprobs(prepared, trace.token_ids, knockout=inside)
         per_span = [drop[sp.start:sp.end].sum() for sp in thinking]
         assert int(np.argmax(per_span)) == k, (k, per_span)
+
+
+def test_build_model_takes_the_decoder_shape():
+    # `python -m vattr_bench.models.tiny.train --num-heads H --num-layers L` builds its fresh model this way
+    from vattr_bench.models.tiny.build import build_model, build_tokenizer
+
+    text = build_model(build_tokenizer(), num_heads=8, num_layers=2).config.text_config
+    assert (text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (2, 8, 8)
