@@ -341,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "more than one lowering it; direct-logit: |x|; logit-weighted: |x| without the final norm's "
                          "1/rms; value-weighted: attention × ‖W_O^h v_n‖; attention: plain pooled attention")
     te.add_argument("--sign-weight", type=_sign_weight, default=None,
-                    help="β of direct-logit-signed features, between -1 and 1 (default 0.25, chosen for vattr-tiny "
-                         "on split 'estimator': docs/estimator.md), or 'auto': the one of 0, 0.25, 0.5, 0.75, 1 "
-                         "that fits best inside the training samples")
+                    help="β of direct-logit-signed features, between -1 and 1, or 'auto' (default): the one of 0, "
+                         "0.25, 0.5, 0.75, 1 that fits best inside the training samples (the shipped vattr-tiny "
+                         "estimator's 0.25 was chosen by hand, weighing transfer too: docs/estimator.md)")
     te.add_argument("--targets", default="both", choices=["subsets", "singles", "both"],
                     help="ablation effects the Pearson loss fits: random region subsets, single regions, or both")
     te.add_argument("--transfer", action="store_true",

@@ -27,7 +27,6 @@ MAX_NEW_TOKENS = 128  # the traces the estimator learns from: evaluate's default
 # 0.25 and 0.5 fit the held-out samples alike (r2 0.585 / 0.587, LDS 0.589 both; 0.5 chosen inside each of five
 # folds by `scripts/estimator_probes.py --probes combined`), 0.25 carries over to an unseen family better
 # (`--transfer`: r2 0.482 / 0.474, LDS 0.477 / 0.454 on average over the five): docs/estimator.md
-DEFAULT_SIGN_WEIGHT = 0.25
 SIGN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # what `--sign-weight auto` chooses among
 
 
@@ -207,8 +206,9 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
     """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
     the streaming worker's cost per span shrinks with them; the held-out scores with all heads are
     printed and kept beside its own. ``cache_dir``: where each sample's example is kept (`ExampleCache`).
-    ``sign_weight``: β of direct-logit-signed features (default `DEFAULT_SIGN_WEIGHT`; no other kind takes
-    one), or "auto": the one of `SIGN_WEIGHTS` that fits best inside the training samples (`choose_sign_weight`)."""
+    ``sign_weight``: β of direct-logit-signed features (no other kind takes one), or "auto" (the default): the
+    one of `SIGN_WEIGHTS` that fits best inside the training samples (`choose_sign_weight`): on an 8-layer model
+    vattr-tiny's hand-chosen 0.25 scored 0.05 held-out r2 below the β chosen so (docs/estimator.md)."""
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
@@ -216,7 +216,7 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
     signed = features == "direct-logit-signed"
     if not signed and sign_weight is not None:
         raise ValueError(f"a sign weight is for direct-logit-signed features, not {features}")
-    beta = DEFAULT_SIGN_WEIGHT if sign_weight is None else sign_weight
+    beta = "auto" if sign_weight is None else sign_weight
     if signed and beta != "auto":
         feature_sign_weight({"features": features, "sign_weight": beta})  # a bad one fails here too
     all_heads = model.num_layers * model.num_heads
