@@ -48,8 +48,9 @@ def test_steps_depend_on_the_image(tiny):
 
 
 def test_build_model_takes_the_decoder_shape():
-    # `python -m vattr_bench.models.tiny.train --num-heads H --num-layers L` builds its fresh model this way
+    # `python -m vattr_bench.models.tiny.train --num-heads H --num-layers L --hidden-size D` builds its fresh model this way
     from vattr_bench.models.tiny.build import build_model, build_tokenizer
 
-    text = build_model(build_tokenizer(), num_heads=8, num_layers=2).config.text_config
+    text = build_model(build_tokenizer(), num_heads=8, num_layers=2, hidden_size=64).config.text_config
     assert (text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (2, 8, 8)
+    assert (text.hidden_size, text.intermediate_size, text.head_dim) == (64, 128, 8)

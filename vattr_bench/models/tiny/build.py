@@ -73,7 +73,8 @@ def build_processor() -> LlavaProcessor:
     )
 
 
-def build_model(tokenizer, seed: int = 0, num_heads: int = 16, num_layers: int = 4) -> LlavaForConditionalGeneration:
+def build_model(tokenizer, seed: int = 0, num_heads: int = 16, num_layers: int = 4,
+                hidden_size: int = 128) -> LlavaForConditionalGeneration:
     import torch
 
     torch.manual_seed(seed)
@@ -82,7 +83,7 @@ def build_model(tokenizer, seed: int = 0, num_heads: int = 16, num_layers: int =
         image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=96,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=num_layers,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_heads, max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,

@@ -70,7 +70,7 @@ def validation_accuracy(model, processor, n_per_family: int, seed: int, max_new_
 
 def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_every: int, val_n: int,
           max_minutes: float, init_from: Path | None = None, step_offset: int = 0, num_heads: int = 16,
-          num_layers: int = 4) -> dict:
+          num_layers: int = 4, hidden_size: int = 128) -> dict:
     torch.manual_seed(seed)
     processor = build_processor()
     if init_from:  # continue an earlier run (its checkpoint), on samples it has not seen
@@ -78,7 +78,8 @@ def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_
 
         model = LlavaForConditionalGeneration.from_pretrained(init_from)
     else:
-        model = build_model(processor.tokenizer, seed=seed, num_heads=num_heads, num_layers=num_layers)
+        model = build_model(processor.tokenizer, seed=seed, num_heads=num_heads, num_layers=num_layers,
+                            hidden_size=hidden_size)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -130,13 +131,14 @@ def main(argv=None) -> None:
     p.add_argument("--val-n", type=int, default=60, help="validation samples per family")
     p.add_argument("--max-minutes", type=float, default=28.0, help="stop (and keep the best checkpoint) after this")
     p.add_argument("--init-from", type=Path, default=None, help="continue from this checkpoint instead of a fresh model")
-    p.add_argument("--num-heads", type=int, default=16, help="decoder attention heads (hidden 128: a divisor of 128)")
+    p.add_argument("--num-heads", type=int, default=16, help="decoder attention heads (a divisor of --hidden-size)")
     p.add_argument("--num-layers", type=int, default=4, help="decoder layers")
+    p.add_argument("--hidden-size", type=int, default=128, help="decoder width (its MLP twice that)")
     p.add_argument("--step-offset", type=int, default=0, help="skip the training samples an earlier run used")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     report = train(a.output, a.steps, a.batch_size, a.lr, a.seed, a.eval_every, a.val_n, a.max_minutes,
-                   a.init_from, a.step_offset, a.num_heads, a.num_layers)
+                   a.init_from, a.step_offset, a.num_heads, a.num_layers, a.hidden_size)
     print(json.dumps(report["best"]))
 
 
