@@ -54,3 +54,5 @@ def test_build_model_takes_the_decoder_shape():
     text = build_model(build_tokenizer(), num_heads=8, num_layers=2, hidden_size=64).config.text_config
     assert (text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (2, 8, 8)
     assert (text.hidden_size, text.intermediate_size, text.head_dim) == (64, 128, 8)
+    with pytest.raises(ValueError, match="24 attention heads do not divide the decoder width 128"):
+        build_model(build_tokenizer(), num_heads=24)

@@ -77,6 +77,8 @@ def build_model(tokenizer, seed: int = 0, num_heads: int = 16, num_layers: int =
                 hidden_size: int = 128) -> LlavaForConditionalGeneration:
     import torch
 
+    if hidden_size % num_heads:  # Llama would silently build heads of hidden // heads dims, not covering the width
+        raise ValueError(f"{num_heads} attention heads do not divide the decoder width {hidden_size}")
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
         hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
