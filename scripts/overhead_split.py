@@ -29,6 +29,12 @@ wake      an aside: the splitter's streams with a worker thread that takes each 
           wake-up a span, where sleep has two)
 idle      an aside: the splitter's streams with a worker thread started and joined as streaming's is, which is
           handed no span (waits the whole stream): the thread's existence without its wake-ups
+kept      an aside: wake's do-nothing worker as a thread started once for the whole run, not once a stream
+          (its wake-ups without a thread's start and join; the stream waits for it to take its last span)
+process   an aside: the same with a worker *process* started once (forked), woken through a pipe once a span:
+          a wake-up that needs no interpreter lock — is it the lock's hand-over or the OS's that costs?
+busyproc  an aside: that process spinning --busy-us µs a span (release's sha256): a worker's CPU time on the
+          other core without the lock or a thread's wake-ups
 MODE@1    any mode above with torch held to one intra-op thread while it runs (torch.set_num_threads), so that
           a worker thread has the second core to itself: e.g. plain,plain@1,thread@1,release@1
 
@@ -39,6 +45,7 @@ for the lock, or for a core the worker thread holds.
 """
 import argparse
 import hashlib
+import multiprocessing
 import queue
 import statistics
 import threading
@@ -59,9 +66,12 @@ from vattr_bench.streaming import SpanStreamer, stream_attributions
 MODES = {"plain": "plain", "again": "plain, again (A/A)", "streamer": "plain, a streamer that does nothing",
          "explicit": "capture, explicit lse", "capture": "capture", "splitter": "capture+splitter", "inline": "inline",
          "thread": "thread", "hold": "busy worker, lock held", "release": "busy worker, lock released",
-         "sleep": "worker that sleeps", "wake": "worker that does nothing", "idle": "worker handed no span"}  # --modes key: row label
+         "sleep": "worker that sleeps", "wake": "worker that does nothing", "idle": "worker handed no span",
+         "kept": "worker that does nothing, one thread for the run",
+         "process": "worker that does nothing, one process for the run",
+         "busyproc": "busy worker, one process for the run"}  # --modes key: row label
 # not a step of the pipeline: each compared with plain only
-ASIDES = ("again", "streamer", "explicit", "hold", "release", "sleep", "wake", "idle")
+ASIDES = ("again", "streamer", "explicit", "hold", "release", "sleep", "wake", "idle", "kept", "process", "busyproc")
 
 
 def busy_loops(seconds: float):
@@ -79,6 +89,16 @@ def busy_loops(seconds: float):
         hashlib.sha256(data).digest()
     chunk = data[:max(4096, int(len(data) * seconds / ((time.perf_counter() - start) / 5)))]
     return hold, lambda: hashlib.sha256(chunk).digest()
+
+
+def answer_each_stream(conn, work) -> None:
+    """A worker process's loop (a daemon: it ends with the script): wake once a span (b"s") and run ``work``;
+    answer each stream's end (b"e")."""
+    while True:
+        if conn.recv_bytes() == b"e":
+            conn.send_bytes(b"e")
+        else:
+            work()
 
 
 class NoopStreamer(BaseStreamer):
@@ -120,7 +140,8 @@ def main():
                    help="hold/release/sleep: µs of busy work a span (default: a span's attribution time, measured in place)")
     a = p.parse_args()
     chosen = ["plain"] + [m for m in a.modes.split(",") if m != "plain"]
-    if unknown := {m.removesuffix("@1") for m in chosen} - set(MODES):
+    asked = {m.removesuffix("@1") for m in chosen}
+    if unknown := asked - set(MODES):
         p.error(f"unknown modes {sorted(unknown)}; choose from {','.join(MODES)}")
     model = load_model("vattr-tiny", device=a.device, dtype=a.dtype)
     estimator = load_method("amortized").load_for(model, "feature-ward", "knockout")
@@ -167,6 +188,34 @@ def main():
                 thread.join()
         return run
 
+    def kept_worker():
+        """The splitter's streams, each closed span handed to one do-nothing thread that outlives the stream;
+        a stream ends once that thread has taken all its spans (Queue.join)."""
+        spans: queue.Queue = queue.Queue()
+
+        def consume():
+            while True:
+                spans.get()
+                spans.task_done()
+        threading.Thread(target=consume, daemon=True).start()
+
+        def run(prepared, regions):
+            splitter(prepared, regions, spans.put)
+            spans.join()
+        return run
+
+    def kept_process(work=lambda: None):
+        """As kept_worker, the worker a forked process woken through a pipe (it runs no torch: forking after
+        torch's threads started is safe for it)."""
+        here, there = multiprocessing.get_context("fork").Pipe()
+        multiprocessing.get_context("fork").Process(target=answer_each_stream, args=(there, work), daemon=True).start()
+
+        def run(prepared, regions):
+            splitter(prepared, regions, lambda closed_span: here.send_bytes(b"s"))
+            here.send_bytes(b"e")
+            here.recv_bytes()
+        return run
+
     runs = {"plain": lambda prepared, regions: model.generate_ids(prepared, 128),
             "again": lambda prepared, regions: model.generate_ids(prepared, 128),
             "streamer": lambda prepared, regions: model.generate_ids(prepared, 128, streamer=NoopStreamer()),
@@ -174,7 +223,10 @@ def main():
             "wake": busy_worker(lambda: None), "idle": busy_worker(lambda: None, hand_over=False),
             "inline": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128, worker=False),
             "thread": lambda prepared, regions: stream_attributions(model, prepared, regions, estimator, 128)}
-    if {"hold", "release", "sleep"} & {m.removesuffix("@1") for m in chosen}:
+    for mode, make in (("kept", kept_worker), ("process", kept_process)):  # each starts its worker: only if asked
+        if mode in asked:
+            runs[mode] = make()
+    if {"hold", "release", "sleep", "busyproc"} & asked:
         def inline_spans():
             return [e.attribution_s for item in items for e in stream_attributions(model, *item, estimator, 128, worker=False)]
         if a.busy_us is not None:
@@ -184,6 +236,8 @@ def main():
             busy_s = statistics.median(inline_spans())
         runs["hold"], runs["release"] = map(busy_worker, busy_loops(busy_s))
         runs["sleep"] = busy_worker(lambda: time.sleep(busy_s))
+        if "busyproc" in asked:
+            runs["busyproc"] = kept_process(busy_loops(busy_s)[1])
         print(f"busy workers: {busy_s * 1e6:.0f} µs of work a span")
     modes = {MODES[m]: runs[m] for m in MODES if m in chosen}  # pipeline order, by label
     modes.update({f"{MODES[m]}, one torch thread": one_torch_thread(runs[m]) for m in MODES if f"{m}@1" in chosen})
