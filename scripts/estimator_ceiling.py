@@ -31,9 +31,9 @@ from vattr_bench.models import load_model
 def best_fit(examples: list[dict], iterations: int = 500) -> np.ndarray:
     """w maximising README's r2 itself — the mean over spans of the squared Pearson between w·f_{S,k} and
     Δ_k(S) — on ``examples``: L-BFGS from the Pearson-trained estimator (train-estimator's fit, targets
-    "singles"), features standardised. The Pearson fit alone can stop short of this, most on 2·L·H features."""
+    "singles"), features standardised. The Pearson fit alone stops short of this, most with every kind side by side."""
     start = train_estimator(examples, targets="singles")
-    X, Y = (torch.cat(parts) for parts in zip(*[(X, Y) for kind, X, Y in _span_rows(examples, "singles")]))
+    X, Y = (torch.cat(parts) for parts in zip(*[(X, Y) for _, X, Y in _span_rows(examples, "singles")]))
     scale = X.reshape(-1, X.shape[-1]).std(0) + 1e-12
     X = X / scale
     w = torch.tensor(start * scale.numpy(), dtype=torch.float64, requires_grad=True)

@@ -137,7 +137,7 @@ def main():
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from " + ",".join(MODES))
     p.add_argument("--decoder", default=None, help="a random decoder of this size (HIDDENxLAYERS) instead of vattr-tiny")
     p.add_argument("--busy-us", type=float, default=None,
-                   help="hold/release/sleep: µs of busy work a span (default: a span's attribution time, measured in place)")
+                   help="hold/release/sleep/busyproc: µs of busy work a span (default: a span's attribution time, measured in place)")
     a = p.parse_args()
     chosen = ["plain"] + [m for m in a.modes.split(",") if m != "plain"]
     asked = {m.removesuffix("@1") for m in chosen}
