@@ -56,3 +56,14 @@ def test_build_model_takes_the_decoder_shape():
     assert (text.hidden_size, text.intermediate_size, text.head_dim) == (64, 128, 8)
     with pytest.raises(ValueError, match="24 attention heads do not divide the decoder width 128"):
         build_model(build_tokenizer(), num_heads=24)
+
+
+def test_a_continued_training_run_refuses_another_decoder_shape(tmp_path):
+    # --init-from keeps the checkpoint's shape: a shape flag that differs is named, not silently ignored
+    from vattr_bench.models.tiny.train import main as train_main
+
+    with pytest.raises(ValueError, match="hidden_size 256 asked, 128 there") as raised:
+        train_main(["--init-from", str(TINY_CHECKPOINT), "--hidden-size", "256", "--num-heads", "16",
+                    "--output", str(tmp_path / "ckpt"), "--steps", "1"])
+    assert "num_attention_heads" not in str(raised.value)  # the head count given matches: not named
+    assert not (tmp_path / "ckpt").exists()

@@ -69,17 +69,24 @@ def validation_accuracy(model, processor, n_per_family: int, seed: int, max_new_
 
 
 def train(output: Path, steps: int, batch_size: int, lr: float, seed: int, eval_every: int, val_n: int,
-          max_minutes: float, init_from: Path | None = None, step_offset: int = 0, num_heads: int = 16,
-          num_layers: int = 4, hidden_size: int = 128) -> dict:
+          max_minutes: float, init_from: Path | None = None, step_offset: int = 0, num_heads: int | None = None,
+          num_layers: int | None = None, hidden_size: int | None = None) -> dict:
+    """The decoder's shape (``num_heads``, ``num_layers``, ``hidden_size``; None: the shipped 16, 4, 128) is a fresh
+    model's; a run continued ``init_from`` a checkpoint keeps that one's, and a shape given that differs is an error."""
     torch.manual_seed(seed)
     processor = build_processor()
+    shape = {"num_attention_heads": num_heads, "num_hidden_layers": num_layers, "hidden_size": hidden_size}
     if init_from:  # continue an earlier run (its checkpoint), on samples it has not seen
         from transformers import LlavaForConditionalGeneration
 
         model = LlavaForConditionalGeneration.from_pretrained(init_from)
+        text = model.config.text_config
+        if differ := {k: (v, getattr(text, k)) for k, v in shape.items() if v is not None and v != getattr(text, k)}:
+            raise ValueError(f"--init-from {init_from} has another decoder shape than asked: " + ", ".join(
+                f"{k} {asked} asked, {found} there" for k, (asked, found) in differ.items()))
     else:
-        model = build_model(processor.tokenizer, seed=seed, num_heads=num_heads, num_layers=num_layers,
-                            hidden_size=hidden_size)
+        model = build_model(processor.tokenizer, seed=seed, num_heads=num_heads or 16, num_layers=num_layers or 4,
+                            hidden_size=hidden_size or 128)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -131,9 +138,11 @@ def main(argv=None) -> None:
     p.add_argument("--val-n", type=int, default=60, help="validation samples per family")
     p.add_argument("--max-minutes", type=float, default=28.0, help="stop (and keep the best checkpoint) after this")
     p.add_argument("--init-from", type=Path, default=None, help="continue from this checkpoint instead of a fresh model")
-    p.add_argument("--num-heads", type=int, default=16, help="decoder attention heads (a divisor of --hidden-size)")
-    p.add_argument("--num-layers", type=int, default=4, help="decoder layers")
-    p.add_argument("--hidden-size", type=int, default=128, help="decoder width (its MLP twice that)")
+    p.add_argument("--num-heads", type=int, default=None, help="decoder attention heads, a divisor of --hidden-size "
+                   "(default 16; with --init-from, the checkpoint's)")
+    p.add_argument("--num-layers", type=int, default=None, help="decoder layers (default 4; with --init-from, the checkpoint's)")
+    p.add_argument("--hidden-size", type=int, default=None,
+                   help="decoder width, its MLP twice that (default 128; with --init-from, the checkpoint's)")
     p.add_argument("--step-offset", type=int, default=0, help="skip the training samples an earlier run used")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
