@@ -242,7 +242,36 @@ def _cmd_leaderboard(args) -> int:
     from .models import check_device
 
     check_device(args.device)  # the demo loads its model at first use: fail on a bad device now
-    build_app(args.results, model_name=args.model, device=args.device).launch(server_name=args.host, server_port=args.port)
+    # --results not given: the default folders, each silently empty when missing (a fresh clone has no runs/)
+    app = build_app(args.results, model_name=args.model, device=args.device, submit_dir=args.submit_dir,
+                    demo_concurrency=args.demo_concurrency)
+    app.launch(server_name=args.host, server_port=args.port, max_file_size="65mb")
+    return 0
+
+
+def _cmd_submit(args) -> int:
+    from .submission import check_path, make_bundle
+
+    folder = make_bundle(args.method, args.model, Path(args.output_dir), args.limit, args.device)
+    problems = check_path(folder, against=args.against)
+    print(f"wrote {folder}/results.json, samples.jsonl, report.md" + (" and the plugin file" if ":" in args.method else ""))
+    if problems:
+        print(f"the bundle does not pass check-submission ({len(problems)} problems):")
+        print("\n".join(f"- {p}" for p in problems))
+        return 1
+    print("the bundle passes check-submission: upload results.json and samples.jsonl in the leaderboard's Submit tab")
+    return 0
+
+
+def _cmd_check_submission(args) -> int:
+    from .submission import check_path
+
+    problems = check_path(Path(args.path), against=args.against)
+    if problems:
+        print(f"{args.path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:")
+        print("\n".join(f"- {p}" for p in problems))
+        return 1
+    print(f"{args.path}: valid submission")
     return 0
 
 
@@ -392,13 +421,36 @@ def build_parser() -> argparse.ArgumentParser:
     pf.set_defaults(func=_cmd_perf)
 
     lb = sub.add_parser("leaderboard", help="Gradio leaderboard over results.json files, with a live streaming demo")
-    lb.add_argument("--results", nargs="+", default=["leaderboard/results", "runs"],
-                    help="results.json files or folders searched for them")
+    lb.add_argument("--results", nargs="+", default=None,
+                    help="results.json files or folders searched for them (default: leaderboard/results and runs, "
+                         "each skipped when missing)")
+    lb.add_argument("--submit-dir", default=None, help="where the Submit tab stores submissions, a folder per "
+                    "submission (default: the first results folder's 'submitted' subfolder)")
+    lb.add_argument("--demo-concurrency", type=int, default=8, help="live demo streams served at once (one model "
+                    "instance shared; more wait in the queue)")
     lb.add_argument("--model", default="vattr-tiny", help="model of the live demo (needs a trained estimator)")
     lb.add_argument("--host", default="127.0.0.1")
     lb.add_argument("--port", type=int, default=7860)
     lb.add_argument("--device", default="cpu", help="where the live demo's model runs: cpu, cuda, …")
     lb.set_defaults(func=_cmd_leaderboard)
+
+    sb = sub.add_parser("submit", help="run a method under the standard protocol and write the bundle the "
+                        "leaderboard's Submit tab accepts (results.json, samples.jsonl, plugin file, report.md)")
+    sb.add_argument("--method", required=True, help="path/file.py:Class or an installed entry-point name")
+    sb.add_argument("--model", default="vattr-tiny")
+    sb.add_argument("--output-dir", default="runs/submission")
+    sb.add_argument("--limit", type=int, default=50, help="samples per benchmark (the standard is 50)")
+    sb.add_argument("--against", nargs="*", default=["leaderboard/results"],
+                    help="results folders to look for a duplicate in")
+    _add_device(sb)
+    sb.set_defaults(func=_cmd_submit)
+
+    cs = sub.add_parser("check-submission", help="validate a results.json (+ samples.jsonl) for the leaderboard: "
+                        "exit 0 when valid, 1 with every problem listed")
+    cs.add_argument("path", help="a results.json, or a folder holding results.json and optionally samples.jsonl")
+    cs.add_argument("--against", nargs="*", default=["leaderboard/results"],
+                    help="results folders to look for a duplicate in")
+    cs.set_defaults(func=_cmd_check_submission)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")
     t.add_argument("train_args", nargs=argparse.REMAINDER)
