@@ -190,7 +190,7 @@ def _entry_problems(entry: dict, version: int, where: str) -> list[str]:
         lo, hi = METRICS[m].range
         if (lo is not None and value < lo - TOLERANCE) or (hi is not None and value > hi + TOLERANCE):
             problems.append(f"{where}.{m} is {value:g}, outside its range "
-                            f"[{'-∞' if lo is None else lo}, {'∞' if hi is None else hi}]")
+                            f"[{'-∞' if lo is None else f'{lo:g}'}, {'∞' if hi is None else f'{hi:g}'}]")
     for key in ("n_samples", "n_spans", "n_failed", "n_spans_scored", "n_spans_undefined"):
         value = entry.get(key)
         if key in entry and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
