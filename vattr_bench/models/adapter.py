@@ -92,6 +92,12 @@ class VisionLanguageModel(ABC):
     def attention_matrices(self, prepared: PreparedInput, trace_ids) -> np.ndarray:
         """(L, H, S, S) full decoder attention over prompt + trace."""
 
+    def position_logits(self, prepared: PreparedInput, trace_ids, classes) -> np.ndarray:
+        """(S, C) the logit of each vocabulary id in ``classes`` at every position of prompt + trace, as the
+        output head computes it from the last layer's (final-normed) hidden state — at the visual tokens
+        too, where no prediction is read (TAM's activation maps; position P-1+t predicts trace token t)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no per-position logits")
+
     @abstractmethod
     def visual_features(self, prepared: PreparedInput) -> np.ndarray:
         """(N, D) the visual-token embeddings the decoder receives."""
