@@ -106,6 +106,24 @@ def test_knocking_out_every_visual_token_removes_the_image(model, image):
         model.token_logprobs(prepared, trace, knockout=everything[:-1])
 
 
+def test_knockout_hides_a_region_from_every_later_query(model, image):
+    """Knockout's meaning, pinned (regions/ablation.py and README say the same): the knocked tokens are removed
+    as attention keys for every later query — the other visual tokens too, not only the text — and nothing
+    before them changes (causal), nor does anyone's position."""
+    prepared = model.prepare(image, "what color is the circle ?")
+    trace = _trace(model, "the circle is")
+    n = prepared.n_visual_tokens
+    knocked = np.zeros(n, dtype=bool)
+    knocked[: n // 2] = True  # the first half of the visual tokens
+    with torch.no_grad():
+        base = model._forward(prepared, trace, output_hidden_states=True).hidden_states
+        ablated = model._forward(prepared, trace, knockout=knocked, output_hidden_states=True).hidden_states
+    later_visual = int(prepared.visual_positions[-1])  # a visual token after the knocked ones
+    before = int(prepared.visual_positions[0]) - 1  # the last position before any visual token
+    assert (base[-1][0, later_visual] - ablated[-1][0, later_visual]).abs().max() > 1e-4  # it no longer reads them
+    torch.testing.assert_close(base[-1][0, : before + 1], ablated[-1][0, : before + 1])  # the past is untouched
+
+
 def test_attention_capture_equals_eager_attention(model, image):
     prepared = model.prepare(image, "what color is the circle ?")
     trace = _trace(model, "the circle is red .")

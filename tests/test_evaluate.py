@@ -37,8 +37,9 @@ class BadSettings(Settled):
     def settings(self):
         return {"array": np.zeros(2)}  # not JSON
 '''
-REQUIRED = {"r2", "pearson", "lds", "deletion_auc", "insertion_auc", "topk_drop", "pointing_game", "sec_per_token",
-            "peak_mem_mb", "n_samples", "n_spans"}
+REQUIRED = {"r2_signed", "r2", "r2_partial_size", "pearson", "lds", "deletion_auc", "insertion_auc", "topk_drop",
+            "pointing_game", "sec_per_token", "peak_mem_mb", "n_samples", "n_spans", "n_spans_scored",
+            "n_spans_undefined", "n_failed", "reference", "reads_ground_truth", "flags"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def run(tmp_path_factory):
     plugin = out / "bad.py"
     plugin.write_text(BAD_PLUGINS)
     cfg = EvalConfig(methods=["ablation", "attention", "random", f"{plugin}:Raises", f"{plugin}:NaNs",
-                              f"{plugin}:WrongShape", f"{plugin}:Settled", f"{plugin}:BadSettings", "no_such_method"],
+                              f"{plugin}:WrongShape", f"{plugin}:Settled", f"{plugin}:BadSettings"],
                      benchmark="math,general", limit=2, output_dir=str(out), regions="grid", n_subsets=16,
                      save_heatmaps=True)
     logs = []
@@ -58,7 +59,7 @@ def run(tmp_path_factory):
 def test_results_follow_the_schema(run):
     cfg, out, results, _ = run
     saved = json.loads((out / "results.json").read_text())
-    assert saved["schema_version"] == 1 and saved["model"] == "vattr-tiny"
+    assert saved["schema_version"] == 2 and saved["model"] == "vattr-tiny" and saved["ranking_metric"] == "r2_signed"
     assert saved["config"]["regions"] == "grid" and saved["config"]["ablation"] == "knockout"
     assert {"versions", "git_hash", "date", "higher_is_better", "results"} <= set(saved)
     for bench in ("math", "general"):
@@ -106,7 +107,6 @@ def test_bad_plugins_are_reported_and_others_kept(run):
     assert "plugin bug" in errors["raises"]
     assert "non-finite" in errors["nans"]
     assert "expected (" in errors["wrong_shape"]
-    assert "no_such_method" in json.loads((out / "results.json").read_text())["config"]["method_errors"]
     assert results["results"]["math"]["raises"]["n_failed"] == 2
     assert any("raises failed" in line for line in logs)
     # a method's settings() go into results.json; one that fails is left out with a warning, its scores kept
@@ -220,3 +220,155 @@ def test_a_folder_keeps_one_configuration(run):
     other = EvalConfig(**{**cfg.__dict__, "regions": "superpixel"})
     with pytest.raises(ValueError, match="another configuration"):
         evaluate(other, log=lambda *_: None)
+
+
+def test_a_misspelt_method_stops_the_run_before_any_work(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="unknown method 'atention'"):
+        evaluate(EvalConfig(methods=["attention", "atention"], benchmark="math", limit=1, output_dir=str(out)),
+                 log=lambda *_: None)
+    assert not out.exists()  # no empty folder left behind
+
+
+def test_records_name_their_spans_and_references(run):
+    _, out, results, _ = run
+    records = {(r["method"], r["sample_id"]): r for r in read_records(out / "samples.jsonl") if "error" not in r}
+    some = next(r for (m, _), r in records.items() if m == "attention")
+    assert len(some["span_texts"]) == some["n_spans"] and all(isinstance(t, str) and t for t in some["span_texts"])
+    math = results["results"]["math"]
+    assert math["ablation"]["reference"] and math["ablation"]["reads_ground_truth"]
+    assert math["random"]["reference"] and not math["random"]["reads_ground_truth"]
+    assert not math["attention"]["reference"] and math["attention"]["n_failed"] == 0
+
+
+INTEGRITY_PLUGINS = '''
+import time
+import numpy as np
+
+class Peeker:  # reads the truth without declaring it
+    name = "peeker"
+    def attribute(self, ctx):
+        return ctx.ablation_effects()
+
+class CachePeeker:  # looks for the truth where the harness used to keep it
+    name = "cache_peeker"
+    def attribute(self, ctx):
+        return ctx.cache["single_region_effects"]
+
+class Vandal:  # declares it reads the truth, then writes over everything it is handed
+    name = "vandal"
+    reads_ground_truth = True
+    def attribute(self, ctx):
+        effects = ctx.ablation_effects()
+        try:
+            effects[...] = 0.0
+        except ValueError:
+            pass  # read-only: good
+        ctx.trace.logprobs[...] = 0.0
+        ctx.trace.spans.clear()
+        ctx.regions.token_matrix[...] = False
+        ctx.prepared.inputs["input_ids"].zero_()
+        ctx.sample.steps.clear()
+        return np.zeros((0, ctx.regions.k))
+
+class Abstainer:  # flat scores on every span but the first
+    name = "abstainer"
+    def attribute(self, ctx):
+        scores = np.ones((ctx.n_spans, ctx.regions.k))
+        scores[0] = np.arange(ctx.regions.k)
+        return scores
+
+class Sleeper:  # hangs, and tries to swallow the interruption
+    name = "sleeper"
+    def attribute(self, ctx):
+        try:
+            time.sleep(60)
+        except Exception:
+            pass
+        return np.ones((ctx.n_spans, ctx.regions.k))
+'''
+
+
+@pytest.fixture(scope="module")
+def integrity_run(tmp_path_factory):
+    """The same samples scored with and without hostile plugins between the honest methods."""
+    base = tmp_path_factory.mktemp("integrity")
+    plugin = base / "hostile.py"
+    plugin.write_text(INTEGRITY_PLUGINS)
+    # feature-ward regions differ in size, so region_area is not flat
+    common = dict(benchmark="math", limit=2, regions="feature-ward", n_subsets=8, method_timeout_s=2.0)
+    clean = evaluate(EvalConfig(methods=["random", "attention", "ablation", "uniform", "region_area"],
+                                output_dir=str(base / "clean"), **common), log=lambda *_: None)
+    hostile_methods = [f"{plugin}:Vandal", "random", f"{plugin}:Peeker", f"{plugin}:CachePeeker", "attention",
+                       f"{plugin}:Vandal", "ablation", f"{plugin}:Abstainer", f"{plugin}:Sleeper", "uniform",
+                       "region_area"]
+    hostile_methods.remove(f"{plugin}:Vandal")  # once is enough (names must be unique)
+    logs = []
+    hostile = evaluate(EvalConfig(methods=hostile_methods, output_dir=str(base / "hostile"), **common),
+                       log=logs.append)
+    return clean, hostile, base, logs
+
+
+def test_undeclared_truth_readers_get_an_error_not_the_truth(integrity_run):
+    _, hostile, base, _ = integrity_run
+    errors = {r["method"]: r["error"] for r in read_records(base / "hostile" / "samples.jsonl") if "error" in r}
+    assert "GroundTruthAccessError" in errors["peeker"]
+    assert "KeyError" in errors["cache_peeker"]  # the truth is not in the cache of a method that did not declare it
+    assert hostile["results"]["math"]["peeker"]["n_failed"] == 2
+
+
+def test_a_method_cannot_change_what_others_see_or_how_they_score(integrity_run):
+    clean, hostile, base, _ = integrity_run
+
+    def per_span(run):
+        return {(r["method"], r["sample_id"]): r["span_metrics"] for r in read_records(base / run / "samples.jsonl")
+                if "error" not in r and r["method"] in ("random", "attention", "ablation", "uniform", "region_area")}
+    before, after = per_span("clean"), per_span("hostile")
+    assert set(before) == set(after) and len(before) == 10
+    for key, metrics in before.items():
+        for metric, values in metrics.items():
+            assert after[key][metric] == pytest.approx(values, abs=1e-9, nan_ok=True), (key, metric)
+    assert hostile["results"]["math"]["vandal"]["n_failed"] == 2  # its own empty answer is an error
+    assert hostile["results"]["math"]["vandal"]["reference"]
+
+
+def test_flat_scores_count_as_zero_and_are_flagged(integrity_run):
+    _, hostile, base, _ = integrity_run
+    records = [r for r in read_records(base / "hostile" / "samples.jsonl") if r["method"] == "abstainer"]
+    entry = hostile["results"]["math"]["abstainer"]
+    assert entry["n_spans_undefined"] == sum(r["n_spans"] - 1 for r in records) > 0
+    assert entry["n_spans_scored"] == sum(r["n_spans"] for r in records)
+    for r in records:
+        assert r["undefined_spans"] == list(range(1, r["n_spans"]))
+        assert all(v == 0.0 for v in r["span_metrics"]["r2"][1:])  # counted, not dropped
+    assert any("flat" in flag for flag in entry["flags"])
+    assert entry["r2"] == pytest.approx(np.mean([v for r in records for v in r["span_metrics"]["r2"]]))
+
+
+def test_a_hanging_method_is_stopped_and_recorded(integrity_run):
+    _, hostile, base, logs = integrity_run
+    errors = [r["error"] for r in read_records(base / "hostile" / "samples.jsonl") if r["method"] == "sleeper"]
+    assert len(errors) == 2 and all("time limit of 2 s" in e for e in errors)
+    assert hostile["results"]["math"]["sleeper"]["n_failed"] == 2
+
+
+def test_null_baselines(integrity_run):
+    clean, _, base, _ = integrity_run
+    math = clean["results"]["math"]
+    assert math["uniform"]["r2"] == 0.0 and math["uniform"]["r2_signed"] == 0.0
+    assert math["uniform"]["n_spans_undefined"] == math["uniform"]["n_spans_scored"]
+    # the LDS floor: a subset's predicted effect is its size, and bigger subsets remove more
+    assert math["uniform"]["lds"] > 0.05
+    assert math["region_area"]["r2_partial_size"] == 0.0  # size explains its scores entirely
+    records = [r for r in read_records(base / "clean" / "samples.jsonl") if r["method"] == "region_area"]
+    assert records and all(r["undefined_spans"] == [] for r in records)  # a ranking of regions: defined
+    for name in ("uniform", "region_area", "random", "ablation"):
+        assert math[name]["reference"], name
+
+
+def test_random_subsets_differ_per_sample(integrity_run):
+    _, _, base, _ = integrity_run
+    caches = sorted((base / "clean" / "cache").rglob("*.npz"))
+    assert len(caches) == 2
+    masks = [np.load(c)["masks"] for c in caches]
+    assert masks[0].shape == masks[1].shape and not np.array_equal(masks[0], masks[1])

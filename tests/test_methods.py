@@ -20,7 +20,8 @@ class Echo:
 
 def test_builtins_and_plugin_files_load(tmp_path):
     assert set(BUILTIN) == {"amortized", "ablation", "attention", "attention_last", "rollout", "saliency", "input_x_gradient",
-                            "integrated_gradients", "attnlrp", "tam", "captum_ablation", "random"}
+                            "integrated_gradients", "attnlrp", "tam", "captum_ablation", "random", "uniform",
+                            "region_area"}
     plugin = tmp_path / "echo.py"
     plugin.write_text(PLUGIN)
     assert load_method(f"{plugin}:Echo").name == "echo"

@@ -58,3 +58,51 @@ def test_pointing_game_hits_only_the_evidence_box():
     scores = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     out = pointing_game(scores, trace, sample, regions)
     assert out[0] == 1 and out[1] == 0 and np.isnan(out[2])  # the answer span has no box
+
+
+def test_partial_correlation_removes_region_size():
+    from vattr_bench.metrics import partial_pearson_per_span
+
+    sizes = np.array([1.0, 2, 3, 4, 5, 6])
+    signal = np.array([1.0, -1, 1, -1, 1, -1])
+    effects = np.stack([3 * sizes + signal, 3 * sizes + signal])
+    # a size prior correlates strongly with Δ, but knows nothing once size is controlled for
+    assert pearson_per_span(sizes[None], effects[:1])[0] > 0.9
+    assert np.isnan(partial_pearson_per_span(sizes[None] * 2 + 1, effects[:1], sizes)[0])
+    # a method that knows the signal beyond size keeps a perfect partial correlation; its opposite, −1
+    np.testing.assert_allclose(partial_pearson_per_span(np.stack([signal, -signal + sizes]), effects, sizes), [1, -1])
+    # equal sizes: partial is plain Pearson
+    flat = np.ones(6)
+    scores = RNG.random((2, 6))
+    np.testing.assert_allclose(partial_pearson_per_span(scores, effects, flat), pearson_per_span(scores, effects))
+
+
+def test_span_scores_cover_the_registry_and_count_flat_scores_as_zero(ctx):
+    from vattr_bench.metrics import METRICS, SPAN_METRICS, score_spans
+
+    masks = random_subsets(K, 16, seed=2)
+    truth = subset_effects(ctx.model, ctx.prepared, ctx.trace, ctx.regions, masks)
+    scores = W.copy()
+    scores[1] = 0.5  # flat on span 1: no ranking
+    scored = score_spans(ctx, scores, W, masks, truth)
+    assert list(scored.values) == list(SPAN_METRICS) and set(SPAN_METRICS) <= set(METRICS)
+    assert scored.method_undefined.tolist() == [False, True, False] and not scored.truth_undefined.any()
+    assert scored.values["r2"][1] == 0 and scored.values["pearson"][1] == 0 and scored.values["r2_signed"][1] == 0
+    assert scored.values["r2"][0] == pytest.approx(1) and scored.values["r2_signed"][0] == pytest.approx(1)
+    # r2_signed keeps the sign that r2 loses
+    inverted = score_spans(ctx, -W, W, masks, truth)
+    assert inverted.values["r2"][0] == pytest.approx(1) and inverted.values["r2_signed"][0] == pytest.approx(-1)
+    # a truth that is flat on a span leaves it out for every method alike (NaN), whatever the scores
+    flat_truth = W.copy()
+    flat_truth[2] = 0.0
+    scored = score_spans(ctx, scores, flat_truth, masks, truth)
+    assert scored.truth_undefined.tolist() == [False, False, True] and np.isnan(scored.values["r2"][2])
+
+
+def test_random_subsets_are_drawn_per_sample():
+    from vattr_bench.regions import subset_seed
+
+    a, b = (random_subsets(16, 32, subset_seed(0, name)) for name in ("math-test-0-1", "math-test-0-2"))
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a, random_subsets(16, 32, subset_seed(0, "math-test-0-1")))
+    assert not np.array_equal(a, random_subsets(16, 32, subset_seed(1, "math-test-0-1")))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def _cmd_generate(args) -> int:
     resolve_families(args.benchmark)  # fail on a bad name before the model loads
     if args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    _check_output_folder("--output-dir", args.output_dir)
+    model = load_model(args.model, **_placement(args))
     summary = generate_traces(model, args.benchmark, args.limit, Path(args.output_dir), split=args.split,
                               seed=args.seed, max_new_tokens=args.max_new_tokens)
     print(format_summary(summary))
@@ -61,11 +63,13 @@ def _cmd_generate(args) -> int:
 def _cmd_evaluate(args) -> int:
     from .evaluate import EvalConfig, evaluate
 
+    _check_output_folder("--output-dir", args.output_dir)
     cfg = EvalConfig(model=args.model, methods=[m for m in args.method.split(",") if m.strip()],
                      benchmark=args.benchmark, limit=args.limit, output_dir=args.output_dir, regions=args.regions,
                      k=args.k, ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, split=args.split,
                      region_backbone=args.region_backbone, save_heatmaps=args.save_heatmaps, source=args.source,
-                     real_set=args.real_set, data=args.data, device=args.device, dtype=args.dtype)
+                     real_set=args.real_set, data=args.data, device=args.device, dtype=args.dtype,
+                     method_timeout_s=args.method_timeout or None)
     evaluate(cfg)
     return 0
 
@@ -78,6 +82,7 @@ def _cmd_regions(args) -> int:
     from .regions import make_regions
     from .types import Sample
 
+    _check_output_file("--save-png", args.save_png)
     model = load_model(args.model)
     if args.image:
         sample = Sample("user-image", "user", load_image(args.image), args.prompt)
@@ -102,9 +107,10 @@ def _cmd_train_estimator(args) -> int:
     from .models import load_model
 
     resolve_families(args.benchmark)
+    _check_output_file("--output", args.output)
     if args.n_train < 2:
         raise ValueError("--n-train must be at least 2 (one sample is held out)")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, **_placement(args))
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
         targets=args.targets, transfer=args.transfer, features=args.features, n_heads=args.heads,
@@ -129,8 +135,9 @@ def _cmd_stream(args) -> int:
     from .regions import make_regions
     from .streaming import stream_attributions
 
+    _check_output_file("--save-png", args.save_png)
     image = load_image(args.image)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, **_placement(args))
     prepared = model.prepare(image, args.prompt)
     regions, note = make_regions(args.regions, model, prepared, k=args.k)
     if note:
@@ -161,10 +168,17 @@ def _cmd_perf(args) -> int:
     lengths = tuple(int(x) for x in args.lengths.split(","))
     if args.per_family < 1 or args.rounds < 1 or len(lengths) < 2 or min(lengths) < 16:
         raise ValueError("--per-family and --rounds must be ≥ 1, --lengths at least two lengths ≥ 16")
+    _check_output_file("--output", args.output)
+    _check_output_file("--save-png", args.save_png)
     cfg = PerfConfig(benchmark=args.benchmark, per_family=args.per_family, rounds=args.rounds, lengths=lengths,
                      gradient_spans=args.gradient_spans, regions=args.regions, k=args.k, seed=args.seed,
-                     estimator=args.estimator)
-    report = run_perf(load_model(args.model, device=args.device, dtype=args.dtype), cfg)
+                     estimator=args.estimator, force_reference_traces=args.random_init)
+    model = load_model(args.model, **_placement(args), random_init=args.random_init, seed=args.seed)
+    if args.random_init and args.estimator is None:  # nothing trained for random weights: TIMING ONLY
+        from .models.random_init import random_estimator
+
+        cfg.estimator = random_estimator(model, args.regions, cfg.ablation, seed=args.seed)
+    report = run_perf(model, cfg)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1, default=float))
         print(f"wrote {args.output}", file=sys.stderr)
@@ -176,19 +190,44 @@ def _cmd_perf(args) -> int:
     return 0
 
 
-def _run_records(path: Path) -> tuple[list[dict], Path]:
-    """An evaluate run's records, from its --output-dir or its samples.jsonl."""
+def _run_records(path: Path, metrics=()) -> tuple[list[dict], Path]:
+    """An evaluate run's records, from its --output-dir or its samples.jsonl; a UserError naming the file
+    for one that is not (or no longer) such records, or whose scored records lack one of ``metrics``."""
+    from .errors import UserError
     from .results import read_records
 
     samples = path / "samples.jsonl" if path.is_dir() else path
     if not samples.is_file():
         raise FileNotFoundError(f"no samples.jsonl at {path} (give an evaluate --output-dir or its samples.jsonl)")
-    return read_records(samples), samples
+    try:
+        records = read_records(samples)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{samples} is not an evaluate run's samples.jsonl: not UTF-8 text (byte {e.start})") from e
+    for number, record in enumerate(records, 1):
+        # a results.json, or a run whose records were edited or cut, is named here, not met as a KeyError later
+        missing = _RECORD_KEYS - set(record) if isinstance(record, dict) else _RECORD_KEYS
+        if not missing and "error" not in record:
+            span_metrics = record.get("span_metrics")
+            if isinstance(span_metrics, dict):
+                missing = {f"span_metrics.{m}" for m in metrics if m not in span_metrics}
+            else:
+                missing = {"span_metrics"}
+        if missing:
+            what = f"lacks {', '.join(sorted(missing))}" if isinstance(record, dict) else "is not a record object"
+            raise UserError(f"{samples} is not an evaluate run's samples.jsonl: its JSON line {number} "
+                            f"({json.dumps(record)[:60]}) {what} (give the run's --output-dir or its samples.jsonl)")
+    return records, samples
+
+
+_RECORD_KEYS = {"benchmark", "sample_id", "method"}
 
 
 def _ground_truth_key(samples: Path) -> str | None:
+    from .errors import read_json
+
     marker = samples.parent / "run.json"
-    return json.loads(marker.read_text()).get("ground_truth_key") if marker.is_file() else None
+    run = read_json(marker, "the run's marker") if marker.is_file() else {}
+    return run.get("ground_truth_key") if isinstance(run, dict) else None
 
 
 def _cmd_compare(args) -> int:
@@ -198,7 +237,7 @@ def _cmd_compare(args) -> int:
     unknown = [m for m in metrics if m not in SPAN_METRICS]
     if unknown or not metrics:
         raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from {', '.join(SPAN_METRICS)}")
-    records, samples = _run_records(Path(args.run))
+    records, samples = _run_records(Path(args.run), metrics)
     if not any(r.get("method") == args.method and "error" not in r for r in records):
         found = sorted({r.get("method") for r in records})
         raise ValueError(f"{samples} has no scored sample of {args.method!r}; it has: {', '.join(found) or 'none'}")
@@ -206,7 +245,7 @@ def _cmd_compare(args) -> int:
     if args.against:
         # another run's methods, renamed by their run, paired on the same samples: only meaningful when both
         # runs share their traces and ground truth (evaluate's ground-truth key: model, regions, ablation, seed…)
-        theirs, their_samples = _run_records(Path(args.against))
+        theirs, their_samples = _run_records(Path(args.against), metrics)
         mine_key, their_key = _ground_truth_key(samples), _ground_truth_key(their_samples)
         if mine_key is None or mine_key != their_key:
             raise ValueError(f"{args.run} and {args.against} were not run under the same ground-truth configuration "
@@ -242,7 +281,55 @@ def _cmd_leaderboard(args) -> int:
     from .models import check_device
 
     check_device(args.device)  # the demo loads its model at first use: fail on a bad device now
-    build_app(args.results, model_name=args.model, device=args.device).launch(server_name=args.host, server_port=args.port)
+    # --results not given: the default folders, each silently empty when missing (a fresh clone has no runs/)
+    app = build_app(args.results, model_name=args.model, device=args.device, submit_dir=args.submit_dir,
+                    demo_concurrency=args.demo_concurrency)
+    app.launch(server_name=args.host, server_port=args.port, max_file_size="65mb")
+    return 0
+
+
+def _cmd_submit(args) -> int:
+    from .submission import check_path, make_bundle
+
+    folder = make_bundle(args.method, args.model, Path(args.output_dir), args.limit, args.device)
+    problems = check_path(folder, against=args.against)
+    print(f"wrote {folder}/results.json, samples.jsonl, report.md" + (" and the plugin file" if ":" in args.method else ""))
+    if problems:
+        print(f"the bundle does not pass check-submission ({len(problems)} problems):")
+        print("\n".join(f"- {p}" for p in problems))
+        return 1
+    print("the bundle passes check-submission: upload results.json and samples.jsonl in the leaderboard's Submit tab")
+    return 0
+
+
+def _cmd_check_submission(args) -> int:
+    from .submission import check_path
+
+    problems = check_path(Path(args.path), against=args.against)
+    if problems:
+        print(f"{args.path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:")
+        print("\n".join(f"- {p}" for p in problems))
+        return 1
+    print(f"{args.path}: valid submission")
+    return 0
+
+
+def _cmd_make_random_model(args) -> int:
+    from .models.random_init import save_random_model
+
+    written = save_random_model(Path(args.output), args.arch, weights=args.with_weights, hidden_size=args.hidden_size,
+                                num_layers=args.num_layers, num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
+                                intermediate_size=args.intermediate_size, patch_size=args.patch_size, seed=args.seed)
+    print(f"wrote {args.arch} with a {written['decoder_parameters'] / 1e6:.1f} M-parameter decoder to {written['path']} "
+          f"({'with' if args.with_weights else 'without'} weights); time it with `vattr-bench perf --model "
+          f"{written['path']} --random-init`")
+    return 0
+
+
+def _cmd_lm_eval_tasks(args) -> int:
+    from .lm_eval_tasks import TASKS_DIR
+
+    print(TASKS_DIR)
     return 0
 
 
@@ -257,6 +344,71 @@ def _add_device(parser) -> None:
                         "accelerator the amortized worker's per-span work runs there too)")
     parser.add_argument("--dtype", default=None, help="the model's weights: float32, bfloat16 or float16 (default: "
                         "the checkpoint's own)")
+    parser.add_argument("--device-map", default=None, type=_device_map,
+                        help="place a model bigger than one device with accelerate instead of --device: auto, balanced, "
+                             "balanced_low_0, sequential (over the visible GPUs, then the CPU, then --offload-folder), "
+                             "or a JSON object / .json file of module name → device (docs/multi-gpu.md)")
+    parser.add_argument("--max-memory", default=None, help="with --device-map: the most each device may hold, "
+                        "e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+    parser.add_argument("--offload-folder", default=None, help="with --device-map: where weights that fit on no "
+                        "device are kept on disk")
+
+
+def _device_map(text: str):
+    """--device-map: a strategy name, a JSON object, or a .json file holding one."""
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    if text.endswith(".json"):
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"no device map file {text}")
+        return json.loads(Path(text).read_text())
+    return text
+
+
+def _placement(args) -> dict:
+    """load_model's keyword arguments for where the model runs, from the flags `_add_device` adds."""
+    from .models import parse_max_memory
+
+    if args.device_map is None and (args.max_memory or args.offload_folder):
+        raise ValueError("--max-memory and --offload-folder go with --device-map")
+    return {"device": args.device, "dtype": args.dtype, "device_map": args.device_map,
+            "max_memory": parse_max_memory(args.max_memory), "offload_folder": args.offload_folder}
+
+
+def _check_output_folder(flag: str, path) -> None:
+    """Fail before any work on an output folder that cannot be made or written into: a file, below a file,
+    or read-only (judged on the nearest part of the path that exists; nothing is created here)."""
+    from .errors import UserError
+
+    path = Path(path)
+    existing = _nearest_existing(path)
+    if existing == path and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied or read-only)")
+
+
+def _check_output_file(flag: str, path) -> None:
+    """Fail before any work on an output file that cannot be written: a folder, below a file, read-only."""
+    from .errors import UserError
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write it (permission denied or read-only)")
+    if not path.exists():
+        _check_output_folder(flag, path.parent)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=SPLITS)
     e.add_argument("--save-heatmaps", action="store_true",
                    help="one PNG per sample: the ablation truth and each method, a panel per span")
+    e.add_argument("--method-timeout", type=float, default=600.0,
+                   help="seconds a method may take on one sample before it is stopped and recorded as failed "
+                        "there (0: no limit)")
     _add_device(e)
     e.set_defaults(func=_cmd_evaluate)
 
@@ -388,17 +543,64 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. the shipped value-weighted one to time the cheaper features")
     pf.add_argument("--output", default=None, help="also write the full report as JSON here")
     pf.add_argument("--save-png", default=None, help="also draw the cost per span and per token here")
+    pf.add_argument("--random-init", action="store_true",
+                    help="build --model's architecture from its config.json with random weights (seeded by --seed; "
+                         "e.g. a folder from make-random-model) and make it write each sample's reference trace; "
+                         "without --estimator the estimator is random too: costs only, nothing faithful")
     _add_device(pf)
     pf.set_defaults(func=_cmd_perf)
 
     lb = sub.add_parser("leaderboard", help="Gradio leaderboard over results.json files, with a live streaming demo")
-    lb.add_argument("--results", nargs="+", default=["leaderboard/results", "runs"],
-                    help="results.json files or folders searched for them")
+    lb.add_argument("--results", nargs="+", default=None,
+                    help="results.json files or folders searched for them (default: leaderboard/results and runs, "
+                         "each skipped when missing)")
+    lb.add_argument("--submit-dir", default=None, help="where the Submit tab stores submissions, a folder per "
+                    "submission (default: the first results folder's 'submitted' subfolder)")
+    lb.add_argument("--demo-concurrency", type=int, default=8, help="live demo streams served at once (one model "
+                    "instance shared; more wait in the queue)")
     lb.add_argument("--model", default="vattr-tiny", help="model of the live demo (needs a trained estimator)")
     lb.add_argument("--host", default="127.0.0.1")
     lb.add_argument("--port", type=int, default=7860)
     lb.add_argument("--device", default="cpu", help="where the live demo's model runs: cpu, cuda, …")
     lb.set_defaults(func=_cmd_leaderboard)
+
+    sb = sub.add_parser("submit", help="run a method under the standard protocol and write the bundle the "
+                        "leaderboard's Submit tab accepts (results.json, samples.jsonl, plugin file, report.md)")
+    sb.add_argument("--method", required=True, help="path/file.py:Class or an installed entry-point name")
+    sb.add_argument("--model", default="vattr-tiny")
+    sb.add_argument("--output-dir", default="runs/submission")
+    sb.add_argument("--limit", type=int, default=50, help="samples per benchmark (the standard is 50)")
+    sb.add_argument("--against", nargs="*", default=["leaderboard/results"],
+                    help="results folders to look for a duplicate in")
+    _add_device(sb)
+    sb.set_defaults(func=_cmd_submit)
+
+    cs = sub.add_parser("check-submission", help="validate a results.json (+ samples.jsonl) for the leaderboard: "
+                        "exit 0 when valid, 1 with every problem listed")
+    cs.add_argument("path", help="a results.json, or a folder holding results.json and optionally samples.jsonl")
+    cs.add_argument("--against", nargs="*", default=["leaderboard/results"],
+                    help="results folders to look for a duplicate in")
+    cs.set_defaults(func=_cmd_check_submission)
+
+    rm = sub.add_parser("make-random-model", help="save a random-weight model of a supported architecture at a "
+                        "chosen size (config, tokenizer, processor), for `perf --random-init`")
+    rm.add_argument("--arch", required=True, help="qwen2_5_vl, qwen3_vl or glm4v")
+    rm.add_argument("--hidden-size", type=int, default=1024)
+    rm.add_argument("--num-layers", type=int, default=12)
+    rm.add_argument("--num-heads", type=int, default=16)
+    rm.add_argument("--num-kv-heads", type=int, default=None, help="grouped-query key/value heads (default: --num-heads)")
+    rm.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default: 3 × hidden)")
+    rm.add_argument("--patch-size", type=int, default=4, help="vision patch size in pixels (4: an 8×8 grid of "
+                    "visual tokens on the 64×64 benchmark images, as vattr-tiny has)")
+    rm.add_argument("--seed", type=int, default=0)
+    rm.add_argument("--with-weights", action="store_true", help="also save the random weights (default: config only; "
+                    "`perf --random-init` draws them)")
+    rm.add_argument("--output", required=True, help="folder to write")
+    rm.set_defaults(func=_cmd_make_random_model)
+
+    lt = sub.add_parser("lm-eval-tasks", help="print the folder of the lm-evaluation-harness task YAMLs "
+                        "(for lm_eval --include_path; docs/lm-eval.md)")
+    lt.set_defaults(func=_cmd_lm_eval_tasks)
 
     t = sub.add_parser("train-model", help="train the embedded vattr-tiny (arguments go to the training script)")
     t.add_argument("train_args", nargs=argparse.REMAINDER)
@@ -406,12 +608,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _accept_debug_anywhere(parser: argparse.ArgumentParser) -> None:
+    """--debug before the command, or after it among the command's own flags."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in commands:
+        for command in action.choices.values():
+            if not any("--debug" in a.option_strings for a in command._actions):
+                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="show the full traceback of an error")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    from .errors import describe
+
+    parser = build_parser()
+    _accept_debug_anywhere(parser)
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"vattr-bench {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = describe(e)  # None: not a user error but a bug, raised with its traceback
+        if message is None or args.debug:
+            raise
+        print(f"vattr-bench {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

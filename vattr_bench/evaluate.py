@@ -5,14 +5,22 @@ single-region Δ (n_spans, K) and Δ(S, v) for random subsets v — are computed
 (keyed by model, protocol, operator and seed), so every method, and every resumed run, shares them.
 Each (sample, method) result is appended to ``samples.jsonl`` as soon as it exists; a rerun after a
 kill skips what is there, and a method whose `settings()` changed since the folder's earlier scores is not
-run again there (`_SettingsLedger`). A method that raises or returns a bad array is recorded as failed for
-that sample, and the other methods go on.
+run again there (`_SettingsLedger`). A method that raises, returns a bad array or runs past its time limit is
+recorded as failed for that sample, and the other methods go on.
+
+Integrity: each method gets its own copy of the sample's context (`_method_context`), without the ground truth
+unless it declares ``reads_ground_truth`` (then it is a reference, never ranked); the scores are computed from
+the harness's own arrays, which no method ever holds.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import signal
+import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,11 +29,11 @@ from tqdm.auto import tqdm
 
 from .benchmarks import SOURCES, SPLITS, load_samples, resolve_families
 from .heatmaps import save_heatmap_png, save_tradeoff_png
-from .methods import AttributionContext, load_method
-from .metrics import deletion_insertion_auc, lds, pearson_per_span, pointing_game, topk_drop
+from .methods import AttributionContext, is_reference, load_method, reads_ground_truth
+from .metrics import RANKING_METRIC, score_spans
 from .metrics.cost import PeakMemory
 from .models import load_model
-from .regions import OPERATORS, PROTOCOLS, ground_truth, make_regions
+from .regions import OPERATORS, PROTOCOLS, ground_truth, make_regions, subset_seed
 from .regions.protocols import K_RANGE
 from .results import build_results, format_table, read_records
 from .storage import load_arrays, save_arrays, write_text_atomically
@@ -53,6 +61,7 @@ class EvalConfig:
     data: str | None = None
     device: str = "cpu"  # where the model runs; not part of the ground-truth key (the same numbers, up to rounding)
     dtype: str | None = None  # the weights' dtype (None: the checkpoint's); part of the key when set
+    method_timeout_s: float | None = 600.0  # per method and sample; past it the method fails on that sample
 
     def validate(self) -> list[str]:
         families = resolve_families(self.benchmark)
@@ -70,6 +79,8 @@ class EvalConfig:
             raise ValueError(f"unknown split {self.split!r}")
         if not self.methods:
             raise ValueError("no method given")
+        if self.method_timeout_s is not None and self.method_timeout_s <= 0:
+            raise ValueError(f"--method-timeout must be positive, got {self.method_timeout_s}")
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose from {', '.join(SOURCES)}")
         if self.source == "real" and (self.data or self.real_set) and len(families) != 1:
@@ -80,6 +91,7 @@ class EvalConfig:
         """What the cached traces, regions and ablation effects depend on."""
         key = {k: getattr(self, k) for k in ("model", "regions", "k", "ablation", "seed", "n_subsets", "split",
                                              "region_backbone", "max_new_tokens", "source", "real_set", "data")}
+        key["subsets"] = "per-sample"  # random subsets drawn per sample (`subset_seed`), not once per run
         if self.dtype is not None:  # only when set, so runs made before the option keep their key
             key["dtype"] = self.dtype
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -88,23 +100,18 @@ class EvalConfig:
 def evaluate(cfg: EvalConfig, log=print) -> dict:
     families = cfg.validate()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    methods, method_errors = [], {}
-    for spec in cfg.methods:
-        try:
-            methods.append(load_method(spec))
-        except ValueError as e:
-            method_errors[spec] = str(e)
-            log(f"warning: method {spec!r} skipped: {e}")
-    if not methods:
-        raise ValueError("no usable method: " + "; ".join(method_errors.values()))
+    methods = _load_methods(cfg.methods)  # every name checked before any work, so a typo costs nothing
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    out.mkdir(parents=True, exist_ok=True)
     _claim_output_dir(out, cfg)
     samples_path = out / "samples.jsonl"
     previous = read_records(samples_path)
     if samples_path.is_file():  # drop a line torn by a killed run, so appends start on a clean line
         write_text_atomically(samples_path, "".join(json.dumps(r) + "\n" for r in previous))
     done = {(r["benchmark"], r["sample_id"], r["method"]) for r in previous}
+    by_sample: dict[tuple[str, str], list[dict]] = {}  # every method's records, for the per-sample pictures
+    for r in previous:
+        by_sample.setdefault((r["benchmark"], r["sample_id"]), []).append(r)
     cache_dir = out / "cache" / cfg.ground_truth_key()
     cache_dir.mkdir(parents=True, exist_ok=True)
     ledger, stopped = _SettingsLedger(out / "run.json"), {}
@@ -113,7 +120,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             samples = load_samples(family, cfg.limit, cfg.source, cfg.split, cfg.seed, cfg.data, cfg.real_set)
             for sample in tqdm(samples, desc=f"evaluate {family}", unit="sample"):
                 todo = [m for m in methods if (family, sample.id, m.name) not in done]
-                if not todo:
+                picture = out / "heatmaps" / family / f"{sample.id}.png"
+                if not todo and not (cfg.save_heatmaps and not picture.is_file()):
                     continue
                 try:
                     shared = _sample_context(model, sample, cfg, cache_dir)
@@ -124,34 +132,50 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                                                "n_spans": 0, "error": f"sample: {type(e).__name__}: {e}"}) + "\n")
                     sink.flush()
                     continue
-                records = []
                 for method in todo:
                     if method.name in stopped:
                         continue
-                    record = _run_method(method, shared, family, log)
+                    record = _run_method(method, shared, family, log, cfg.method_timeout_s)
                     if "error" not in record and (problem := ledger.check(method, log)):
                         stopped[method.name] = problem  # its earlier scores here came from other settings
                         log(f"warning: {problem}")
                         continue
-                    records.append(record)
+                    by_sample.setdefault((family, sample.id), []).append(record)
                     sink.write(json.dumps(record) + "\n")
                     sink.flush()
                 if cfg.save_heatmaps:
-                    _save_sample_heatmaps(out / "heatmaps" / family / f"{sample.id}.png", shared, records)
+                    _save_sample_heatmaps(picture, shared, by_sample.get((family, sample.id), []))
     # what else decided a method's scores in this folder (e.g. the amortized estimator's file), this run's
     # or, for a method with nothing left to score, the run's that scored it
     settings = {m.name: ledger.recorded[m.name] for m in methods if ledger.recorded.get(m.name)}
     config = {**asdict(cfg), "methods": [m.name for m in methods], "r2": "squared Pearson correlation",
-              "method_errors": {**method_errors, **stopped}, "method_settings": settings}
+              "method_errors": stopped, "method_settings": settings}
     results = build_results(cfg.model, config, read_records(samples_path))
     write_text_atomically(out / "results.json", json.dumps(results, indent=1))
     log(format_table(results))
     try:  # the picture is a view of results.json, written above either way
-        save_tradeoff_png(results, out / "tradeoff.png")
+        save_tradeoff_png(results, out / "tradeoff.png", metric=RANKING_METRIC)
     except Exception as e:
         log(f"warning: {out / 'tradeoff.png'} not drawn: {type(e).__name__}: {e}")
-    log(f"wrote {out / 'results.json'}, {samples_path} and {out / 'tradeoff.png'} (r2 against cost per token)")
+    log(f"wrote {out / 'results.json'}, {samples_path} and {out / 'tradeoff.png'} ({RANKING_METRIC} against cost "
+        "per token)")
     return results
+
+
+def _load_methods(specs: list[str]) -> list:
+    """Every method of the list, or one error naming each that cannot be loaded (before any work starts)."""
+    methods, problems = [], []
+    for spec in specs:
+        try:
+            methods.append(load_method(spec))
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise ValueError("; ".join(problems))
+    names = [m.name for m in methods]
+    if duplicated := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"two methods of --method are named {', '.join(duplicated)}: results are kept by name")
+    return methods
 
 
 class _SettingsLedger:
@@ -194,16 +218,15 @@ def _settings(method, log) -> dict:
 
 
 def _save_sample_heatmaps(path: Path, shared: "_Shared", records: list[dict]) -> None:
-    """One picture per sample: the ablation truth's row, then each method scored in this run (its per-span
-    r2 under each panel); a method whose scores are the truth's (``ablation``) is the first row already."""
+    """One picture per sample: the ablation truth's row, then each method scored in this folder (from its
+    records, so a re-run draws the methods of earlier runs too; its per-span r2 under each panel). The
+    reference ``ablation`` is the truth's row already."""
     ctx = shared.ctx
-    truth = ctx.ablation_effects()
-    rows, captions = {"ablation (truth)": truth}, {}
-    for record in records:
-        scores = np.array(record.get("scores", []), dtype=np.float64)
-        if "error" in record or np.array_equal(scores, truth):
+    rows, captions = {"ablation (truth)": shared.effects}, {}
+    for record in sorted(records, key=lambda r: r["method"]):
+        if "error" in record or record.get("reads_ground_truth"):
             continue
-        rows[record["method"]] = scores
+        rows[record["method"]] = np.array(record["scores"], dtype=np.float64)
         captions[record["method"]] = [f"r2 {v:.2f}" if v is not None else "r2 –" for v in record["span_metrics"]["r2"]]
     save_heatmap_png(path, ctx.sample.image, ctx.regions, rows, [s.text for s in ctx.trace.spans],
                      f"{ctx.sample.id}: {ctx.sample.prompt}", captions)
@@ -224,7 +247,10 @@ def _claim_output_dir(out: Path, cfg: EvalConfig) -> None:
 
 @dataclass
 class _Shared:
+    """One sample as the harness holds it: its context and its ground truth, never handed to a method."""
+
     ctx: AttributionContext
+    effects: np.ndarray  # (n_spans, K) single-region Δ
     masks: np.ndarray  # (n_subsets, K) random region subsets
     subset_effects: np.ndarray  # (n_subsets, n_spans)
     ablation_seconds: float
@@ -246,40 +272,77 @@ def _sample_context(model, sample, cfg: EvalConfig, cache_dir: Path) -> _Shared:
     regions, note = make_regions(cfg.regions, model, prepared, k=cfg.k, sample=sample, backbone=cfg.region_backbone)
     ctx = AttributionContext(model, sample, prepared, trace, regions, cfg.ablation, cfg.seed)
     if cached is None:
-        truth = ground_truth(model, prepared, trace, regions, cfg.ablation, cfg.n_subsets, cfg.seed)
+        truth = ground_truth(model, prepared, trace, regions, cfg.ablation, cfg.n_subsets,
+                             subset_seed(cfg.seed, sample.id))
         effects, masks, sub, ablation_seconds = truth.effects, truth.masks, truth.subset_effects, truth.seconds
         save_arrays(cached_path, token_ids=np.array(trace.token_ids), effects=effects, masks=masks,
                     subset_effects=sub, ablation_seconds=ablation_seconds)
     else:
         effects, masks, sub = cached["effects"], cached["masks"], cached["subset_effects"]
         ablation_seconds = float(cached["ablation_seconds"])
-    ctx.cache["single_region_effects"] = effects
-    return _Shared(ctx, masks, sub, ablation_seconds, note)
+    return _Shared(ctx, effects, masks, sub, ablation_seconds, note)
 
 
-def _run_method(method, shared: _Shared, family: str, log) -> dict:
+def _method_context(shared: _Shared, method) -> AttributionContext:
+    """The method's own copy of the sample: nothing it changes reaches another method or the scoring; the
+    ground truth only for a method that declares it reads it (a copy, read-only)."""
+    ctx = shared.ctx
+    mine = AttributionContext(ctx.model, *copy.deepcopy((ctx.sample, ctx.prepared, ctx.trace, ctx.regions)),
+                              ctx.operator, ctx.seed, may_read_ground_truth=reads_ground_truth(method))
+    if mine.may_read_ground_truth:
+        effects = shared.effects.copy()
+        effects.flags.writeable = False
+        mine.cache["single_region_effects"] = effects
+    return mine
+
+
+class MethodTimeout(BaseException):
+    """A method ran past its time limit. A BaseException, so that a plugin's ``except Exception`` cannot
+    swallow it."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None, what: str):
+    """Interrupts the block after ``seconds`` with `MethodTimeout` (SIGALRM: the main thread of a Unix process
+    only; elsewhere — a server thread — the block runs unbounded). A method stuck inside one long native call
+    is interrupted when that call returns."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise MethodTimeout(f"{what} ran past its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_method(method, shared: _Shared, family: str, log, timeout_s: float | None = None) -> dict:
     ctx = shared.ctx
     name = getattr(method, "name", type(method).__name__)
     base = {"benchmark": family, "sample_id": ctx.sample.id, "method": name, "n_spans": ctx.n_spans,
-            "n_tokens": len(ctx.trace.token_ids), "k": ctx.regions.k, "region_note": shared.region_note}
-    ctx.cache.pop("attention_to_visual", None)  # each method pays for the attention it reads
+            "n_tokens": len(ctx.trace.token_ids), "k": ctx.regions.k, "region_note": shared.region_note,
+            "reference": is_reference(method), "reads_ground_truth": reads_ground_truth(method)}
     try:
-        with PeakMemory() as cost:
-            raw = method.attribute(ctx)
+        mine = _method_context(shared, method)
+        with _time_limit(timeout_s, name), PeakMemory() as cost:
+            raw = method.attribute(mine)
         scores = validate_attribution(raw, ctx.n_spans, ctx.regions.k, name)
-    except Exception as e:  # a plugin may fail any way it likes: record it, keep the other methods going
+    except (Exception, MethodTimeout) as e:  # a plugin may fail any way it likes: record it, keep the others going
         log(f"warning: {name} failed on {ctx.sample.id}: {type(e).__name__}: {e}")
         return {**base, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
-    # a method that reads the cached ablation effects costs what computing them cost
-    seconds = shared.ablation_seconds if getattr(method, "uses_ablation", False) else cost.seconds
-    effects = ctx.ablation_effects()
-    pearson = pearson_per_span(scores, effects)
-    deletion, insertion = deletion_insertion_auc(ctx, scores)
-    span_metrics = {
-        "r2": pearson ** 2, "pearson": pearson, "lds": lds(scores, shared.masks, shared.subset_effects),
-        "deletion_auc": deletion, "insertion_auc": insertion, "topk_drop": topk_drop(ctx, scores),
-        "pointing_game": pointing_game(scores, ctx.trace, ctx.sample, ctx.regions),
-    }
+    # a method that reads the ablation effects costs what computing them cost
+    seconds = shared.ablation_seconds if reads_ground_truth(method) else cost.seconds
+    scored = score_spans(ctx, scores, shared.effects, shared.masks, shared.subset_effects)
     return {**base, "sec_per_token": seconds / max(1, len(ctx.trace.token_ids)), "peak_mem_mb": cost.peak_mb,
-            "span_metrics": {k: [None if not np.isfinite(v) else float(v) for v in vals] for k, vals in span_metrics.items()},
+            "span_metrics": {k: [None if not np.isfinite(v) else float(v) for v in vals]
+                             for k, vals in scored.values.items()},
+            "undefined_spans": np.flatnonzero(scored.method_undefined).tolist(),
+            "truth_undefined_spans": np.flatnonzero(scored.truth_undefined).tolist(),
+            "span_texts": [s.text for s in ctx.trace.spans],
             "scores": scores.tolist()}

@@ -202,3 +202,77 @@ def _save(fig, path: Path, layout: bool = True) -> None:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)  # a no-op for figures made without pyplot
+
+
+def overlay_layout(image, regions: Regions, size: int = 360) -> dict:
+    """What `annotated_overlay` draws the same for every span of one image and its regions — the image and
+    label map at display size, the region outlines, and where each region's number goes (the pixel farthest
+    from the region's border, found on a quarter-size map: a number sits on its own region, never on a
+    neighbour inside its bounding box) — computed once per image, not per span."""
+    from PIL import Image
+    from scipy.ndimage import distance_transform_edt
+    from skimage.segmentation import find_boundaries
+
+    image = image.convert("RGB")
+    height = max(1, round(size * image.height / image.width))
+    labels = np.asarray(Image.fromarray(regions.label_map().astype(np.int32)).resize((size, height), Image.NEAREST))
+    step = 4
+    coarse = labels[step // 2::step, step // 2::step]
+    anchors = {}
+    for k in range(regions.k):
+        mask = coarse == k
+        if not mask.any():
+            mask, scale, offset = labels == k, 1, 0  # a region too thin for the coarse map
+            if not mask.any():
+                continue
+        else:
+            scale, offset = step, step // 2
+        inside = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(inside)), inside.shape)
+        anchors[k] = (int(x) * scale + offset, int(y) * scale + offset)
+    base = np.asarray(image.resize((size, height), Image.BILINEAR), dtype=np.float64) / 255.0
+    return {"size": size, "height": height, "labels": labels, "base": base, "anchors": anchors,
+            "outline": find_boundaries(labels, mode="inner")}
+
+
+def annotated_overlay(image, regions: Regions, span_scores: np.ndarray, size: int = 360, caption: str = "",
+                      layout: dict | None = None):
+    """One span's scores over the image for live display (the leaderboard demo), drawn with PIL (no figure):
+    each region tinted by its score (inferno, normalised to the span), white outlines, every region's number
+    (`overlay_layout`), the top three boxed in yellow, and a colour scale on the right labelled with the
+    span's lowest and highest raw score. ``layout``: `overlay_layout` of the same image, regions and size,
+    to reuse across the spans of one image."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
+
+    layout = layout or overlay_layout(image, regions, size)
+    size, height, labels = layout["size"], layout["height"], layout["labels"]
+    scores = np.asarray(span_scores, dtype=np.float64)
+    heat = colormaps["inferno"](_pixel_heat(labels, scores, 0.0))[..., :3]
+    blended = np.where((labels >= 0)[..., None], 0.4 * layout["base"] + 0.6 * heat, layout["base"])
+    blended[layout["outline"]] = 1.0
+    bar_width, margin = 14, 56
+    canvas = Image.new("RGB", (size + margin, height + (16 if caption else 0)), "white")
+    canvas.paste(Image.fromarray((blended * 255).round().astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(9, size // 30))
+    top = set(np.argsort(-scores)[:3].tolist())
+    for k, (x, y) in layout["anchors"].items():
+        if k in top:
+            box = draw.textbbox((x, y), str(k), font=font, anchor="mm")
+            draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(255, 221, 0), outline="black")
+            draw.text((x, y), str(k), fill="black", font=font, anchor="mm")
+        else:
+            draw.text((x, y), str(k), fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
+    # the colour scale: highest score at the top
+    gradient = colormaps["inferno"](np.linspace(1, 0, height))[:, :3]
+    bar = np.repeat((gradient[:, None, :] * 255).round().astype(np.uint8), bar_width, axis=1)
+    canvas.paste(Image.fromarray(bar), (size + 4, 0))
+    lo, hi = (scores.min(), scores.max()) if scores.size else (0.0, 0.0)
+    small = ImageFont.load_default(size=10)
+    draw.text((size + bar_width + 6, 0), f"{hi:+.2f}", fill="black", font=small, anchor="lt")
+    draw.text((size + bar_width + 6, height), f"{lo:+.2f}", fill="black", font=small, anchor="lb")
+    draw.text((size + bar_width + 6, height // 2), "score", fill="black", font=small, anchor="lm")
+    if caption:
+        draw.text((2, height + 2), caption[:90], fill="black", font=small, anchor="lt")
+    return canvas

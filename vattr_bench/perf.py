@@ -34,11 +34,12 @@ import torch
 from scipy.stats import bootstrap
 from tqdm.auto import tqdm
 
-from .amortized import LOGIT_FEATURES, SpanAttributor, capture_options, feature_kind, feature_label
+from .amortized import LOGIT_FEATURES, LinearEstimator, SpanAttributor, capture_options, feature_kind, feature_label
 from .benchmarks import resolve_families, synthetic_sample
 from .methods import AttributionContext
 from .methods.amortized import Amortized
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
+from .models.random_init import force_reference_traces
 from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
 from .streaming import SpanStreamer, one_blas_thread, stream_attributions
@@ -61,7 +62,8 @@ class PerfConfig:
     ablation: str = "knockout"
     max_new_tokens: int = 128
     seed: int = 0
-    estimator: str | None = None  # estimator JSON; None: $VATTR_ESTIMATOR, else the model's shipped one
+    estimator: str | None = None  # estimator JSON (or a LinearEstimator); None: $VATTR_ESTIMATOR, else the shipped one
+    force_reference_traces: bool = False  # a random-weight model writes each sample's reference trace (random_init)
 
 
 def _timed(fn, *args, **kwargs):
@@ -262,9 +264,12 @@ def per_token_cost(model, items, estimator, cfg: PerfConfig) -> dict[str, dict[i
 
 
 def run_perf(model, cfg: PerfConfig, log=print) -> dict:
-    estimator = Amortized(cfg.estimator).load_for(model, cfg.regions, cfg.ablation)
+    estimator = cfg.estimator if isinstance(cfg.estimator, LinearEstimator) else \
+        Amortized(cfg.estimator).load_for(model, cfg.regions, cfg.ablation)
     torch.manual_seed(cfg.seed)
     items = prepare_items(model, cfg)
+    if cfg.force_reference_traces:
+        force_reference_traces(model, [(s, prepared) for s, prepared, _ in items])
     warm_up(model, items, estimator, cfg)
     streaming = measure_streaming(model, items, estimator, cfg)
     per_span, n_spans = cost_per_span(model, items, estimator, cfg)
@@ -279,8 +284,12 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
         "speedup_vs_ablation": round(per_span["ablation"] / per_span["amortized"], 1),
         f"amortized_cost_ratio_{hi}_vs_{lo}": round(per_token["amortized"][hi] / per_token["amortized"][lo], 3),
     }
-    report = {"config": cfg.__dict__, "model": model.name, "device": str(getattr(model, "device", "cpu")),
-              "dtype": str(getattr(model, "dtype", "float32")).removeprefix("torch."), "features": feature_label(estimator.meta),
+    shown = "random (timing only)" if isinstance(cfg.estimator, LinearEstimator) else cfg.estimator
+    report = {"config": {**cfg.__dict__, "estimator": shown}, "model": model.name, "device": str(getattr(model, "device", "cpu")),
+              "dtype": str(getattr(model, "dtype", "float32")).removeprefix("torch."),
+              "features": feature_label(estimator.meta) + (", RANDOM weights: timing only" if estimator.meta.get("random_weights") else ""),
+              "decoder_parameters": sum(p.numel() for p in model.model.model.language_model.parameters()) if hasattr(model, "model") else None,
+              "reference_traces_forced": cfg.force_reference_traces,
               "n_samples": len(items), "n_spans": n_spans,
               **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
               "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token, "summary": summary}
@@ -293,7 +302,9 @@ def format_perf(report: dict) -> str:
     lengths = sorted(next(iter(pt.values())))
     lines = [
         f"vattr-bench perf — {report['model']} on {report.get('device', 'cpu')}, {report.get('dtype', 'float32')} "
-        f"({report['features']} estimator), {report['n_samples']} samples, {report['n_spans']} spans, one run",
+        f"({report['features']} estimator), {report['n_samples']} samples, {report['n_spans']} spans, one run"
+        + (f"; decoder {report['decoder_parameters'] / 1e6:.1f} M parameters" if report.get("decoder_parameters") else "")
+        + ("; each sample's reference trace forced (random weights)" if report.get("reference_traces_forced") else ""),
         "",
         "| streaming | value |",
         "|---|---|",

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import HIGHER_IS_BETTER
+from .metrics import COST_METRICS, HIGHER_IS_BETTER, RANKING_METRIC, SPAN_METRICS
 
-SCHEMA_VERSION = 1
-SPAN_METRICS = ("r2", "pearson", "lds", "deletion_auc", "insertion_auc", "topk_drop", "pointing_game")
-COST_METRICS = ("sec_per_token", "peak_mem_mb")
+# 2: reference / reads_ground_truth, n_spans_scored / n_spans_undefined / n_failed / flags per method,
+# r2_signed (ranked by) and r2_partial_size, random subsets per sample
+SCHEMA_VERSION = 2
 BOOTSTRAP_RESAMPLES = 2000
+# a method that left more than this share of its spans undefined (flat scores) is flagged
+UNDEFINED_FLAG_SHARE = 0.10
 
 
 def read_records(path: Path) -> list[dict]:
@@ -35,9 +37,11 @@ def read_records(path: Path) -> list[dict]:
 
 
 def aggregate(records: list[dict]) -> dict:
-    """{benchmark: {method: metrics}}: span metrics averaged over all spans (NaN excluded), with a 95%
-    interval under ``ci95`` (`span_mean_ci`); cost metrics over samples; failed records are counted under
-    ``n_failed``."""
+    """{benchmark: {method: metrics}}: span metrics averaged over all spans of the samples the method scored,
+    with a 95% interval under ``ci95`` (`span_mean_ci`); a span whose correlation the method's flat scores left
+    undefined counts as 0 there (evaluate's scoring), and only spans whose *truth* is flat — the same for every
+    method — are left out. Cost metrics over samples. The accounting: ``n_spans_scored``, ``n_spans_undefined``,
+    ``n_failed`` (samples), ``reference``, and ``flags`` for anything a reader should not miss."""
     grouped: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         grouped.setdefault((r["benchmark"], r["method"]), []).append(r)
@@ -46,16 +50,24 @@ def aggregate(records: list[dict]) -> dict:
         ok = [r for r in recs if "error" not in r]
         entry, intervals = {}, {}
         for m in SPAN_METRICS:
-            per_sample = [_finite(r["span_metrics"][m]) for r in ok]
+            per_sample = [_finite(r["span_metrics"].get(m, [])) for r in ok]
             entry[m] = _mean(np.concatenate(per_sample) if per_sample else np.zeros(0))
             intervals[m] = span_mean_ci(per_sample)
         entry["ci95"] = intervals
         for m in COST_METRICS:
             entry[m] = _mean(np.array([r[m] for r in ok], dtype=np.float64))
-        entry["n_samples"] = len(ok)
-        entry["n_spans"] = int(sum(r["n_spans"] for r in ok))
-        if len(ok) < len(recs):
-            entry["n_failed"] = len(recs) - len(ok)
+        scored = int(sum(r["n_spans"] for r in ok))
+        undefined = int(sum(len(r.get("undefined_spans", [])) for r in ok))
+        entry.update(n_samples=len(ok), n_spans=scored, n_spans_scored=scored, n_spans_undefined=undefined,
+                     n_failed=len(recs) - len(ok),
+                     reference=any(r.get("reference", False) for r in recs),
+                     reads_ground_truth=any(r.get("reads_ground_truth", False) for r in recs))
+        flags = []
+        if scored and undefined / scored > UNDEFINED_FLAG_SHARE:
+            flags.append(f"scores flat (no ranking of regions) on {undefined / scored:.0%} of spans: counted as 0")
+        if entry["n_failed"]:
+            flags.append(f"failed on {entry['n_failed']} of {len(recs)} samples: its means cover the others only")
+        entry["flags"] = flags
         out.setdefault(benchmark, {})[method] = entry
     return out
 
@@ -112,6 +124,7 @@ def paired_differences(records: list[dict], method: str, metrics=("r2", "lds"), 
     samples were drawn. Rows: benchmark, other, metric, statistic ("difference" or "ratio"), value, ci95,
     n_samples, n_spans."""
     scored = {(r["benchmark"], r["sample_id"], r["method"]): r for r in records if "error" not in r}
+    # each pairing below keeps only the spans where both methods have a value (the same spans, same traces)
     rows = []
     for benchmark in sorted({b for b, _, m in scored if m == method}):
         others = sorted({m for b, _, m in scored if b == benchmark and m != method})
@@ -154,19 +167,41 @@ def build_results(model: str, config: dict, records: list[dict]) -> dict:
         "git_hash": _git_hash(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "higher_is_better": HIGHER_IS_BETTER,
+        "ranking_metric": RANKING_METRIC,
         "results": aggregate(records),
     }
 
 
+TABLE_COLUMNS = (RANKING_METRIC, "r2", "r2_partial_size", "lds", "pearson", "topk_drop", "pointing_game",
+                 "sec_per_token", "n_samples", "n_spans_undefined", "n_failed")
+
+
 def format_table(results: dict) -> str:
+    """The run's table: per benchmark, ranked methods first (by the ranking metric), then the references
+    (marked *), with the main columns; results.json has every metric and interval."""
     import pandas as pd
 
-    rows = [{"benchmark": b, "method": m, **{k: v for k, v in metrics.items() if k != "ci95"}}
-            for b, methods in results["results"].items() for m, metrics in methods.items()]
+    rows = []
+    for benchmark, methods in results["results"].items():
+        for method, metrics in methods.items():
+            rows.append({"benchmark": benchmark, "method": method + (" *" if metrics.get("reference") else ""),
+                         "_reference": bool(metrics.get("reference")),
+                         **{k: metrics.get(k) for k in TABLE_COLUMNS}})
     if not rows:
         return "(no results)"
-    frame = pd.DataFrame(rows).set_index(["benchmark", "method"])
-    return frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
+    frame = pd.DataFrame(rows).sort_values(["benchmark", "_reference", RANKING_METRIC],
+                                           ascending=[True, True, False], na_position="last")
+    frame = frame.drop(columns="_reference").set_index(["benchmark", "method"])
+    notes = [f"ranked by {RANKING_METRIC} (sign(r)·r²: pointing the wrong way scores below 0); * a reference or "
+             "null baseline, not ranked; spans a method left flat count as 0 (n_spans_undefined)"]
+    for benchmark, methods in results["results"].items():
+        counts = {m: (v.get("n_samples"), v.get("n_spans_scored", v.get("n_spans"))) for m, v in methods.items()}
+        if len(set(counts.values())) > 1:
+            notes.append(f"{benchmark}: methods scored different samples (a failure): compare them on the spans "
+                         "all scored with `vattr-bench compare`")
+        for method, v in methods.items():
+            notes.extend(f"{benchmark} / {method}: {flag}" for flag in v.get("flags", []))
+    return frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-") + "\n" + "\n".join(notes)
 
 
 def _versions() -> dict:

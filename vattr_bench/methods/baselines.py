@@ -1,4 +1,5 @@
-"""Built-in baselines that need no gradients: exhaustive ablation, raw attention, rollout, random."""
+"""Built-in baselines that need no gradients: exhaustive ablation (the reference), raw attention, rollout, and
+the null baselines random, uniform and region_area."""
 from __future__ import annotations
 
 import zlib
@@ -13,7 +14,7 @@ class Ablation(AttributionMethod):
     construction, not on subset metrics (regions interact)."""
 
     name = "ablation"
-    uses_ablation = True
+    reads_ground_truth = True
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
         return ctx.ablation_effects()
@@ -61,7 +62,32 @@ class Random(AttributionMethod):
     """Seeded Gaussian scores: the floor every method must beat."""
 
     name = "random"
+    reference = True
 
     def attribute(self, ctx: AttributionContext) -> np.ndarray:
         rng = np.random.default_rng([ctx.seed, zlib.crc32(ctx.sample.id.encode())])
         return rng.standard_normal((ctx.n_spans, ctx.regions.k))
+
+
+class Uniform(AttributionMethod):
+    """The same score for every region: no information at all. Its correlations with the truth are 0 by
+    definition (counted, never dropped); its LDS is not 0 but the subset-size floor — a subset's predicted
+    effect is then its number of regions, and removing more regions costs more."""
+
+    name = "uniform"
+    reference = True
+
+    def attribute(self, ctx: AttributionContext) -> np.ndarray:
+        return np.ones((ctx.n_spans, ctx.regions.k))
+
+
+class RegionArea(AttributionMethod):
+    """Score = the region's size in visual tokens, for every span: what "bigger regions matter more" alone
+    explains, with no look at the model's reasoning. A method worth its cost should beat it; the size-controlled
+    metric ``r2_partial_size`` removes this part from every method."""
+
+    name = "region_area"
+    reference = True
+
+    def attribute(self, ctx: AttributionContext) -> np.ndarray:
+        return np.tile(ctx.region_sizes(), (ctx.n_spans, 1))

@@ -21,6 +21,27 @@ def pearson_per_span(scores: np.ndarray, effects: np.ndarray) -> np.ndarray:
     return np.array([_safe(pearsonr, s, e) for s, e in zip(scores, effects)])
 
 
+def size_residuals(values: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``values`` (n, K) minus its least-squares line in region size ``sizes`` (K,), and per row
+    whether the residual is flat (at rounding level of the row's own spread: size explains the row entirely)."""
+    design = np.stack([np.ones(len(sizes)), np.asarray(sizes, dtype=np.float64)], axis=1)  # (K, 2)
+    projector = design @ np.linalg.pinv(design)  # onto span{1, size}
+    values = np.asarray(values, dtype=np.float64)
+    residuals = values - values @ projector.T
+    flat = np.ptp(residuals, axis=1) <= 1e-9 * np.maximum(np.ptp(values, axis=1), 1e-300)
+    return residuals, flat
+
+
+def partial_pearson_per_span(scores: np.ndarray, effects: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Per span, the partial correlation of scores[s] and Δ[s] over regions with region size controlled:
+    Pearson of both sides' residuals after a line in ``sizes`` (`size_residuals`). With equal sizes it is plain
+    Pearson. NaN where either residual is flat."""
+    rs, flat_s = size_residuals(scores, sizes)
+    re, flat_e = size_residuals(effects, sizes)
+    return np.array([np.nan if fs or fe else float(pearsonr(a, b)[0])
+                     for a, b, fs, fe in zip(rs, re, flat_s, flat_e)])
+
+
 def lds(scores: np.ndarray, masks: np.ndarray, subset_effects: np.ndarray) -> np.ndarray:
     """Linear datamodeling score per span: Spearman over subsets v between the true Δ(S, v) and the
     additive prediction Σ_k v_k score_k. ``masks`` (n, K) bool, ``subset_effects`` (n, n_spans)."""

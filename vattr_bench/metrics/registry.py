@@ -57,6 +57,4 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 SPAN_METRICS = tuple(name for name, m in METRICS.items() if m.kind == "span")
 COST_METRICS = tuple(name for name, m in METRICS.items() if m.kind == "cost")
 HIGHER_IS_BETTER = {name: m.higher_is_better for name, m in METRICS.items()}
-# Correlation metrics: undefined when a method's scores are constant over a span (read as 0: no information)
-CORRELATION_METRICS = ("r2_signed", "r2", "pearson", "r2_partial_size", "lds")
 RANKING_METRIC = "r2_signed"

@@ -20,8 +20,16 @@ PAPER_MODELS = {
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None) -> VisionLanguageModel:
-    """`vattr-tiny`, a folder saved with `save_pretrained`, or a hub id already in the local HF cache."""
+def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None, device_map=None,
+               max_memory: dict | None = None, offload_folder: str | None = None, random_init: bool = False,
+               seed: int = 0) -> VisionLanguageModel:
+    """`vattr-tiny`, a folder saved with `save_pretrained`, or a hub id already in the local HF cache.
+
+    ``device_map`` (instead of ``device``): accelerate's big-model placement through `from_pretrained` —
+    "auto" / "balanced" / "balanced_low_0" / "sequential" spread the model over the visible GPUs (then the
+    CPU, then ``offload_folder`` on disk), within ``max_memory`` ({0: "20GiB", "cpu": "60GiB"}) where
+    given; a dict maps module names to devices ("cpu", 0, "cuda:1", "disk"). ``random_init``: the
+    architecture in the folder's config.json with seeded random weights (for timing; no weights read)."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -40,12 +48,23 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None)
     else:
         source = name_or_path  # a hub id: found only if its weights are in the local cache
     check_device(device)
+    if device_map is not None:
+        check_device_map(device_map)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)} (default: the checkpoint's own)")
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
     try:
         processor = load_processor(source, AutoConfig.from_pretrained(source).model_type)
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
+        if random_init:
+            from .random_init import random_init_model
+
+            if device_map is not None:
+                raise ValueError("--random-init builds the model on one --device; --device-map places a checkpoint's weights")
+            model = random_init_model(source, torch_dtype, seed)
+        else:
+            placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
+                                                       "offload_folder": offload_folder}
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, **placement)
     except (OSError, ValueError) as e:
         if Path(source).exists():
             raise ValueError(f"cannot load the checkpoint in {source}: {e}") from e
@@ -56,7 +75,39 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None)
             f"Download it where there is network (`hf download {name_or_path}`) and pass the folder. "
             f"Known models: {known}"
         ) from e
-    return HFVisionLanguageModel(model.to(device), processor, name_or_path)
+    name = f"{name_or_path} (random weights, seed {seed})" if random_init else name_or_path
+    # a model placed by device_map stays where accelerate put it (its hooks move activations between devices)
+    return HFVisionLanguageModel(model if device_map is not None else model.to(device), processor, name)
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map) -> None:
+    """Fail before loading on a placement accelerate does not take, or without accelerate installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ValueError("--device-map needs accelerate: pip install accelerate")
+    if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
+        raise ValueError(f"--device-map {device_map!r}: choose from {', '.join(DEVICE_MAP_STRATEGIES)}, or give a "
+                         "JSON object of module name → device")
+    if not isinstance(device_map, (str, dict)):
+        raise ValueError(f"device_map must be a strategy name or a dict of module name → device, got {device_map!r}")
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """--max-memory "0=20GiB,1=20GiB,cpu=60GiB" → {0: "20GiB", 1: "20GiB", "cpu": "60GiB"}."""
+    if not text:
+        return None
+    limits = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--max-memory {text!r}: give device=size pairs, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
+        key = key.strip()
+        limits[int(key) if key.isdigit() else key] = value.strip()
+    return limits
 
 
 def check_device(device: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
@@ -68,7 +68,28 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go. A model placed by accelerate (`load_model(device_map=…)`) runs from its first
+        accelerator, as accelerate's own dispatch decides (the CPU when the map names only "cpu"/"disk");
+        its hooks move activations between the devices, and the outputs come back here."""
+        placement = getattr(self.model, "hf_device_map", None)
+        if placement and len(set(placement.values())) > 1:
+            accelerators = [d for d in placement.values() if d not in ("cpu", "disk")]
+            return torch.device(accelerators[0] if accelerators else "cpu")
         return next(self.model.parameters()).device
+
+    @contextmanager
+    def _weights_on_hand(self, modules):
+        """Weights read outside a forward (the logit readout, o_proj grams) of modules accelerate offloaded to
+        the CPU or disk are meta tensors until loaded: load them for the block (a no-op for other models)."""
+        with ExitStack() as stack:
+            if getattr(self.model, "hf_device_map", None):
+                from accelerate.utils import align_module_device, has_offloaded_params
+
+                for module in modules:
+                    for sub in module.modules():
+                        if has_offloaded_params(sub):
+                            stack.enter_context(align_module_device(sub))
+            yield
 
     @property
     def dtype(self) -> torch.dtype:
@@ -250,7 +271,8 @@ class HFVisionLanguageModel(VisionLanguageModel):
         (`token_scales`, for direct-logit features). Yields the capture."""
         decoder = self._decoder
         layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
-        grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
+        with self._weights_on_hand(decoder.layers if value_norms else []):
+            grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
         capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
                                          prepared.prompt_length - 1 if first_row is None else first_row, grams,
                                          self.logit_readout(heads=heads) if logit_readout else None,
@@ -307,6 +329,10 @@ class HFVisionLanguageModel(VisionLanguageModel):
     @torch.no_grad()
     def _build_logit_readout(self, on_device: bool, heads: tuple | None = None) -> LogitReadout:
         decoder = self._decoder
+        with self._weights_on_hand([*decoder.layers, decoder.norm, self.model.get_output_embeddings()]):
+            return self._logit_readout_from_weights(decoder, on_device, heads)
+
+    def _logit_readout_from_weights(self, decoder, on_device: bool, heads: tuple | None) -> LogitReadout:
         for layer in decoder.layers:
             if getattr(layer.self_attn, "o_proj", None) is None:
                 raise ValueError(f"logit-weighted features need the attention output projection `o_proj`; "
@@ -324,11 +350,14 @@ class HFVisionLanguageModel(VisionLanguageModel):
             @torch.no_grad()
             def directions(ids):
                 u = table[torch.as_tensor(ids, device=table.device)].float()
-                u = u if gain is None else u * gain.float()
-                return torch.cat([u.to(w.dtype) @ w for w in o_projs], dim=1).float()
+                u = u if gain is None else u * gain.to(u.device).float()
+                # layers placed on other devices (device_map): each product where its weights are
+                return torch.cat([(u.to(w.device, w.dtype) @ w).to(u.device) for w in o_projs], dim=1).float()
         else:
             w_o = np.concatenate([_numpy(w) for w in o_projs], axis=1)  # (hidden, L·H·d), layer-major
             table_np, gain_np = _numpy(table), None if gain is None else _numpy(gain)
+            if getattr(self.model, "hf_device_map", None):  # offloaded weights go back to meta after the block
+                table_np, gain_np = table_np.copy(), None if gain_np is None else gain_np.copy()
 
             def directions(ids):
                 return (table_np[ids] if gain_np is None else table_np[ids] * gain_np) @ w_o

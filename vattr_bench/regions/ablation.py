@@ -4,13 +4,15 @@
 model's own trace: one pass per region, all spans at once. For a subset v of regions, Δ(S, v) removes
 all regions of v together.
 
-Operators: ``knockout`` (default, the paper's: no text token may attend to the region's visual
-tokens), ``mean-fill`` (the region's pixels become the image's mean colour), ``blur`` (the region's
+Operators: ``knockout`` (default): the region's visual tokens are removed as attention keys for every
+query after them — text tokens and the other visual tokens alike — so nothing downstream reads the region,
+directly or through a later visual token; positions are kept, so nothing shifts. ``mean-fill`` (the region's pixels become the image's mean colour), ``blur`` (the region's
 pixels become a Gaussian blur of the image).
 """
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,8 +74,16 @@ def single_region_effects(model, prepared, trace, regions: Regions, operator: st
     return span_logprob_drop(model, prepared, trace, regions, np.eye(regions.k, dtype=bool), operator).T
 
 
-def random_subsets(k: int, n: int, seed: int, p: float = 0.5) -> np.ndarray:
-    """(n, K) bool masks, each region removed with probability p (no empty or full mask)."""
+def subset_seed(seed: int, sample_id: str) -> list[int]:
+    """The seed of one sample's random subsets: the run's seed and the sample's id, so that no two samples of a
+    run share their subsets (a method cannot be tuned to one draw) and a sample's subsets do not depend on
+    which other samples the run holds."""
+    return [int(seed), zlib.crc32(sample_id.encode("utf-8"))]
+
+
+def random_subsets(k: int, n: int, seed, p: float = 0.5) -> np.ndarray:
+    """(n, K) bool masks, each region removed with probability p (no empty or full mask); ``seed`` an int or
+    a sequence of ints (`subset_seed`)."""
     rng = np.random.default_rng(seed)
     masks = rng.random((n, k)) < p
     for row in masks:
