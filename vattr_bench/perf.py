@@ -9,7 +9,8 @@
 3. Cost per span on the same spans — amortized (the worker's whole work: write the span's captured rows
    into the buffers, weights, pooling, estimator, and its share of reading the prompt's visual keys and
    value norms once per stream; what the capture adds inside generation is what (1) measures) vs each
-   Captum gradient baseline vs exhaustive ablation (K forward passes, batched as `evaluate` runs them).
+   Captum gradient baseline and the paper's AttnLRP and TAM vs exhaustive ablation (K forward passes,
+   batched as `evaluate` runs them).
    Logit-weighted features also read each token's head directions W_O^hᵀu_t, which depend on the weights
    only and are kept per model across streams (`LogitReadout.head_directions`): the amortized row finds
    them kept, as a long-running process would (the rows that depend on the prompt are computed again every
@@ -18,10 +19,14 @@
    timed in place, each span's attribution between decode steps in (1)'s inline streams (each prompt's
    best round, as the replayed rows take each stream's best pass) — dearer on vattr-tiny (docs/performance.md).
 4. Per-token attribution cost at trace lengths 256 / 1024 / 4096: a real trace's tokens repeated to the
-   length, teacher-forced; gradient baselines timed on a few evenly spaced spans (they grow with length).
+   length, teacher-forced; gradient baselines, AttnLRP and TAM timed on a few evenly spaced spans (they grow
+   with length), each with its peak memory (above the call's start: GPU memory allocated on an accelerator,
+   the process's resident memory sampled every 2 ms on the CPU).
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import statistics
 import time
@@ -38,7 +43,10 @@ from .amortized import LOGIT_FEATURES, LinearEstimator, SpanAttributor, capture_
 from .benchmarks import resolve_families, synthetic_sample
 from .methods import AttributionContext
 from .methods.amortized import Amortized
+from .methods.attnlrp import AttnLRPMethod
 from .methods.gradients import InputXGradientMethod, IntegratedGradientsMethod, SaliencyMethod
+from .methods.tam import TAMMethod
+from .metrics.cost import PeakMemory
 from .models.random_init import force_reference_traces
 from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
@@ -46,6 +54,8 @@ from .streaming import SpanStreamer, one_blas_thread, stream_attributions
 from .types import Trace
 
 GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)
+PAPER_BASELINES = (AttnLRPMethod, TAMMethod)  # the seed paper's strongest competitors
+BASELINE_METHODS = GRADIENT_METHODS + PAPER_BASELINES  # what perf times beside amortized and ablation
 FIRST_STREAM = "amortized, first stream"  # the per-span row with no head directions kept yet
 IN_STREAM = "amortized, in the stream"  # the per-span row timed in place, in (1)'s inline streams
 
@@ -70,6 +80,33 @@ def _timed(fn, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - start, out
+
+
+def _trim_heap() -> None:
+    """Hand freed heap back to the system (glibc), so that memory an earlier call left in the allocator's
+    pool does not hide what the next call needs from a resident-memory peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may read low after a bigger call
+        pass
+
+
+def _timed_peak(model, fn, *args) -> tuple[float, float]:
+    """(seconds, peak MB above the start) of one call: memory allocated on the model's GPU, else this
+    process's resident memory sampled while it runs (`metrics.cost.PeakMemory`)."""
+    device = torch.device(getattr(model, "device", "cpu"))
+    _trim_heap()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        seconds = _timed(fn, *args)[0]
+        torch.cuda.synchronize(device)
+        return seconds, (torch.cuda.max_memory_allocated(device) - start) / 2**20
+    with PeakMemory() as peak:
+        fn(*args)
+    return peak.seconds, peak.peak_mb
 
 
 def _worker_pass(model, prepared, regions, estimator, trace: Trace | None = None, max_new_tokens: int = 128):
@@ -126,7 +163,7 @@ def prepare_items(model, cfg: PerfConfig) -> list:
     return items
 
 
-def warm_up(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> None:
+def warm_up(model, items, estimator, cfg: PerfConfig, methods=BASELINE_METHODS) -> None:
     """Untimed first calls: they pay for lazy imports, allocator growth and kernel selection."""
     s, prepared, regions = items[0]
     stream_attributions(model, prepared, regions, estimator, cfg.max_new_tokens)
@@ -205,9 +242,9 @@ def interval_text(interval) -> str:
     return f"{interval[0]:+.1f} % to {interval[1]:+.1f} %"
 
 
-def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_METHODS) -> tuple[dict, int]:
+def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=BASELINE_METHODS) -> tuple[dict, int]:
     """3: seconds per span on the same spans (each sample's greedy trace): amortized (the worker's work)
-    vs exhaustive ablation (K forward passes, batched as `evaluate` runs them) vs each gradient method."""
+    vs exhaustive ablation (K forward passes, batched as `evaluate` runs them) vs each baseline method."""
     # the logit kinds: also the process's first stream, no token's head directions kept yet (module docstring)
     amortized = ("amortized", FIRST_STREAM) if feature_kind(estimator.meta) in LOGIT_FEATURES else ("amortized",)
     per_span = {**dict.fromkeys(amortized, 0.0), "ablation": 0.0, **{m.name: 0.0 for m in methods}}
@@ -232,9 +269,10 @@ def cost_per_span(model, items, estimator, cfg: PerfConfig, methods=GRADIENT_MET
     return {k: v / n_spans for k, v in per_span.items()}, n_spans
 
 
-def per_token_cost(model, items, estimator, cfg: PerfConfig) -> dict[str, dict[int, float]]:
+def per_token_cost(model, items, estimator, cfg: PerfConfig, peak_mb: dict | None = None) -> dict[str, dict[int, float]]:
     """4: per-token attribution cost at each trace length: a real trace's thinking sentences repeated to
-    the length, teacher-forced; gradient baselines timed on a few evenly spaced spans."""
+    the length, teacher-forced; the baselines timed on a few evenly spaced spans. ``peak_mb``, if given,
+    gets each baseline's peak memory per length (MB above the call's start, `_timed_peak`)."""
     s, prepared, regions = items[0]
     base = model.generate(prepared, max_new_tokens=cfg.max_new_tokens)
     thinking = [sp for sp in base.spans if not sp.is_answer]
@@ -251,14 +289,15 @@ def per_token_cost(model, items, estimator, cfg: PerfConfig) -> dict[str, dict[i
                          rounds=15, min_total_s=3.0)
     per_token: dict[str, dict[int, float]] = {
         "amortized": {n: best[n] / sum(sp.end - sp.start for sp in t.spans) for n, t in traces.items()},
-        **{m.name: {} for m in GRADIENT_METHODS}}
-    for length, trace in tqdm(traces.items(), desc="trace lengths (gradients)"):
+        **{m.name: {} for m in BASELINE_METHODS}}
+    peak_mb = {} if peak_mb is None else peak_mb
+    for length, trace in tqdm(traces.items(), desc="trace lengths (baselines)"):
         spans = trace.spans
         picked = [spans[i] for i in np.linspace(0, len(spans) - 1, cfg.gradient_spans).round().astype(int)]
         sub = Trace(trace.token_ids, trace.text, picked, trace.logprobs, "")
         ctx = AttributionContext(model, s, prepared, sub, regions, cfg.ablation, cfg.seed)
-        for method in GRADIENT_METHODS:
-            elapsed = _timed(method().attribute, ctx)[0]
+        for method in BASELINE_METHODS:
+            elapsed, peak_mb.setdefault(method.name, {})[length] = _timed_peak(model, method().attribute, ctx)
             per_token[method.name][length] = elapsed / sum(sp.end - sp.start for sp in picked)
     return per_token
 
@@ -275,7 +314,8 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
     per_span, n_spans = cost_per_span(model, items, estimator, cfg)
     per_span[IN_STREAM] = streaming.pop("in_stream_s_per_span")
     fastest_gradient = min(GRADIENT_METHODS, key=lambda m: per_span[m.name]).name
-    per_token = per_token_cost(model, items, estimator, cfg)
+    peak_mb: dict[str, dict[int, float]] = {}
+    per_token = per_token_cost(model, items, estimator, cfg, peak_mb)
     lo, hi = min(cfg.lengths), max(cfg.lengths)
     summary = {
         "overhead_pct": round(streaming["overhead_pct"], 2),
@@ -292,7 +332,8 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
               "reference_traces_forced": cfg.force_reference_traces,
               "n_samples": len(items), "n_spans": n_spans,
               **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
-              "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token, "summary": summary}
+              "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token,
+              "per_token_peak_mb": peak_mb, "summary": summary}
     log(format_perf(report))
     return report
 
@@ -330,5 +371,9 @@ def format_perf(report: dict) -> str:
               "|---|" + "---|" * (len(lengths) + 1)]
     for name, row in pt.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[n]:.2e}" for n in lengths) + f" | {row[lengths[-1]] / row[lengths[0]]:.2f}× |")
+    peaks = report.get("per_token_peak_mb") or {}  # reports saved before perf measured memory have none
+    if peaks:
+        lines += ["", "| method | " + " | ".join(f"peak MB @ {n}" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+        lines += [f"| {name} | " + " | ".join(f"{row[n]:.0f}" for n in lengths) + " |" for name, row in peaks.items()]
     lines += ["", json.dumps(report["summary"])]
     return "\n".join(lines)
