@@ -10,7 +10,7 @@ import pandas as pd
 from ..metrics.registry import METRICS, RANKING_METRIC
 from .about import about_markdown
 from .demo import MAX_NEW_TOKENS, DemoSession, read_input
-from .plot import tradeoff_plot
+from .plot import tradeoff_image
 from .table import display_columns, filter_rows, load_results, protocols, ranked_table, run_details
 
 DEFAULT_RESULT_PATHS = ("leaderboard/results", "runs")
@@ -39,7 +39,9 @@ def styled(table: pd.DataFrame):
     """The table as shown: helper columns dropped, reference rows greyed (a pandas Styler Gradio renders)."""
     shown = table[display_columns(table)]
     grey = table["reference"].tolist() if "reference" in table else [False] * len(table)
-    return shown.style.apply(lambda row: [REFERENCE_STYLE if grey[row.name] else ""] * len(row), axis=1)
+    numbers = {c: "{:.3f}" for c in shown.columns if shown[c].dtype.kind == "f"} | {"ms/token": "{:.3g}"}
+    return (shown.style.apply(lambda row: [REFERENCE_STYLE if grey[row.name] else ""] * len(row), axis=1)
+            .format({c: f for c, f in numbers.items() if c in shown.columns}, na_rep=""))
 
 
 def board_caption(frame: pd.DataFrame, table: pd.DataFrame, protocol: str, metric: str) -> str:
@@ -48,7 +50,7 @@ def board_caption(frame: pd.DataFrame, table: pd.DataFrame, protocol: str, metri
     metric_text = f"**{metric}** ({'higher' if METRICS[metric].higher_is_better else 'lower'} is better)"
     text = (f"{ranked} ranked rows and {refs} reference rows (grey, `ref`: the ablation truth and null baselines, "
             f"never ranked) under **{protocol or 'no protocol'}**; cells are {metric_text}, the mean is over the "
-            "benchmarks shown. Costs in ms per token. Click a row for its settings and intervals.")
+            "benchmarks shown (blank, and ranked last, for a row that lacks one). Costs in ms per token. Click a row for its settings and intervals.")
     if len(table) and table["stand_in"].any():
         text += " † schema-1 run: no r2_signed recorded, its r2 is shown and ranked instead."
     return text
@@ -93,13 +95,17 @@ def build_app(result_paths=None, model_name: str = "vattr-tiny", device: str = "
         all_protocols = protocols(frame)
         return (all_protocols, sorted(frame["model"].unique()), sorted(frame["benchmark"].unique()))
 
-    def view(protocol, metric, models, benchmarks, search, sort_by, intervals):
+    def view_values(protocol, metric, models, benchmarks, search, sort_by, intervals):
         frame = board.frame
         table = ranked_table(frame, protocol or None, metric, models, benchmarks, search, sort_by or None, intervals)
         rows = filter_rows(frame, protocol or (protocols(frame)[0] if len(frame) else None), models, benchmarks, search)
         problems = ("\n\nNot loaded:\n" + "\n".join(f"- {p}" for p in board.problems)) if board.problems else ""
-        return (styled(table), board_caption(frame, table, protocol, metric) + problems, tradeoff_plot(rows, metric),
-                gr.Dropdown(choices=["mean", *[c for c in display_columns(table) if c != "rank"]]))
+        return (styled(table), board_caption(frame, table, protocol, metric) + problems, tradeoff_image(rows, metric),
+                ["mean", *[c for c in display_columns(table) if c != "rank"]])
+
+    def view(*filters):
+        table, caption, image, sortable = view_values(*filters)
+        return table, caption, image, gr.Dropdown(choices=sortable)
 
     def refresh(protocol, metric, models, benchmarks, search, sort_by, intervals):
         frame = board.reload()
@@ -178,26 +184,30 @@ def build_app(result_paths=None, model_name: str = "vattr-tiny", device: str = "
 
     frame = board.frame
     all_protocols, all_models, all_benchmarks = choices(frame)
+    first = view_values(all_protocols[0] if all_protocols else None, RANKING_METRIC, [], [], "", "mean", False)
+    first_sortable = first[3]
     with gr.Blocks(title="vattr-bench leaderboard") as app:
-        gr.Markdown("# vattr-bench\nHow faithfully does each attribution method say which image regions a thinking "
-                    "model's reasoning steps rely on, scored against exhaustive ablation, and at what cost.")
+        gr.Markdown("## vattr-bench: which image regions does each reasoning step rely on? Attribution methods "
+                    "scored against exhaustive ablation, and their cost")
         with gr.Tab("Leaderboard") as board_tab:
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 protocol = gr.Dropdown(all_protocols, value=all_protocols[0] if all_protocols else None,
-                                       label="protocol (only runs under one protocol are ranked together)", scale=3)
+                                       label="protocol (runs are ranked only against the same protocol)", scale=3)
                 metric = gr.Dropdown(list(METRICS), value=RANKING_METRIC, label="metric", scale=1)
-                sort_by = gr.Dropdown(["mean"], value="mean", label="sort by", scale=1)
-                refresh_button = gr.Button("↻ refresh", scale=0, min_width=90)
-            with gr.Row():
-                models = gr.Dropdown(all_models, multiselect=True, label="models (none: all)", scale=2)
-                benchmarks = gr.CheckboxGroup(all_benchmarks, label="benchmarks (none: all)", scale=3)
+                sort_by = gr.Dropdown(first_sortable, value="mean", label="sort by", scale=1)
                 search = gr.Textbox(label="search methods, runs, settings", scale=2)
-                intervals = gr.Checkbox(value=False, label="95% intervals", scale=1)
-            caption = gr.Markdown()
-            table = gr.Dataframe(interactive=False, pinned_columns=2, max_chars=36, wrap=False, elem_id="board",
-                                 max_height=520, show_search="none")
+                refresh_button = gr.Button("↻ refresh", scale=0, min_width=90)
+            with gr.Accordion("filters: models, benchmarks, intervals", open=False):
+                with gr.Row():
+                    models = gr.Dropdown(all_models, multiselect=True, label="models (none: all)", scale=2)
+                    benchmarks = gr.CheckboxGroup(all_benchmarks, label="benchmarks (none: all)", scale=3)
+                    intervals = gr.Checkbox(value=False, label="95% intervals", scale=1)
+            table = gr.Dataframe(first[0], interactive=False, pinned_columns=2, max_chars=36, wrap=False, elem_id="board",
+                                 max_height=480, show_search="none", show_label=False)
+            caption = gr.Markdown(first[1])
             run_info = gr.Markdown()
-            plot = gr.Plot(label="faithfulness against cost (the rows above)")
+            plot = gr.Image(first[2], label="faithfulness against cost (the rows above)", format="png",
+                            interactive=False)
         with gr.Tab("Live demo"):
             maps = gr.State([])
             with gr.Row():
@@ -224,6 +234,7 @@ def build_app(result_paths=None, model_name: str = "vattr-tiny", device: str = "
                         heat = gr.Image(label="step map: amortized attribution (top 3 regions boxed)", height=300)
                         truth = gr.Image(label="ablation truth for the same step", height=300)
                     strip = gr.Gallery(label="all steps so far (click one to show it above)", columns=8, height=110,
+                                       elem_id="strip",
                                        allow_preview=False)
         with gr.Tab("Submit"):
             gr.Markdown("Upload the `results.json` of a `vattr-bench evaluate` or `vattr-bench submit` run, and its "
@@ -231,7 +242,7 @@ def build_app(result_paths=None, model_name: str = "vattr-tiny", device: str = "
                         f"read as data only (nothing is run); at most {MAX_RESULTS_BYTES // 2**20} MB and "
                         f"{MAX_SAMPLES_BYTES // 2**20} MB; archives are refused.")
             with gr.Row():
-                results_upload = gr.File(label="results.json", type="filepath")
+                results_upload = gr.File(label="results.json", type="filepath", elem_id="results-upload")
                 samples_upload = gr.File(label="samples.jsonl (optional)", type="filepath")
             submit_button = gr.Button("validate and submit", variant="primary")
             verdict = gr.Markdown(elem_id="verdict")

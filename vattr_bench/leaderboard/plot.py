@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import threading
 
 import numpy as np
 import pandas as pd
@@ -44,7 +46,7 @@ def tradeoff_plot(rows: pd.DataFrame, metric: str = RANKING_METRIC):
     rows = rows.dropna(subset=["value", "ms"])
     rows = rows[rows["ms"] > 0]
     benchmarks = sorted(rows["benchmark"].unique()) or ["(no results with a cost)"]
-    fig = Figure(figsize=(min(2.6 * len(benchmarks), 13) + 1.8, 3.2))
+    fig = Figure(figsize=(min(2.6 * len(benchmarks), 13) + 2.1, 3.2))
     axes = np.atleast_1d(fig.subplots(1, len(benchmarks), sharey=True))
     handles = {}
     for ax, bench in zip(axes, benchmarks):
@@ -63,5 +65,21 @@ def tradeoff_plot(rows: pd.DataFrame, metric: str = RANKING_METRIC):
     axes[0].set_ylabel(f"{shown}\n({direction} is better)", fontsize=8)
     names = sorted(handles)
     fig.legend([handles[n] for n in names], names, loc="center right", fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
     return fig
+
+
+_RENDER_LOCK = threading.Lock()  # matplotlib's text rendering (FreeType, mathtext) is not thread-safe
+
+
+def tradeoff_image(rows: pd.DataFrame, metric: str = RANKING_METRIC, dpi: int = 90):
+    """`tradeoff_plot` rendered to a PIL image, one render at a time: the server answers several visitors'
+    requests in parallel threads, and two figures drawn at once corrupt each other's glyphs."""
+    from PIL import Image
+
+    with _RENDER_LOCK:
+        fig = tradeoff_plot(rows, metric)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")

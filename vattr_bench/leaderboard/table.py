@@ -214,7 +214,8 @@ def ranked_table(frame: pd.DataFrame, protocol: str | None = None, metric: str =
     # groupby, not pivot_table: only the (model, method, run) that exist, each kept even if its values are all missing
     wide = rows.groupby([*index, "benchmark"])["value"].mean().unstack("benchmark")
     bench_cols = list(wide.columns)
-    wide["mean"] = wide[bench_cols].mean(axis=1)
+    # a row missing one of the benchmarks shown has no mean: it is not ranked above rows that have them all
+    wide["mean"] = wide[bench_cols].mean(axis=1, skipna=False)
     grouped = rows.groupby(index)
     extra = pd.DataFrame({
         "reference": grouped["reference"].any(),
