@@ -203,6 +203,9 @@ def _run_records(path: Path, metrics=()) -> tuple[list[dict], Path]:
         records = read_records(samples)
     except UnicodeDecodeError as e:
         raise UserError(f"{samples} is not an evaluate run's samples.jsonl: not UTF-8 text (byte {e.start})") from e
+    if not records and samples.read_text(encoding="utf-8").strip():  # a results.json: no line is JSON alone
+        raise UserError(f"{samples} is not an evaluate run's samples.jsonl: no line of it is a JSON record (give the "
+                        "run's --output-dir or its samples.jsonl)")
     for number, record in enumerate(records, 1):
         # a results.json, or a run whose records were edited or cut, is named here, not met as a KeyError later
         missing = _RECORD_KEYS - set(record) if isinstance(record, dict) else _RECORD_KEYS

@@ -46,7 +46,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str | None = None,
             raise FileNotFoundError(f"no model checkpoint (config.json) in {name_or_path}")
         source = name_or_path
     else:
-        source = name_or_path  # a hub id: found only if its weights are in the local cache
+        source = _hub_source(name_or_path)  # the id itself where the hub answers, else its cached snapshot
     check_device(device)
     if device_map is not None:
         check_device_map(device_map)
@@ -108,6 +108,45 @@ def parse_max_memory(text: str | None) -> dict | None:
         key = key.strip()
         limits[int(key) if key.isdigit() else key] = value.strip()
     return limits
+
+
+# Seconds the hub has to answer one request before a hub id is looked for in the local cache alone: without
+# this an unreachable hub costs huggingface_hub's retries (five per file, backing off to 8 s), about a minute.
+HUB_PROBE_TIMEOUT_S = float(os.environ.get("VATTR_HUB_TIMEOUT", "5"))
+
+
+def _hub_source(repo_id: str) -> str:
+    """Where a hub id loads from: the id itself when the hub answers (transformers then downloads what the
+    cache lacks, as it always does), else — HF_HUB_OFFLINE set, or no answer within HUB_PROBE_TIMEOUT_S —
+    its snapshot folder in the local cache, or a UserError saying how to get it."""
+    from huggingface_hub import constants, snapshot_download
+
+    from ..errors import UserError
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    if not offline and _hub_answers(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S):
+        return repo_id
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (OSError, ValueError) as e:  # not cached (LocalEntryNotFoundError), or not a valid id (HFValidationError)
+        why = ("HF_HUB_OFFLINE is set" if offline else
+               f"the hub ({constants.ENDPOINT}) did not answer within {HUB_PROBE_TIMEOUT_S:g} s (VATTR_HUB_TIMEOUT)")
+        known = ", ".join(["vattr-tiny", *PAPER_MODELS])
+        raise UserError(
+            f"cannot load model {repo_id!r}: it is not a built-in name or a folder, its weights are not in the "
+            f"local Hugging Face cache, and {why}. Download it where there is network (`hf download {repo_id} "
+            f"--local-dir DIR`) and pass --model DIR. Known models: {known}") from e
+
+
+def _hub_answers(endpoint: str, timeout_s: float) -> bool:
+    """One request to the hub, no retries: does it answer at all within ``timeout_s``?"""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=timeout_s)
+    except Exception:  # no name resolution, refused, timed out, TLS, a proxy's refusal: no hub to download from
+        return False
+    return True
 
 
 def check_device(device: str) -> None:
