@@ -11,49 +11,57 @@ from .types import Regions
 
 
 def save_regions_png(path: Path, image, regions: Regions, title: str = "") -> None:
+    """The image, and beside it the same image with each region outlined and numbered: the number sits at
+    the region's pixel farthest from its border (so it is inside the region, whatever its shape), the
+    outlines run along pixel edges (so they stay inside the image), white on a dark halo (seen on any
+    colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from skimage.segmentation import mark_boundaries
 
-    labels = regions.label_map()
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
-    axes[0].imshow(image)
+    _show_image(axes[0], image, regions.pixel_masks.shape[1:])
     axes[0].set_title("image")
-    axes[1].imshow(mark_boundaries(np.asarray(image) / 255.0, labels, color=(1, 0, 0), mode="inner"))
-    for k in range(regions.k):
-        ys, xs = np.nonzero(regions.pixel_masks[k])
-        if len(xs):
-            axes[1].text(xs.mean(), ys.mean(), str(k), color="black", fontsize=6, ha="center", va="center")
+    _show_image(axes[1], image, regions.pixel_masks.shape[1:])
+    draw_regions(axes[1], regions, fontsize=7 if regions.k <= 32 else 5)
     axes[1].set_title(title or f"{regions.protocol}, K={regions.k}")
-    for ax in axes:
-        ax.axis("off")
+    for ax in axes:  # a frame, not axes: where a pale image ends is seen
+        ax.set_xticks([])
+        ax.set_yticks([])
     _save(fig, path)
 
 
 def save_heatmap_png(path: Path, image, regions: Regions, scores, span_texts: list[str], title: str,
-                     captions: dict[str, list[str]] | None = None) -> None:
+                     captions: dict[str, list[str]] | None = None, numbers: bool = True) -> None:
     """One column per span, one row per set of scores — ``scores`` is a dict (row label -> (n_spans, K)),
     or one (n_spans, K) array for a single unlabelled row: the image with each region tinted by the span's
-    score, normalised per panel (brighter = larger). Under each panel its top region and that score,
-    then ``captions[label][span]`` when given — the truth's magnitude is read there, not off the colours."""
+    score, normalised per panel (the colour scale beside the panels: 0 is the span's lowest region, 1 its
+    highest), the regions outlined and, with ``numbers``, numbered (the top region's number larger). Under
+    each panel its top region and that score, then ``captions[label][span]`` when given — the truth's
+    magnitude is read there, not off the colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     rows = scores if isinstance(scores, dict) else {"": scores}
     n = len(span_texts)
-    fig, axes = plt.subplots(len(rows), n, figsize=(2.3 * n + 0.4, 2.6 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.3 * n + 1.2, 2.6 * len(rows) + 0.4), squeeze=False,
+                             layout="constrained")
     labels = regions.label_map()
     for r, (label, row) in enumerate(rows.items()):
         for s, (ax, span_scores) in enumerate(zip(axes[r], np.asarray(row, dtype=np.float64))):
-            ax.imshow(image)
-            ax.imshow(_pixel_heat(labels, span_scores, np.nan), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            _show_image(ax, image, labels.shape)
+            ax.imshow(_pixel_heat(labels, span_scores, np.nan), cmap=HEAT_CMAP, alpha=0.55, vmin=0, vmax=1,
+                      interpolation="nearest")
+            top = int(np.argmax(span_scores))
+            draw_regions(ax, regions, numbers=numbers, emphasis=top, fontsize=5 if regions.k <= 32 else 4,
+                         linewidth=0.6)
             if r == 0:
                 ax.set_title("\n".join(textwrap.wrap(span_texts[s], 22)[:3]), fontsize=7)
-            top = int(np.argmax(span_scores))
             caption = f"top region {top}: {span_scores[top]:+.3g}"
             if captions and label in captions:
                 caption += f"\n{captions[label][s]}"
@@ -62,8 +70,12 @@ def save_heatmap_png(path: Path, image, regions: Regions, scores, span_texts: li
             ax.set_yticks([])
             if s == 0 and label:
                 ax.set_ylabel(label, fontsize=8)
+    scale = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEAT_CMAP), ax=axes, shrink=min(0.9, 0.5 + 0.2 * len(rows)),
+                         aspect=25, pad=0.01)
+    scale.set_ticks([0, 0.5, 1], labels=["span's\nlowest", "", "span's\nhighest"], fontsize=6)
+    scale.set_label("region score, scaled per panel", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    _save(fig, path)
+    _save(fig, path, layout=False)
 
 
 def save_perf_png(report: dict, path: Path) -> None:
@@ -182,6 +194,80 @@ def overlay(image, regions: Regions, span_scores: np.ndarray, size: int = 320):
     blended = np.where((labels >= 0)[..., None], 0.45 * base + 0.55 * heat, base)
     out = Image.fromarray((blended * 255).round().astype(np.uint8))
     return out.resize((size, max(1, round(size * out.height / out.width))), Image.NEAREST)
+
+
+HEAT_CMAP = "inferno"
+
+
+def draw_regions(ax, regions: Regions, numbers: bool = True, emphasis: int | None = None, fontsize: float = 7,
+                 linewidth: float = 1.0) -> None:
+    """Outline every region on ``ax`` (an image shown in pixel coordinates) and, with ``numbers``, write
+    each region's number at its deepest pixel (``emphasis``: one region's number drawn larger, in bold)."""
+    import matplotlib.patheffects as effects
+    from matplotlib.collections import LineCollection
+
+    labels = regions.label_map()
+    segments = boundary_segments(labels)
+    if segments:  # a dark halo under a white line: visible on light and dark images alike
+        ax.add_collection(LineCollection(segments, colors="black", linewidths=linewidth * 2.6, alpha=0.7,
+                                         capstyle="projecting"))
+        ax.add_collection(LineCollection(segments, colors="white", linewidths=linewidth, capstyle="projecting"))
+    if numbers:
+        halo = [effects.withStroke(linewidth=2, foreground="black")]
+        for k, point in enumerate(label_points(regions.pixel_masks)):
+            if point is not None:
+                big = k == emphasis
+                ax.text(point[0], point[1], str(k), color="white", ha="center", va="center", path_effects=halo,
+                        fontsize=fontsize * (1.5 if big else 1), fontweight="bold" if big else "normal")
+    h, w = labels.shape
+    ax.set_xlim(-0.5, w - 0.5)  # the lines and numbers do not widen the view past the image
+    ax.set_ylim(h - 0.5, -0.5)
+
+
+def boundary_segments(labels: np.ndarray) -> list[list[tuple[float, float]]]:
+    """Line segments, in the pixel coordinates of ``imshow``, along every edge between two pixels of
+    different regions (``labels`` from `Regions.label_map`, -1: no region), collinear edges joined: on pixel
+    borders, so never past the image."""
+    segments = []
+    vertical = labels[:, 1:] != labels[:, :-1]  # [y, x]: pixels x and x+1 of row y differ
+    for x in np.flatnonzero(vertical.any(axis=0)):
+        for start, end in _runs(vertical[:, x]):
+            segments.append([(x + 0.5, start - 0.5), (x + 0.5, end - 0.5)])
+    horizontal = labels[1:] != labels[:-1]  # [y, x]: pixels y and y+1 of column x differ
+    for y in np.flatnonzero(horizontal.any(axis=1)):
+        for start, end in _runs(horizontal[y]):
+            segments.append([(start - 0.5, y + 0.5), (end - 0.5, y + 0.5)])
+    return segments
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D array, end exclusive."""
+    changes = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
+    return list(zip(changes[0::2], changes[1::2]))
+
+
+def label_points(pixel_masks: np.ndarray) -> list[tuple[int, int] | None]:
+    """Per region, (x, y) of its pixel farthest from its border (the image's edge counts as one): a point
+    inside the region even where its centroid is not (a ring, an L, a background around objects). None for
+    a region with no pixel."""
+    from scipy.ndimage import distance_transform_edt
+
+    points = []
+    for mask in pixel_masks:
+        if not mask.any():
+            points.append(None)
+            continue
+        depth = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        points.append((int(x), int(y)))
+    return points
+
+
+def _show_image(ax, image, shape: tuple[int, int]) -> None:
+    """``image`` stretched over the pixel grid of the regions' masks (``shape``: height, width), so that
+    regions made on a resized copy of the image still sit where they belong."""
+    h, w = shape
+    ax.imshow(image, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
 
 
 def _pixel_heat(labels: np.ndarray, span_scores: np.ndarray, outside: float) -> np.ndarray:
