@@ -22,6 +22,11 @@ def _cmd_list(args) -> int:
     print("benchmarks (synthetic twins; the paper's sets they stand in for):")
     for name, module in FAMILIES.items():
         print(f"  {name:<9} {module.DESCRIPTION}  [{', '.join(module.PAPER_SETS)}]")
+    from .benchmarks import HARD_VARIANTS
+
+    print("hard variants (--benchmark hard, or by name; vattr-tiny fails on 20–60% of each):")
+    for name, variant in HARD_VARIANTS.items():
+        print(f"  {name:<14} [hard] {variant.DESCRIPTION}")
     print("real-set loaders (--source real --real-set NAME [--data PATH]):")
     for name, spec in REAL_SETS.items():
         print(f"  {name:<10} {spec.family:<9} {spec.hub_id} ({spec.split})")
@@ -51,12 +56,17 @@ def _cmd_generate(args) -> int:
     resolve_families(args.benchmark)  # fail on a bad name before the model loads
     if args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    from .distributed import Ranks, finish
+
     _check_output_folder("--output-dir", args.output_dir)
-    model = load_model(args.model, **_placement(args))
+    ranks = Ranks.from_env(args.device)  # one process of a torchrun / accelerate launch, or the only one
+    model = load_model(args.model, **_placement(args, ranks))
     summary = generate_traces(model, args.benchmark, args.limit, Path(args.output_dir), split=args.split,
-                              seed=args.seed, max_new_tokens=args.max_new_tokens)
-    print(format_summary(summary))
-    print(f"wrote {Path(args.output_dir) / 'generations.jsonl'}")
+                              seed=args.seed, max_new_tokens=args.max_new_tokens, ranks=ranks)
+    if ranks.is_main:
+        print(format_summary(summary))
+        print(f"wrote {Path(args.output_dir) / 'generations.jsonl'}")
+    finish(ranks)
     return 0
 
 
@@ -68,8 +78,8 @@ def _cmd_evaluate(args) -> int:
                      benchmark=args.benchmark, limit=args.limit, output_dir=args.output_dir, regions=args.regions,
                      k=args.k, ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, split=args.split,
                      region_backbone=args.region_backbone, save_heatmaps=args.save_heatmaps, source=args.source,
-                     real_set=args.real_set, data=args.data, device=args.device, dtype=args.dtype,
-                     method_timeout_s=args.method_timeout or None)
+                     real_set=args.real_set, data=args.data, method_timeout_s=args.method_timeout or None,
+                     **_placement(args))
     evaluate(cfg)
     return 0
 
@@ -110,11 +120,16 @@ def _cmd_train_estimator(args) -> int:
     _check_output_file("--output", args.output)
     if args.n_train < 2:
         raise ValueError("--n-train must be at least 2 (one sample is held out)")
-    model = load_model(args.model, **_placement(args))
+    from .distributed import Ranks, finish
+
+    ranks = Ranks.from_env(args.device)  # one process of a torchrun / accelerate launch, or the only one
+    model = load_model(args.model, **_placement(args, ranks))
     run(model, args.model, args.benchmark, args.n_train, Path(args.output), regions=args.regions, k=args.k,
         ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, region_pool=args.region_pool,
         targets=args.targets, transfer=args.transfer, features=args.features, n_heads=args.heads,
-        cache_dir=None if args.cache_dir == "none" else Path(args.cache_dir), sign_weight=args.sign_weight)
+        cache_dir=None if args.cache_dir == "none" else Path(args.cache_dir), sign_weight=args.sign_weight,
+        ranks=ranks)
+    finish(ranks)
     return 0
 
 
@@ -187,6 +202,17 @@ def _cmd_perf(args) -> int:
 
         save_perf_png(report, Path(args.save_png))
         print(f"wrote {args.save_png}", file=sys.stderr)
+    return 0
+
+
+def _cmd_trajectory(args) -> int:
+    from .trajectory import TrajectoryConfig, run_trajectory
+
+    _check_output_folder("--output-dir", args.output_dir)
+    run_trajectory(TrajectoryConfig(model=args.model, benchmark=args.benchmark, limit=args.limit,
+                                    output_dir=args.output_dir, split=args.split, seed=args.seed, k=args.k,
+                                    ablation=args.ablation, estimator=args.estimator, folds=args.folds,
+                                    n_bootstrap=args.n_bootstrap))
     return 0
 
 
@@ -368,13 +394,15 @@ def _device_map(text: str):
     return text
 
 
-def _placement(args) -> dict:
-    """load_model's keyword arguments for where the model runs, from the flags `_add_device` adds."""
+def _placement(args, ranks=None) -> dict:
+    """load_model's keyword arguments for where the model runs, from the flags `_add_device` adds; under a
+    distributed launch (``ranks``) each rank takes its own accelerator."""
     from .models import parse_max_memory
 
     if args.device_map is None and (args.max_memory or args.offload_folder):
         raise ValueError("--max-memory and --offload-folder go with --device-map")
-    return {"device": args.device, "dtype": args.dtype, "device_map": args.device_map,
+    return {"device": ranks.device(args.device) if ranks else args.device, "dtype": args.dtype,
+            "device_map": args.device_map,
             "max_memory": parse_max_memory(args.max_memory), "offload_folder": args.offload_folder}
 
 
@@ -422,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="run a model over benchmark samples and score its answers")
     g.add_argument("--model", default="vattr-tiny", help="vattr-tiny, a checkpoint folder or a cached hub id")
-    g.add_argument("--benchmark", default="all", help="'all' or a comma list of families")
+    g.add_argument("--benchmark", default="all", help="'all', 'hard' or a comma list of families")
     g.add_argument("--limit", type=int, default=20, help="samples per benchmark")
     g.add_argument("--output-dir", default="runs/generate")
     g.add_argument("--split", default="test", choices=SPLITS)
@@ -552,6 +580,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "without --estimator the estimator is random too: costs only, nothing faithful")
     _add_device(pf)
     pf.set_defaults(func=_cmd_perf)
+
+    tj = sub.add_parser("trajectory", help="grounding trajectory: predict a wrong answer from the attributions of "
+                        "the first 10%%, 20%%, … of the trace (AUC per fraction, amortized and ablation)")
+    tj.add_argument("--model", default="vattr-tiny")
+    tj.add_argument("--benchmark", default="hard", help="'hard' (default: the five hard variants), 'all' or a comma "
+                    "list of families")
+    tj.add_argument("--limit", type=int, default=30, help="samples per benchmark")
+    tj.add_argument("--output-dir", default="runs/trajectory")
+    tj.add_argument("--split", default="test", choices=SPLITS)
+    tj.add_argument("--seed", type=int, default=0, help="the samples' seed, and that of the folds and the bootstrap")
+    tj.add_argument("--k", type=int, default=16, help="feature-ward regions")
+    tj.add_argument("--ablation", default="knockout", help="the ground truth's operator (and the estimator's)")
+    tj.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR)")
+    tj.add_argument("--folds", type=int, default=5, help="stratified folds of the logistic regression")
+    tj.add_argument("--n-bootstrap", type=int, default=1000, help="resamples for the AUC's 95%% interval")
+    tj.set_defaults(func=_cmd_trajectory)
 
     lb = sub.add_parser("leaderboard", help="Gradio leaderboard over results.json files, with a live streaming demo")
     lb.add_argument("--results", nargs="+", default=None,

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .benchmarks import SOURCES, SPLITS, load_samples, resolve_families
+from .distributed import Ranks, finish, merge_shards, read_all_records
 from .heatmaps import save_heatmap_png, save_tradeoff_png
 from .methods import AttributionContext, is_reference, load_method, reads_ground_truth
 from .metrics import RANKING_METRIC, score_spans
@@ -62,6 +63,10 @@ class EvalConfig:
     device: str = "cpu"  # where the model runs; not part of the ground-truth key (the same numbers, up to rounding)
     dtype: str | None = None  # the weights' dtype (None: the checkpoint's); part of the key when set
     method_timeout_s: float | None = 600.0  # per method and sample; past it the method fails on that sample
+    # big models: accelerate's placement (load_model's device_map / max_memory / offload_folder); not in the key
+    device_map: str | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
 
     def validate(self) -> list[str]:
         families = resolve_families(self.benchmark)
@@ -98,27 +103,47 @@ class EvalConfig:
 
 
 def evaluate(cfg: EvalConfig, log=print) -> dict:
+    """Score every method on every sample; under a distributed launch (torchrun, accelerate launch) each rank
+    scores its share of the samples and rank 0 merges (`vattr_bench.distributed`)."""
     families = cfg.validate()
     out = Path(cfg.output_dir)
     methods = _load_methods(cfg.methods)  # every name checked before any work, so a typo costs nothing
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    out.mkdir(parents=True, exist_ok=True)
-    _claim_output_dir(out, cfg)
+    ranks = Ranks.from_env(cfg.device)
+    model = load_model(cfg.model, device=ranks.device(cfg.device), dtype=cfg.dtype, device_map=cfg.device_map,
+                       max_memory=cfg.max_memory, offload_folder=cfg.offload_folder)
+    problem = None
+    if ranks.is_main:  # one rank makes and claims the folder; the others learn whether it could
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _claim_output_dir(out, cfg)
+        except (ValueError, OSError) as e:
+            problem = e
+    claimed = ranks.gather(None if problem is None else f"{type(problem).__name__}: {problem}")
+    if problem is not None:
+        raise problem
+    if claimed[0] is not None:
+        raise ValueError(f"rank 0 could not use {out}: {claimed[0]}")
     samples_path = out / "samples.jsonl"
-    previous = read_records(samples_path)
-    if samples_path.is_file():  # drop a line torn by a killed run, so appends start on a clean line
-        write_text_atomically(samples_path, "".join(json.dumps(r) + "\n" for r in previous))
+    sink_path = ranks.shard_path(samples_path)
+    sink_path.parent.mkdir(parents=True, exist_ok=True)
+    previous = read_all_records(samples_path)
+    if sink_path.is_file():  # drop a line torn by a killed run, so appends start on a clean line
+        write_text_atomically(sink_path, "".join(json.dumps(r) + "\n" for r in read_records(sink_path)))
+    elif not ranks.distributed and samples_path.is_file():
+        write_text_atomically(samples_path, "".join(json.dumps(r) + "\n" for r in read_records(samples_path)))
     done = {(r["benchmark"], r["sample_id"], r["method"]) for r in previous}
     by_sample: dict[tuple[str, str], list[dict]] = {}  # every method's records, for the per-sample pictures
     for r in previous:
         by_sample.setdefault((r["benchmark"], r["sample_id"]), []).append(r)
     cache_dir = out / "cache" / cfg.ground_truth_key()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    ledger, stopped = _SettingsLedger(out / "run.json"), {}
-    with open(samples_path, "a", encoding="utf-8") as sink:
+    ledger, stopped = _SettingsLedger(out / "run.json", persist=ranks.is_main), {}
+    with open(sink_path, "a", encoding="utf-8") as sink:
         for family in families:
-            samples = load_samples(family, cfg.limit, cfg.source, cfg.split, cfg.seed, cfg.data, cfg.real_set)
-            for sample in tqdm(samples, desc=f"evaluate {family}", unit="sample"):
+            samples = ranks.shard(load_samples(family, cfg.limit, cfg.source, cfg.split, cfg.seed, cfg.data,
+                                               cfg.real_set))
+            for sample in tqdm(samples, desc=f"evaluate {family}" + (f" [rank {ranks.rank}]" if ranks.distributed
+                                                                      else ""), unit="sample"):
                 todo = [m for m in methods if (family, sample.id, m.name) not in done]
                 picture = out / "heatmaps" / family / f"{sample.id}.png"
                 if not todo and not (cfg.save_heatmaps and not picture.is_file()):
@@ -129,13 +154,14 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                     log(f"warning: sample {sample.id} skipped: {type(e).__name__}: {e}")
                     for method in todo:
                         sink.write(json.dumps({"benchmark": family, "sample_id": sample.id, "method": method.name,
-                                               "n_spans": 0, "error": f"sample: {type(e).__name__}: {e}"}) + "\n")
+                                               "n_spans": 0, "rank": ranks.rank,
+                                               "error": f"sample: {type(e).__name__}: {e}"}) + "\n")
                     sink.flush()
                     continue
                 for method in todo:
                     if method.name in stopped:
                         continue
-                    record = _run_method(method, shared, family, log, cfg.method_timeout_s)
+                    record = {**_run_method(method, shared, family, log, cfg.method_timeout_s), "rank": ranks.rank}
                     if "error" not in record and (problem := ledger.check(method, log)):
                         stopped[method.name] = problem  # its earlier scores here came from other settings
                         log(f"warning: {problem}")
@@ -145,20 +171,37 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                     sink.flush()
                 if cfg.save_heatmaps:
                     _save_sample_heatmaps(picture, shared, by_sample.get((family, sample.id), []))
+    # every rank's settings and stops reach rank 0, which merges the shards and writes the results
+    gathered = ranks.gather((ledger.recorded, stopped))
+    if ranks.is_main:
+        for recorded, rank_stopped in gathered[1:]:
+            ledger.merge(recorded)
+            stopped.update(rank_stopped)
+        records = merge_shards(samples_path) if ranks.distributed else read_records(samples_path)
+        results = _write_results(cfg, out, methods, ledger, stopped, records, ranks, log)
+    ranks.barrier()
+    if not ranks.is_main:
+        results = json.loads((out / "results.json").read_text())
+    finish(ranks)
+    return results
+
+
+def _write_results(cfg: EvalConfig, out: Path, methods, ledger: "_SettingsLedger", stopped: dict, records: list[dict],
+                   ranks: Ranks, log) -> dict:
     # what else decided a method's scores in this folder (e.g. the amortized estimator's file), this run's
     # or, for a method with nothing left to score, the run's that scored it
     settings = {m.name: ledger.recorded[m.name] for m in methods if ledger.recorded.get(m.name)}
     config = {**asdict(cfg), "methods": [m.name for m in methods], "r2": "squared Pearson correlation",
-              "method_errors": stopped, "method_settings": settings}
-    results = build_results(cfg.model, config, read_records(samples_path))
+              "method_errors": stopped, "method_settings": settings, "world_size": ranks.world_size}
+    results = build_results(cfg.model, config, records)
     write_text_atomically(out / "results.json", json.dumps(results, indent=1))
     log(format_table(results))
     try:  # the picture is a view of results.json, written above either way
         save_tradeoff_png(results, out / "tradeoff.png", metric=RANKING_METRIC)
     except Exception as e:
         log(f"warning: {out / 'tradeoff.png'} not drawn: {type(e).__name__}: {e}")
-    log(f"wrote {out / 'results.json'}, {samples_path} and {out / 'tradeoff.png'} ({RANKING_METRIC} against cost "
-        "per token)")
+    log(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'} and {out / 'tradeoff.png'} ({RANKING_METRIC} "
+        "against cost per token)")
     return results
 
 
@@ -184,10 +227,23 @@ class _SettingsLedger:
     sample on, so that a killed run keeps it and a resumed run can check it: scores made under other settings
     would be two methods under one name in results.json."""
 
-    def __init__(self, marker: Path):
+    def __init__(self, marker: Path, persist: bool = True):
         self.marker = marker
+        self.persist = persist  # one writer of run.json: rank 0 of a distributed run
         self.recorded: dict = json.loads(marker.read_text()).get("method_settings", {})
         self._checked: set[str] = set()
+
+    def merge(self, recorded: dict) -> None:
+        """Another rank's first records (a method it alone scored in this run)."""
+        new = {name: settings for name, settings in recorded.items() if name not in self.recorded}
+        if new:
+            self.recorded.update(new)
+            self._write()
+
+    def _write(self) -> None:
+        if self.persist:
+            run = json.loads(self.marker.read_text())
+            write_text_atomically(self.marker, json.dumps({**run, "method_settings": self.recorded}, indent=1))
 
     def check(self, method, log) -> str | None:
         """After the method scored a sample: records its settings the first time; the reason to stop it when
@@ -202,8 +258,7 @@ class _SettingsLedger:
                     f"run's under {settings}; not mixing them (use another --output-dir, or the earlier settings)")
         if settings and not previous:
             self.recorded[method.name] = settings
-            run = json.loads(self.marker.read_text())
-            write_text_atomically(self.marker, json.dumps({**run, "method_settings": self.recorded}, indent=1))
+            self._write()
         return None
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..benchmarks import resolve_families, synthetic_sample
+from ..distributed import Ranks
 from ..metrics import lds, pearson_per_span
 from ..regions import ground_truth, make_regions
 from ..storage import load_arrays, save_arrays
@@ -109,27 +110,45 @@ class ExampleCache:
 
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
                      n_subsets=32, region_pool="sum", features="attention", cache_dir: Path | None = None,
-                     log=print) -> list[dict]:
+                     log=print, ranks: Ranks = Ranks()) -> list[dict]:
     """Examples of ``per_family`` samples of each family (split "estimator"); with ``cache_dir``, each kept
-    there once collected and read back from there by a later run."""
+    there once collected and read back from there by a later run. Under a distributed launch each rank collects
+    its share into ``cache_dir`` (required then), and every rank then reads all of them back."""
     cache, examples, reused = ExampleCache(cache_dir, features), [], 0
     dtype = str(getattr(model, "dtype", ""))
+
+    def place(family: str, i: int) -> Path | None:
+        return cache.path({"model": model.name, "dtype": dtype, "family": family, "index": i, "split": "estimator",
+                           "sample_seed": seed, "example_seed": seed + i, "regions": regions, "k": k,
+                           "ablation": ablation, "n_subsets": n_subsets, "region_pool": region_pool,
+                           "features": features, "max_new_tokens": MAX_NEW_TOKENS})
+
+    def collect(family: str, i: int):
+        return collect_example(model, synthetic_sample(family, i, "estimator", seed), regions, k, ablation,
+                               n_subsets, seed + i, region_pool, features)
+
+    if ranks.distributed:
+        if cache_dir is None:
+            raise ValueError("a distributed train-estimator shares its examples through --cache-dir: give a folder "
+                             "every rank can reach, not 'none'")
+        mine = ranks.shard([(family, i) for family in families for i in range(per_family)])
+        for family, i in tqdm(mine, desc=f"collect [rank {ranks.rank}]", unit="sample"):
+            path = place(family, i)
+            if not cache.load(path, family)[0]:
+                cache.save(path, collect(family, i))
+        ranks.barrier()
     for family in families:
-        for i in tqdm(range(per_family), desc=f"collect {family}", unit="sample"):
-            path = cache.path({"model": model.name, "dtype": dtype, "family": family, "index": i, "split": "estimator",
-                               "sample_seed": seed, "example_seed": seed + i, "regions": regions, "k": k,
-                               "ablation": ablation, "n_subsets": n_subsets, "region_pool": region_pool,
-                               "features": features, "max_new_tokens": MAX_NEW_TOKENS})
+        for i in tqdm(range(per_family), desc=f"collect {family}", unit="sample", disable=ranks.distributed):
+            path = place(family, i)
             found, ex = cache.load(path, family)
             if found:
                 reused += 1
             else:
-                ex = collect_example(model, synthetic_sample(family, i, "estimator", seed), regions, k, ablation,
-                                     n_subsets, seed + i, region_pool, features)
+                ex = collect(family, i)
                 cache.save(path, ex)
             if ex is not None:
                 examples.append(ex)
-    if reused:
+    if reused and not ranks.distributed:
         log(f"{reused} of {per_family * len(families)} samples' examples read back from {cache_dir}")
     return examples
 
@@ -202,13 +221,15 @@ def format_transfer(table: dict) -> str:
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
         transfer=False, features="direct-logit-signed", n_heads: int | None = None, cache_dir: Path | None = None,
-        log=print, sign_weight: float | str | None = None) -> LinearEstimator:
+        log=print, sign_weight: float | str | None = None, ranks: Ranks = Ranks()) -> LinearEstimator | None:
     """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
     the streaming worker's cost per span shrinks with them; the held-out scores with all heads are
     printed and kept beside its own. ``cache_dir``: where each sample's example is kept (`ExampleCache`).
     ``sign_weight``: β of direct-logit-signed features (no other kind takes one), or "auto" (the default): the
     one of `SIGN_WEIGHTS` that fits best inside the training samples (`choose_sign_weight`): on an 8-layer model
-    vattr-tiny's hand-chosen 0.25 scored 0.05 held-out r2 below the β chosen so (docs/estimator.md)."""
+    vattr-tiny's hand-chosen 0.25 scored 0.05 held-out r2 below the β chosen so (docs/estimator.md). ``ranks``:
+    under a distributed launch the ranks share the collection, and rank 0 alone fits and saves (the others
+    return None)."""
     families = resolve_families(benchmark)
     if transfer and len(families) < 2:
         raise ValueError("cross-family transfer needs at least two families")
@@ -224,7 +245,9 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
         raise ValueError(f"--heads {n_heads}: choose from 1 to {all_heads - 1} ({model.name} has {all_heads} heads; "
                          "leave it out for all)")
     examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
-                                n_subsets, region_pool, features, cache_dir, log)
+                                n_subsets, region_pool, features, cache_dir, log, ranks)
+    if not ranks.is_main:
+        return None
     train, held = split_heldout(examples, heldout_fraction, seed)
     kind_meta = {"features": features}
     if signed:
