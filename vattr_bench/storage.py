@@ -2,10 +2,14 @@
 one, never half of one."""
 from __future__ import annotations
 
+import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def replace_atomically(path: Path, write) -> None:
@@ -26,14 +30,29 @@ def save_arrays(path: Path, **arrays) -> None:
     replace_atomically(path, lambda f: np.savez(f, **arrays))
 
 
+# What a cache file that is there but unusable raises when read: OSError (no permission, a folder), ValueError
+# (not an .npz, a bad array header), BadZipFile (a damaged member), EOFError (an array cut short).
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
 def load_arrays(path: Path, required=()) -> dict | None:
     """Every array of an .npz; None when it is absent, cannot be read (damaged, or not an .npz) or lacks
-    one of ``required``: the caller computes it again."""
-    if not Path(path).is_file():
+    one of ``required``: the caller computes it again. A file that is there but unusable is reported (a
+    warning naming it and why), not passed over in silence."""
+    path = Path(path)
+    if not path.exists():
         return None
     try:
-        with np.load(path) as saved:
+        if not zipfile.is_zipfile(path):  # else numpy would call any other bytes "pickled data"
+            raise ValueError("not an .npz archive: cut short, damaged or another kind of file")
+        with np.load(path, allow_pickle=False) as saved:
             arrays = {name: saved[name] for name in saved.files}
-    except Exception:
+    except UNREADABLE as e:
+        logger.warning("cache file %s cannot be read (%s: %s); computing it again", path, type(e).__name__, e)
         return None
-    return arrays if set(required) <= set(arrays) else None
+    missing = sorted(set(required) - set(arrays))
+    if missing:
+        logger.warning("cache file %s lacks %s (written by another version?); computing it again", path,
+                       ", ".join(missing))
+        return None
+    return arrays
