@@ -46,9 +46,13 @@ def one_session(url: str, image: str, prompt: str, deadline: float) -> dict:
         if time.perf_counter() > deadline:
             job.cancel()
             return {"completed": False, "first_s": first, "last_s": None, "steps": steps}
-    status = update[0] if job.done() else ""
-    return {"completed": "done:" in str(status), "first_s": first, "last_s": time.perf_counter() - start,
-            "steps": steps}
+    final = job.result(timeout=max(1.0, deadline - time.perf_counter()))  # the last update, whichever the loop saw
+    last = time.perf_counter() - start
+    steps = len((final[2] or {}).get("data") or [])
+    if first is None and steps:
+        first = last
+    return {"completed": str(final[0]).startswith("done:"), "first_s": first, "last_s": last, "steps": steps,
+            "status": str(final[0])[:80]}
 
 
 def run_level(url: str, examples, n: int, timeout_s: float) -> dict:
