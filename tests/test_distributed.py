@@ -110,3 +110,28 @@ def test_generate_and_estimator_collection_shard_over_ranks(tmp_path):
 
 def _by_key_generations(path):
     return {(r["benchmark"], r["sample_id"]): r for r in read_records(path)}
+
+
+def test_accelerate_launch_runs_the_same_sharding(tmp_path):
+    import shutil
+
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    if launcher is None:
+        pytest.skip("accelerate is not installed (pip install -e '.[big-models]')")
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                           "-m", "vattr_bench.cli", "evaluate", "--method", "attention,random", "--benchmark", "math",
+                           "--limit", "2", "--regions", "grid", "--n-subsets", "4", "--output-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["world_size"] == 2
+    assert {r["rank"] for r in read_records(tmp_path / "samples.jsonl")} == {0, 1}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
