@@ -356,6 +356,7 @@ def test_null_baselines(integrity_run):
     clean, _, base, _ = integrity_run
     math = clean["results"]["math"]
     assert math["uniform"]["r2"] == 0.0 and math["uniform"]["r2_signed"] == 0.0
+    assert math["uniform"]["r2_partial_size"] == 0.0
     assert math["uniform"]["n_spans_undefined"] == math["uniform"]["n_spans_scored"]
     # the LDS floor: a subset's predicted effect is its size, and bigger subsets remove more
     assert math["uniform"]["lds"] > 0.05

@@ -106,3 +106,13 @@ def test_random_subsets_are_drawn_per_sample():
     assert not np.array_equal(a, b)
     assert np.array_equal(a, random_subsets(16, 32, subset_seed(0, "math-test-0-1")))
     assert not np.array_equal(a, random_subsets(16, 32, subset_seed(1, "math-test-0-1")))
+
+
+def test_constant_and_size_only_scores_have_no_partial_correlation():
+    from vattr_bench.metrics import partial_pearson_per_span
+
+    sizes = np.array([3.0, 7, 1, 12, 5, 9, 2, 4])
+    effects = RNG.random((3, 8))
+    # rounding leaves ~1e-16 of a constant row after the projection: still no signal beyond size
+    assert np.isnan(partial_pearson_per_span(np.ones((3, 8)), effects, sizes)).all()
+    assert np.isnan(partial_pearson_per_span(np.tile(sizes * 0.37, (3, 1)), effects, sizes)).all()

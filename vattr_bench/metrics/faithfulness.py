@@ -23,12 +23,13 @@ def pearson_per_span(scores: np.ndarray, effects: np.ndarray) -> np.ndarray:
 
 def size_residuals(values: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row of ``values`` (n, K) minus its least-squares line in region size ``sizes`` (K,), and per row
-    whether the residual is flat (at rounding level of the row's own spread: size explains the row entirely)."""
+    whether the residual is flat (size explains the row entirely)."""
     design = np.stack([np.ones(len(sizes)), np.asarray(sizes, dtype=np.float64)], axis=1)  # (K, 2)
     projector = design @ np.linalg.pinv(design)  # onto span{1, size}
     values = np.asarray(values, dtype=np.float64)
     residuals = values - values @ projector.T
-    flat = np.ptp(residuals, axis=1) <= 1e-9 * np.maximum(np.ptp(values, axis=1), 1e-300)
+    # flat: the residual is at rounding level of the row's own magnitude (a constant row leaves ~1e-16 of noise)
+    flat = np.ptp(residuals, axis=1) <= 1e-9 * np.maximum(np.abs(values).max(axis=1), 1e-300)
     return residuals, flat
 
 
