@@ -1,4 +1,4 @@
-"""The shared data types every stage passes along (shared/DESIGN.md §2).
+"""The data types every stage passes along.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels of the sample's own image, x1/y1 exclusive.
 """

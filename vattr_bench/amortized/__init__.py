@@ -1,4 +1,4 @@
-"""The amortized attributor (shared/DESIGN.md §1): pooled attention features per (span, region) and a
+"""The amortized attributor: pooled attention features per (span, region) and a
 linear estimator trained with a Pearson-correlation loss on subset-ablation effects."""
 from .attributor import SpanAttributor, attribute_trace, capture_trace, trace_features
 from .estimator import LinearEstimator, train_estimator

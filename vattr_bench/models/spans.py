@@ -3,7 +3,7 @@
 One incremental splitter serves both the offline split of a finished trace and, later, streaming,
 where a span must be recognised the moment its last token is generated.
 
-Rules (shared/DESIGN.md §1): inside the thinking part a span ends at a token whose text ends a sentence
+Rules (docs/methodology.md): inside the thinking part a span ends at a token whose text ends a sentence
 ('.', '!', '?') or holds a newline; `</think>` closes the thinking part, and everything after it is the
 answer span. The marker tokens themselves belong to no span. A model whose prompt already opened
 `<think>` (e.g. Qwen3-VL-Thinking) starts inside the thinking part, so generation starts there too.

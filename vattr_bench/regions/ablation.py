@@ -1,4 +1,4 @@
-"""Ablation operators and the ground truth they give (shared/DESIGN.md §1).
+"""Ablation operators and the ground truth they give (defined in docs/methodology.md).
 
 Δ_k(S) = Σ_{t∈S} [log p(y_t | x, y<t) − log p(y_t | ablate(x, R_k), y<t)], teacher-forced on the
 model's own trace: one pass per region, all spans at once. For a subset v of regions, Δ(S, v) removes
