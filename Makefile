@@ -5,13 +5,22 @@ BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 export HF_DATASETS_OFFLINE = 1
 
-.PHONY: install demo test leaderboard train-model clean
+# torch's CPU build from PyTorch's own wheel index: PyPI's Linux torch is the CUDA build (GBs of CUDA
+# packages). For a GPU: `make install TORCH_INDEX=https://download.pytorch.org/whl/cuXYZ` with the cuXYZ
+# that pytorch.org's install selector names for your CUDA, or install torch into $(VENV) first as it says.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install demo test test-fast leaderboard train-model clean
 
 $(BIN)/vattr-bench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned, so nothing later can pull a CUDA build
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first, from TORCH_INDEX; where that index cannot be reached, from the default index instead (said
+	# aloud: on Linux that is the CUDA build). pyproject's torch range then keeps it.
+	$(BIN)/pip install -q --retries 2 --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION) || { \
+	  echo "make: torch==$(TORCH_VERSION) from $(TORCH_INDEX) failed (unreachable?); trying the default index" >&2; \
+	  $(BIN)/pip install -q torch==$(TORCH_VERSION); }
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
@@ -22,6 +31,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# everything but the tests marked slow (see pyproject's markers)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 leaderboard: install
 	$(BIN)/vattr-bench leaderboard
