@@ -80,3 +80,13 @@ def test_regions_command_draws_the_regions(tmp_path, capsys):
     assert "16 feature-ward regions over 64 visual tokens" in out and png.stat().st_size > 1000
     assert main(["regions", "--regions", "grid", "--k", "128"]) == 0
     assert "K=128 clamped to 64" in capsys.readouterr().out
+
+
+def test_evaluate_splits_its_method_list_between_methods_not_inside_arguments(tmp_path, monkeypatch):
+    import vattr_bench.evaluate as evaluate_module
+
+    seen = []
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda cfg: seen.append(cfg.methods))
+    assert main(["evaluate", "--method", "attention,amortized:estimator=E.json,heads=16,random",
+                 "--output-dir", str(tmp_path)]) == 0
+    assert seen == [["attention", "amortized:estimator=E.json,heads=16", "random"]]

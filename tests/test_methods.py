@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,78 @@ def test_the_shipped_example_plugin_runs(tiny_ctx):
     scores = method.attribute(tiny_ctx)
     assert method.name == "max_head_attention" and scores.shape == (tiny_ctx.n_spans, tiny_ctx.regions.k)
     assert np.all(scores >= 0) and np.all(scores.sum(1) <= 1 + 1e-5)  # one head's attention mass (float32)
+
+
+ARGUMENT_PLUGIN = '''
+from pathlib import Path
+
+import numpy as np
+
+class Tunable:
+    name = "tunable"
+    def __init__(self, heads: int = 4, scale: float = 1.0, normalize: bool = False, label: str = "x",
+                 table: Path | None = None, anything=None):
+        self.heads, self.scale, self.normalize, self.label, self.table, self.anything = \
+            heads, scale, normalize, label, table, anything
+    def attribute(self, ctx):
+        return np.ones((ctx.n_spans, ctx.regions.k))
+'''
+
+
+def test_a_method_list_splits_between_methods_not_inside_their_arguments():
+    from vattr_bench.methods import parse_method_spec, split_method_list
+
+    assert split_method_list("attention,amortized:estimator=E.json,heads=16,random") == \
+        ["attention", "amortized:estimator=E.json,heads=16", "random"]
+    assert split_method_list(" attention , random ,") == ["attention", "random"]  # the old plain lists unchanged
+    assert split_method_list("dir/m.py:Cls,dir/m.py:Cls:k=1,j=2") == ["dir/m.py:Cls", "dir/m.py:Cls:k=1,j=2"]
+    plain = parse_method_spec("dir/m.py:Cls")
+    assert (plain.name, plain.file, plain.arguments) == ("dir/m.py:Cls", Path("dir/m.py"), {})
+    spec = parse_method_spec("dir/m.py:Cls:k=1,path=a:b=c.json")  # a value may hold ':' and '='
+    assert (spec.name, spec.file, spec.arguments) == ("dir/m.py:Cls", Path("dir/m.py"), {"k": "1", "path": "a:b=c.json"})
+    named = parse_method_spec("amortized:estimator=runs/e.json")
+    assert (named.name, named.file, named.arguments) == ("amortized", None, {"estimator": "runs/e.json"})
+    with pytest.raises(ValueError, match="argument 'heads=16' comes after 'attention', which has no ':'"):
+        split_method_list("attention,heads=16")
+    with pytest.raises(ValueError, match="argument 'heads=16' comes first"):
+        split_method_list("heads=16,attention")
+
+
+def test_method_arguments_reach_the_class_as_its_signature_types(tmp_path):
+    plugin = tmp_path / "tunable.py"
+    plugin.write_text(ARGUMENT_PLUGIN)
+    method = load_method(f"{plugin}:Tunable:heads=16,scale=2,normalize=true,label=007,table=t.json,anything=2.5")
+    assert (method.heads, method.scale, method.normalize, method.label, method.table, method.anything) == \
+        (16, 2.0, True, "007", Path("t.json"), 2.5)  # str and Path parameters keep the text as written
+    assert isinstance(method.scale, float) and method.name == "tunable"
+    assert load_method(f"{plugin}:Tunable").heads == 4  # the defaults without arguments, as before
+    with pytest.raises(ValueError, match=r"Tunable has no argument 'head'; it takes heads, scale, normalize, label"):
+        load_method(f"{plugin}:Tunable:head=16")
+    with pytest.raises(ValueError, match=r"argument heads='many' is not int"):
+        load_method(f"{plugin}:Tunable:heads=many")
+    with pytest.raises(ValueError, match=r"argument normalize='1' is not bool"):
+        load_method(f"{plugin}:Tunable:normalize=1")
+    with pytest.raises(ValueError, match="argument 'heads' is not key=value"):
+        load_method(f"{plugin}:Tunable:heads")
+    with pytest.raises(ValueError, match="argument 'heads' given twice"):
+        load_method(f"{plugin}:Tunable:heads=1,heads=2")
+    with pytest.raises(ValueError, match="'random': Random has no argument 'seed'; it takes no arguments"):
+        load_method("random:seed=3")
+
+
+def test_amortized_takes_its_estimator_as_an_argument_and_the_environment_only_as_a_fallback(tiny, monkeypatch,
+                                                                                              tmp_path):
+    from vattr_bench.methods.amortized import SHIPPED
+
+    shipped = str(SHIPPED["vattr-tiny"])
+    monkeypatch.setenv("VATTR_ESTIMATOR", str(tmp_path / "nowhere.json"))
+    method = load_method(f"amortized:estimator={shipped}")
+    assert method.name == "amortized"  # results stay under one name; settings() records which file
+    estimator = method.load_for(tiny, "feature-ward", "knockout")  # the argument wins over the variable
+    assert method.settings()["estimators"][0]["sha256"] == estimator.digest
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):  # no argument: the variable is read
+        load_method("amortized").load_for(tiny, "feature-ward", "knockout")
+    monkeypatch.delenv("VATTR_ESTIMATOR")
+    assert load_method("amortized").load_for(tiny, "feature-ward", "knockout").digest == estimator.digest
+    with pytest.raises(ValueError, match="no estimator file at typo.json"):  # before any sample is scored
+        load_method("amortized:estimator=typo.json")

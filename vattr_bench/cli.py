@@ -72,9 +72,10 @@ def _cmd_generate(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .evaluate import EvalConfig, evaluate
+    from .methods import split_method_list
 
     _check_output_folder("--output-dir", args.output_dir)
-    cfg = EvalConfig(model=args.model, methods=[m for m in args.method.split(",") if m.strip()],
+    cfg = EvalConfig(model=args.model, methods=split_method_list(args.method),  # not split inside a method's arguments
                      benchmark=args.benchmark, limit=args.limit, output_dir=args.output_dir, regions=args.regions,
                      k=args.k, ablation=args.ablation, seed=args.seed, n_subsets=args.n_subsets, split=args.split,
                      region_backbone=args.region_backbone, save_heatmaps=args.save_heatmaps, source=args.source,
@@ -322,7 +323,10 @@ def _cmd_submit(args) -> int:
 
     folder = make_bundle(args.method, args.model, Path(args.output_dir), args.limit, args.device)
     problems = check_path(folder, against=args.against)
-    print(f"wrote {folder}/results.json, samples.jsonl, report.md" + (" and the plugin file" if ":" in args.method else ""))
+    from .methods import parse_method_spec
+
+    plugin_file = parse_method_spec(args.method).file is not None
+    print(f"wrote {folder}/results.json, samples.jsonl, report.md" + (" and the plugin file" if plugin_file else ""))
     if problems:
         print(f"the bundle does not pass check-submission ({len(problems)} problems):")
         print("\n".join(f"- {p}" for p in problems))
@@ -460,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_cmd_generate)
 
     e = sub.add_parser("evaluate", help="score attribution methods against ablation on benchmark samples")
-    e.add_argument("--method", required=True, help="comma list: built-in names, plugin entry points, path/file.py:Class")
+    e.add_argument("--method", required=True,
+                   help="comma list: built-in names, plugin entry points, path/file.py:Class; a method's arguments "
+                        "follow it after ':' as key=value pairs, e.g. attention,amortized:estimator=E.json,random")
     e.add_argument("--model", default="vattr-tiny")
     e.add_argument("--benchmark", default="all")
     e.add_argument("--limit", type=int, default=20, help="samples per benchmark")
@@ -613,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="run a method under the standard protocol and write the bundle the "
                         "leaderboard's Submit tab accepts (results.json, samples.jsonl, plugin file, report.md)")
-    sb.add_argument("--method", required=True, help="path/file.py:Class or an installed entry-point name")
+    sb.add_argument("--method", required=True, help="path/file.py:Class or an installed entry-point name, "
+                    "optionally with arguments after ':' (path/file.py:Class:key=value,…)")
     sb.add_argument("--model", default="vattr-tiny")
     sb.add_argument("--output-dir", default="runs/submission")
     sb.add_argument("--limit", type=int, default=50, help="samples per benchmark (the standard is 50)")

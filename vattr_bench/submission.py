@@ -378,17 +378,15 @@ def make_bundle(method: str, model: str = "vattr-tiny", output_dir: Path = Path(
     import shutil
 
     from .evaluate import EvalConfig, evaluate
-    from .methods import load_method
+    from .methods import load_method, parse_method_spec
 
     loaded = load_method(method)  # fails here, before any model loads, on a bad spec
     output_dir = Path(output_dir)
     cfg = EvalConfig(model=model, methods=[method], benchmark="all", limit=limit, output_dir=str(output_dir),
                      device=device)
     results = evaluate(cfg, log=log)
-    plugin = None
-    if method.split(":", 1)[0].endswith(".py"):
-        plugin = Path(method.rsplit(":", 1)[0])
-    else:
+    plugin = parse_method_spec(method).file  # path/file.py:Class[:arguments]
+    if plugin is None:
         source = inspect.getsourcefile(type(loaded))
         plugin = Path(source) if source and "vattr_bench" not in Path(source).parts else None
     if plugin is not None:

@@ -13,22 +13,26 @@ SHIPPED = {"vattr-tiny": Path(__file__).parents[1] / "amortized" / "vattr-tiny.e
 
 
 class Amortized(AttributionMethod):
-    """Δ̂_k(S) = w·f_{S,k}: one attention pass, no ablation, no gradient. The estimator comes from
-    $VATTR_ESTIMATOR, else the one shipped for the model; it must have been trained for the same model,
-    region protocol and ablation operator (checked on load)."""
+    """Δ̂_k(S) = w·f_{S,k}: one attention pass, no ablation, no gradient. The estimator is the file given as
+    ``estimator`` (``--method amortized:estimator=PATH``); without one, ``$VATTR_ESTIMATOR`` (a fallback for
+    scripts that set it), else the one shipped for the model. It must have been trained for the same model,
+    region protocol and ablation operator (checked on load). Whichever it is, the method's name stays
+    ``amortized``; `settings()` records the file and its digest."""
 
     name = "amortized"
 
-    def __init__(self, path: str | None = None):
-        self.path = path
+    def __init__(self, estimator: str | Path | None = None):
+        if estimator is not None and not Path(estimator).is_file():  # a typo fails before any sample, not on each
+            raise FileNotFoundError(f"no estimator file at {estimator}; train one with `vattr-bench train-estimator`")
+        self.estimator_path = estimator
         self._loaded: dict = {}
 
     def load_for(self, model, protocol: str, operator: str) -> LinearEstimator:
         """The estimator for this model, region protocol and ablation operator (checked on load)."""
-        path = self.path or os.environ.get("VATTR_ESTIMATOR") or SHIPPED.get(model.name)
+        path = self.estimator_path or os.environ.get("VATTR_ESTIMATOR") or SHIPPED.get(model.name)
         if path is None:
             raise ValueError(f"no estimator for model {model.name!r}: train one with `vattr-bench train-estimator` "
-                             "and set VATTR_ESTIMATOR to its path")
+                             "and give it as --method amortized:estimator=PATH")
         expect = {"model": model.name, "num_layers": model.num_layers, "num_heads": model.num_heads,
                   "regions": protocol, "ablation": operator}
         key = (str(path), tuple(sorted(expect.items())))
