@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import read_records
+from .results import RECORD_KEYS, read_records
 from .storage import write_text_atomically
 
 # ranks wait for each other at the end of a run: long enough for the slowest rank's share of a big run
@@ -85,23 +85,23 @@ class Ranks:
         return merged.parent / "shards" / f"{merged.stem}.rank{self.rank}{merged.suffix}"
 
 
-def read_all_records(merged: Path) -> list[dict]:
+def read_all_records(merged: Path, required=RECORD_KEYS) -> list[dict]:
     """The records of a run's merged file and of every shard a launch left beside it (a run killed before its
-    merge), each record once (the merged copy first)."""
+    merge), each record once (the merged copy first); a record is named by its ``required`` keys."""
     records, seen = [], set()
     for path in [merged, *sorted((merged.parent / "shards").glob(f"{merged.stem}.rank*{merged.suffix}"))]:
-        for record in read_records(path):
-            key = json.dumps({k: record.get(k) for k in ("benchmark", "sample_id", "method")}, sort_keys=True)
+        for record in read_records(path, required):
+            key = json.dumps({k: record.get(k) for k in sorted(required)})
             if key not in seen:
                 seen.add(key)
                 records.append(record)
     return records
 
 
-def merge_shards(merged: Path) -> list[dict]:
+def merge_shards(merged: Path, required=RECORD_KEYS) -> list[dict]:
     """Rank 0, after every rank is done: the shards' records appended to the merged file (replaced whole), the
     shard files removed. Returns every record."""
-    records = read_all_records(merged)
+    records = read_all_records(merged, required)
     write_text_atomically(merged, "".join(json.dumps(r) + "\n" for r in records))
     for shard in (merged.parent / "shards").glob(f"{merged.stem}.rank*{merged.suffix}"):
         shard.unlink()

@@ -13,6 +13,8 @@ from .models.prompting import is_correct
 from .results import read_records
 from .storage import write_text_atomically
 
+GENERATION_KEYS = {"benchmark", "sample_id"}  # a line of generations.jsonl
+
 
 def generate_traces(model: VisionLanguageModel, benchmark: str, limit: int, output_dir: Path, split: str = "test",
                     seed: int = 0, max_new_tokens: int = 256, ranks: Ranks = Ranks()) -> dict[str, dict]:
@@ -40,11 +42,11 @@ def generate_traces(model: VisionLanguageModel, benchmark: str, limit: int, outp
         raise problem
     if claimed[0] is not None:
         raise ValueError(f"rank 0 could not use {output_dir}: {claimed[0]}")
-    done = {(r["benchmark"], r["sample_id"]): r for r in read_all_records(path)} if resumable else {}
+    done = {(r["benchmark"], r["sample_id"]): r for r in read_all_records(path, GENERATION_KEYS)} if resumable else {}
     sink_path = ranks.shard_path(path)
     sink_path.parent.mkdir(parents=True, exist_ok=True)
     # a torn last line dropped: the single file keeps what is done, a rank's shard its own records
-    kept = done.values() if not ranks.distributed else (read_records(sink_path) if resumable else [])
+    kept = done.values() if not ranks.distributed else (read_records(sink_path, GENERATION_KEYS) if resumable else [])
     write_text_atomically(sink_path, "".join(json.dumps(r) + "\n" for r in kept))
     samples = {family: synthetic_samples(family, limit, split=split, seed=seed) for family in families}
     with open(sink_path, "a", encoding="utf-8") as out:
@@ -66,7 +68,7 @@ def generate_traces(model: VisionLanguageModel, benchmark: str, limit: int, outp
     ranks.barrier()
     if not ranks.is_main:
         return {}
-    records = merge_shards(path) if ranks.distributed else read_records(path)
+    records = merge_shards(path, GENERATION_KEYS) if ranks.distributed else read_records(path, GENERATION_KEYS)
     by_id = {(r["benchmark"], r["sample_id"]): r for r in records}
     summary = {}
     for family in families:

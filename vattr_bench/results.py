@@ -6,6 +6,7 @@ per-benchmark, per-method numbers, and one JSONL line per sample for everything 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -19,20 +20,34 @@ from .metrics import COST_METRICS, HIGHER_IS_BETTER, RANKING_METRIC, SPAN_METRIC
 # r2_signed (ranked by) and r2_partial_size, random subsets per sample
 SCHEMA_VERSION = 2
 BOOTSTRAP_RESAMPLES = 2000
+RECORD_KEYS = {"benchmark", "sample_id", "method"}
+_log = logging.getLogger("vattr_bench")
 # a method that left more than this share of its spans undefined (flat scores) is flagged
 UNDEFINED_FLAG_SHARE = 0.10
 
 
-def read_records(path: Path) -> list[dict]:
-    """Records of a samples.jsonl; a line cut short by a killed run is skipped, not fatal."""
+def read_records(path: Path, required=RECORD_KEYS) -> list[dict]:
+    """Records of a samples.jsonl (or, with ``required`` {benchmark, sample_id}, a generations.jsonl). A line cut
+    short by a killed run is skipped; any other line that is not a record (not JSON, or without the ``required``
+    keys) is skipped with a warning naming the file and line; a file that is not text is an error naming it."""
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a samples.jsonl (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    records, lines = [], text.splitlines()
+    for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
+            if number < len(lines) and line.strip():  # the last line may be torn by a kill; others are damage
+                _log.warning("%s line %d is not JSON; skipped", path, number)
             continue
+        if not isinstance(record, dict) or not set(required) <= set(record):
+            _log.warning("%s line %d is not a record (needs %s); skipped", path, number, ", ".join(sorted(required)))
+            continue
+        records.append(record)
     return records
 
 

@@ -128,7 +128,11 @@ def _number(value, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where} is {value!r}, not a number")
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float (JSON allows it)
+        raise ValueError(f"{where} is {value!r}, out of any metric's range") from None
+    return number if math.isfinite(number) else None
 
 
 def settings_summary(settings, limit: int = 160) -> str:
