@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from ..types import Trace
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -35,17 +39,39 @@ class PreparedInput:
 
 
 class VisionLanguageModel(ABC):
-    name: str
-    num_layers: int
-    num_heads: int
+    """Everything the harness (generate, evaluate, regions, ablation), the built-in methods and streaming call
+    on a model. The abstract methods are required; the others have a default that raises NotImplementedError
+    and are needed only by the features that name them (streaming, the amortized features, TAM). Two
+    built-in methods read a Hugging Face adapter's internals beyond this interface and say so when they are
+    missing: ``captum_ablation`` (its processor, tokenizer and torch model) and ``attnlrp`` (its decoder)."""
+
+    name: str  # the model's name as results record it (a built-in name, a hub id or a checkpoint folder)
+    num_layers: int  # decoder layers L
+    num_heads: int  # attention heads per layer H (query heads)
+    eos_ids: set[int]  # token ids that end a trace (streaming stops a trace at the first one)
+    device: torch.device  # where inputs go; gradient methods put their tensors here
+    dtype: torch.dtype  # the weights' dtype (recorded with results; read with getattr where optional)
 
     @abstractmethod
     def prepare(self, image: Image.Image, prompt: str) -> PreparedInput:
-        """Run the processor and locate the visual tokens."""
+        """The processor's inputs for (image, prompt) as a PreparedInput: the model's inputs, the visual
+        tokens' positions in them and their (rows, cols) grid."""
 
     @abstractmethod
     def generate(self, prepared: PreparedInput, max_new_tokens: int = 256) -> Trace:
-        """Greedy trace with spans and its per-token log-probs."""
+        """The greedy trace: token ids (the end-of-sequence token excluded), text, spans, per-token log-probs
+        and the answer read from it."""
+
+    @abstractmethod
+    def trace_from_ids(self, prepared: PreparedInput, ids) -> Trace:
+        """The Trace of given trace token ids (a generated or cached trace): the same Trace `generate` returns
+        for them — text, spans, teacher-forced per-token log-probs and the answer. evaluate rebuilds cached
+        traces with it."""
+
+    @abstractmethod
+    def decode(self, ids) -> str:
+        """The text of token ids, special tokens dropped; spans are split on it (one id at a time too, as
+        streaming does)."""
 
     def generate_ids(self, prepared: PreparedInput, max_new_tokens: int = 256, streamer=None) -> list[int]:
         """Greedy trace token ids without scoring them; ``streamer.put`` gets the prompt ids, then each
