@@ -62,6 +62,7 @@ def test_pearson_training_recovers_a_linear_truth_up_to_scale(targets):
         train_estimator(_planted_examples(w_true, 2, rng), targets="pairs")
 
 
+@pytest.mark.slow  # 69 s on a loaded 2-core machine
 def test_head_selection_keeps_the_heads_the_effects_depend_on():
     from vattr_bench.amortized.estimator import select_heads
 
@@ -143,6 +144,7 @@ def test_shipped_estimator_refuses_another_protocol(tiny):
     assert ok.shape == (len(trace.spans), ward.k) and np.all(np.isfinite(ok))
 
 
+@pytest.mark.slow  # 190 s on a loaded 2-core machine
 def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, capsys):
     """`vattr-bench train-estimator` end to end on a few samples: held-out scores printed, the file records
     what it was trained under, and `amortized` runs with it."""
@@ -203,6 +205,7 @@ def test_train_estimator_command_writes_a_loadable_estimator(tiny, tmp_path, cap
     assert "a sign weight is for direct-logit-signed features, not direct-logit" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 67 s on a loaded 2-core machine
 def test_collected_examples_survive_a_killed_run(tiny, tmp_path, monkeypatch):
     """Each sample's example is on disk once collected: a later run reads it back (the same arrays), and
     collects again only what is missing or torn."""

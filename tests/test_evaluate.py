@@ -56,6 +56,7 @@ def run(tmp_path_factory):
     return cfg, out, results, logs
 
 
+@pytest.mark.slow  # the shared `run` evaluation: 340 s on a loaded 2-core machine
 def test_results_follow_the_schema(run):
     cfg, out, results, _ = run
     saved = json.loads((out / "results.json").read_text())
@@ -100,6 +101,7 @@ def test_git_hash_is_dirty_for_the_package_not_its_docs(tmp_path):
     assert _git_hash(package) == head + "-dirty"
 
 
+@pytest.mark.slow  # uses the 340 s `run` on a loaded 2-core machine
 def test_bad_plugins_are_reported_and_others_kept(run):
     cfg, out, results, logs = run
     records = read_records(out / "samples.jsonl")
@@ -116,6 +118,7 @@ def test_bad_plugins_are_reported_and_others_kept(run):
     assert results["results"]["math"]["bad_settings"]["n_samples"] == 2
 
 
+@pytest.mark.slow  # uses the 340 s `run` on a loaded 2-core machine
 def test_resume_skips_what_is_done_and_redoes_a_torn_line(run):
     cfg, out, _, _ = run
     path = out / "samples.jsonl"
@@ -140,6 +143,7 @@ class Tempered:  # what decides its scores comes from the environment, so a test
 """
 
 
+@pytest.mark.slow  # 58 s on a loaded 2-core machine
 def test_a_resumed_run_does_not_mix_settings(tmp_path, monkeypatch):
     """Scores made under other settings (e.g. a retrained estimator saved over the old file) would be two
     methods under one name: the method is stopped for the run, the others go on, and what the folder's
@@ -169,6 +173,7 @@ def test_a_resumed_run_does_not_mix_settings(tmp_path, monkeypatch):
     assert results["config"]["method_settings"] == {"tempered": {"temperature": "0.5"}}
 
 
+@pytest.mark.slow  # 53 s, and the 340 s `run` on a loaded 2-core machine
 def test_a_kill_mid_write_leaves_the_old_file_and_a_torn_cache_is_recomputed(run, tmp_path):
     from vattr_bench.storage import write_text_atomically, replace_atomically
 
@@ -199,6 +204,7 @@ def test_a_kill_mid_write_leaves_the_old_file_and_a_torn_cache_is_recomputed(run
     assert len(read_records(samples)) == len(lines)
 
 
+@pytest.mark.slow  # uses the 340 s `run` on a loaded 2-core machine
 def test_ablation_beats_random_per_span(run):
     _, out, _, _ = run
     records = [r for r in read_records(out / "samples.jsonl") if r["method"] in ("ablation", "random")]
@@ -215,6 +221,7 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     assert "outside 16–128" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # uses the 340 s `run` on a loaded 2-core machine
 def test_a_folder_keeps_one_configuration(run):
     cfg, out, _, _ = run
     other = EvalConfig(**{**cfg.__dict__, "regions": "superpixel"})
@@ -230,6 +237,7 @@ def test_a_misspelt_method_stops_the_run_before_any_work(tmp_path):
     assert not out.exists()  # no empty folder left behind
 
 
+@pytest.mark.slow  # uses the 340 s `run` on a loaded 2-core machine
 def test_records_name_their_spans_and_references(run):
     _, out, results, _ = run
     records = {(r["method"], r["sample_id"]): r for r in read_records(out / "samples.jsonl") if "error" not in r}

@@ -26,6 +26,7 @@ def _stream_case(tiny, family: str):
 
 
 @pytest.mark.parametrize("family", ["general", "math"])
+@pytest.mark.slow  # 38-94 s a family on a loaded 2-core machine
 def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
     prepared, regions, method, trace, ctx = _stream_case(tiny, family)
     seen = []
@@ -45,6 +46,7 @@ def test_stream_is_ordered_complete_and_equal_to_offline(tiny, family):
 
 
 @pytest.mark.parametrize("on_device", [False, True], ids=["numpy", "torch"])
+@pytest.mark.slow  # 34-57 s each on a loaded 2-core machine
 def test_a_stream_holds_the_rows_of_the_spans_in_flight_not_the_whole_trace(tiny, on_device, monkeypatch):
     """The worker releases each span's rows once attributed, so a full buffer drops them instead of doubling:
     with room for 8 rows at first, an 18-token trace streams in a buffer smaller than the trace, to the
@@ -234,6 +236,7 @@ def test_stream_cli_prints_events(tmp_path, capsys):
     assert "image file not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 55 s on a loaded 2-core machine
 def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     """Behaviour only (the numbers are the benchmark's business): every row and key is there."""
     out_json = tmp_path / "perf.json"

@@ -17,6 +17,7 @@ def test_checkpoint_is_small_and_a_real_llava():
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.slow  # 126-481 s a family on a loaded 2-core machine
 def test_held_out_traces_are_right_and_step_by_step(tiny, family):
     # a regression guard on 40 held-out samples; the accuracy table in README comes from `generate --limit 100`
     samples = synthetic_samples(family, 40, split="test", start=1000)
