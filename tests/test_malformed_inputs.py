@@ -3,7 +3,6 @@ reported and never stops the leaderboard; samples.jsonl and the region protocols
 valid results or a clear error."""
 import json
 import logging
-import string
 from pathlib import Path
 
 import numpy as np
