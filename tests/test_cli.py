@@ -90,3 +90,22 @@ def test_evaluate_splits_its_method_list_between_methods_not_inside_arguments(tm
     assert main(["evaluate", "--method", "attention,amortized:estimator=E.json,heads=16,random",
                  "--output-dir", str(tmp_path)]) == 0
     assert seen == [["attention", "amortized:estimator=E.json,heads=16", "random"]]
+
+
+def test_shared_flags_list_their_choices_in_every_command(capsys):
+    from vattr_bench.cli import build_parser
+    from vattr_bench.regions import OPERATORS, PROTOCOLS
+
+    commands = {"evaluate": ["--method", "random"], "regions": [], "train-estimator": ["--output", "e.json"],
+                "stream": ["--image", "i.png", "--prompt", "p"], "perf": [], "trajectory": []}
+    for command, required in commands.items():
+        parsed = build_parser().parse_args([command, *required])
+        assert (parsed.model, parsed.k) == ("vattr-tiny", 16)  # the same defaults everywhere
+        for flag, choices in (("--regions", PROTOCOLS), ("--ablation", OPERATORS)):
+            if not hasattr(parsed, flag[2:]):
+                continue
+            with pytest.raises(SystemExit) as refused:
+                build_parser().parse_args([command, *required, flag, "nonsense"])
+            assert refused.value.code == 2
+            err = capsys.readouterr().err
+            assert f"argument {flag}: invalid choice: 'nonsense'" in err and all(c in err for c in choices)

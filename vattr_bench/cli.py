@@ -244,7 +244,7 @@ def _run_records(path: Path, metrics=()) -> tuple[list[dict], Path]:
                 missing = {"span_metrics"}
         if missing:
             what = f"lacks {', '.join(sorted(missing))}" if isinstance(record, dict) else "is not a record object"
-            raise UserError(f"{samples} is not an evaluate run's samples.jsonl: its JSON line {number} "
+            raise UserError(f"{samples} is not an evaluate run's samples.jsonl: its record {number} "
                             f"({json.dumps(record)[:60]}) {what} (give the run's --output-dir or its samples.jsonl)")
     return records, samples
 
@@ -372,6 +372,48 @@ def _cmd_train_model(args) -> int:
     return train.main(args.train_args) or 0
 
 
+# Flags several commands share, declared once: the same name, default, choices and help everywhere.
+MODEL_HELP = "vattr-tiny, a checkpoint folder or a cached hub id"
+ESTIMATOR_HELP = ("the amortized estimator's JSON (default: $VATTR_ESTIMATOR when set, else the one shipped for the "
+                  "model)")
+
+
+def _add_model(parser, help: str = MODEL_HELP) -> None:
+    parser.add_argument("--model", default="vattr-tiny", help=help)
+
+
+def _add_benchmark(parser, default: str = "all", help: str = "'all', 'hard' or a comma list of families") -> None:
+    parser.add_argument("--benchmark", default=default, help=help)
+
+
+def _add_split(parser) -> None:
+    parser.add_argument("--split", default="test", choices=SPLITS)
+
+
+def _add_regions(parser, protocol: bool = True, backbone: bool = False,
+                 k_help: str = "number of regions (16–128, clamped to the visual tokens)") -> None:
+    """--regions (a protocol of regions.PROTOCOLS), --k, and where the protocol takes one, --region-backbone."""
+    from .regions import PROTOCOLS
+
+    if protocol:
+        parser.add_argument("--regions", default="feature-ward", choices=PROTOCOLS,
+                            help="region protocol (default feature-ward)")
+    parser.add_argument("--k", type=int, default=16, help=k_help)
+    if backbone:
+        parser.add_argument("--region-backbone", default=None,
+                            help="DINO path/id for feature-ward (default: the model's own features)")
+
+
+def _add_ablation(parser, help: str = "ablation operator (default knockout)") -> None:
+    from .regions import OPERATORS
+
+    parser.add_argument("--ablation", default="knockout", choices=OPERATORS, help=help)
+
+
+def _add_estimator(parser, help: str = ESTIMATOR_HELP) -> None:
+    parser.add_argument("--estimator", default=None, help=help)
+
+
 def _add_device(parser) -> None:
     parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, … (on an "
                         "accelerator the amortized worker's per-span work runs there too)")
@@ -453,11 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="benchmarks and models").set_defaults(func=_cmd_list)
 
     g = sub.add_parser("generate", help="run a model over benchmark samples and score its answers")
-    g.add_argument("--model", default="vattr-tiny", help="vattr-tiny, a checkpoint folder or a cached hub id")
-    g.add_argument("--benchmark", default="all", help="'all', 'hard' or a comma list of families")
+    _add_model(g)
+    _add_benchmark(g)
     g.add_argument("--limit", type=int, default=20, help="samples per benchmark")
     g.add_argument("--output-dir", default="runs/generate")
-    g.add_argument("--split", default="test", choices=SPLITS)
+    _add_split(g)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-new-tokens", type=int, default=256)
     _add_device(g)
@@ -467,20 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--method", required=True,
                    help="comma list: built-in names, plugin entry points, path/file.py:Class; a method's arguments "
                         "follow it after ':' as key=value pairs, e.g. attention,amortized:estimator=E.json,random")
-    e.add_argument("--model", default="vattr-tiny")
-    e.add_argument("--benchmark", default="all")
+    _add_model(e)
+    _add_benchmark(e)
     e.add_argument("--limit", type=int, default=20, help="samples per benchmark")
     e.add_argument("--output-dir", default="runs/evaluate")
     e.add_argument("--source", default="synthetic", choices=["synthetic", "real"])
     e.add_argument("--real-set", default=None, help="with --source real: MathVista, ScienceQA, AI2D, DocVQA, WebSight, RefCOCO")
     e.add_argument("--data", default=None, help="with --source real: a local folder or parquet/json file in the set's schema")
-    e.add_argument("--regions", default="feature-ward", help="feature-ward | grid | superpixel | gt-boxes")
-    e.add_argument("--k", type=int, default=16, help="number of regions (16–128, clamped to the visual tokens)")
-    e.add_argument("--region-backbone", default=None, help="DINO path/id for feature-ward (default: the model's own features)")
-    e.add_argument("--ablation", default="knockout", help="knockout | mean-fill | blur")
+    _add_regions(e, backbone=True)
+    _add_ablation(e)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--n-subsets", type=int, default=32, help="random region subsets for LDS")
-    e.add_argument("--split", default="test", choices=SPLITS)
+    _add_split(e)
     e.add_argument("--save-heatmaps", action="store_true",
                    help="one PNG per sample: the ablation truth and each method, a panel per span")
     e.add_argument("--method-timeout", type=float, default=600.0,
@@ -502,27 +542,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_compare)
 
     r = sub.add_parser("regions", help="compute (and draw) the regions of a sample or an image")
-    r.add_argument("--model", default="vattr-tiny")
-    r.add_argument("--benchmark", default="general")
+    _add_model(r)
+    _add_benchmark(r, default="general", help="the family of the benchmark sample")
     r.add_argument("--index", type=int, default=0)
-    r.add_argument("--split", default="test", choices=SPLITS)
+    _add_split(r)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--image", default=None, help="an image file instead of a benchmark sample")
     r.add_argument("--prompt", default="describe the image .")
-    r.add_argument("--regions", default="feature-ward")
-    r.add_argument("--k", type=int, default=16)
-    r.add_argument("--region-backbone", default=None)
+    _add_regions(r, backbone=True)
     r.add_argument("--save-png", default=None)
     r.set_defaults(func=_cmd_regions)
 
     te = sub.add_parser("train-estimator", help="train the amortized attributor's linear estimator for a model")
-    te.add_argument("--model", default="vattr-tiny")
-    te.add_argument("--benchmark", default="all")
+    _add_model(te)
+    _add_benchmark(te)
     te.add_argument("--n-train", type=int, default=200, help="samples (split 'estimator'), 20%% of them held out")
     te.add_argument("--output", required=True)
-    te.add_argument("--regions", default="feature-ward")
-    te.add_argument("--k", type=int, default=16)
-    te.add_argument("--ablation", default="knockout")
+    _add_regions(te)
+    _add_ablation(te)
     te.add_argument("--n-subsets", type=int, default=32)
     te.add_argument("--region-pool", default="sum", choices=["sum", "mean"])
     te.add_argument("--features", default="direct-logit-signed",
@@ -552,32 +589,29 @@ def build_parser() -> argparse.ArgumentParser:
     te.set_defaults(func=_cmd_train_estimator)
 
     st = sub.add_parser("stream", help="generate on your image and stream per-span attributions (amortized)")
-    st.add_argument("--model", default="vattr-tiny")
+    _add_model(st)
     st.add_argument("--image", required=True)
     st.add_argument("--prompt", required=True)
-    st.add_argument("--regions", default="feature-ward")
-    st.add_argument("--k", type=int, default=16)
-    st.add_argument("--ablation", default="knockout", help="the operator the estimator was trained under")
-    st.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR)")
+    _add_regions(st)
+    _add_ablation(st, help="the operator the estimator was trained under")
+    _add_estimator(st)
     st.add_argument("--max-new-tokens", type=int, default=256)
     st.add_argument("--save-png", default=None, help="also draw every span's region scores over the image here")
     _add_device(st)
     st.set_defaults(func=_cmd_stream)
 
     pf = sub.add_parser("perf", help="benchmark streaming attribution: overhead, lag, cost per span and per token")
-    pf.add_argument("--model", default="vattr-tiny")
-    pf.add_argument("--benchmark", default="all")
+    _add_model(pf)
+    _add_benchmark(pf)
     pf.add_argument("--per-family", type=int, default=2, help="samples per benchmark")
     pf.add_argument("--rounds", type=int, default=5,
                     help="interleaved generation rounds for the overhead; its 95%% interval narrows with more "
                          "(~10 points wide at 9 rounds, ~5 at 36 on a 2-core VM)")
     pf.add_argument("--lengths", default="256,1024,4096", help="trace lengths for the per-token cost")
     pf.add_argument("--gradient-spans", type=int, default=3, help="spans timed per gradient baseline per length")
-    pf.add_argument("--regions", default="feature-ward")
-    pf.add_argument("--k", type=int, default=16)
+    _add_regions(pf)
     pf.add_argument("--seed", type=int, default=0)
-    pf.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR), "
-                    "e.g. the shipped value-weighted one to time the cheaper features")
+    _add_estimator(pf, help=ESTIMATOR_HELP + ", e.g. the shipped value-weighted one to time the cheaper features")
     pf.add_argument("--output", default=None, help="also write the full report as JSON here")
     pf.add_argument("--save-png", default=None, help="also draw the cost per span and per token here")
     pf.add_argument("--random-init", action="store_true",
@@ -589,16 +623,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     tj = sub.add_parser("trajectory", help="grounding trajectory: predict a wrong answer from the attributions of "
                         "the first 10%%, 20%%, … of the trace (AUC per fraction, amortized and ablation)")
-    tj.add_argument("--model", default="vattr-tiny")
-    tj.add_argument("--benchmark", default="hard", help="'hard' (default: the five hard variants), 'all' or a comma "
-                    "list of families")
+    _add_model(tj)
+    _add_benchmark(tj, default="hard", help="'hard' (default: the five hard variants), 'all' or a comma list of "
+                   "families")
     tj.add_argument("--limit", type=int, default=30, help="samples per benchmark")
     tj.add_argument("--output-dir", default="runs/trajectory")
-    tj.add_argument("--split", default="test", choices=SPLITS)
+    _add_split(tj)
     tj.add_argument("--seed", type=int, default=0, help="the samples' seed, and that of the folds and the bootstrap")
-    tj.add_argument("--k", type=int, default=16, help="feature-ward regions")
-    tj.add_argument("--ablation", default="knockout", help="the ground truth's operator (and the estimator's)")
-    tj.add_argument("--estimator", default=None, help="estimator JSON (default: shipped one / $VATTR_ESTIMATOR)")
+    _add_regions(tj, protocol=False, k_help="number of feature-ward regions")
+    _add_ablation(tj, help="the ground truth's operator (and the estimator's)")
+    _add_estimator(tj)
     tj.add_argument("--folds", type=int, default=5, help="stratified folds of the logistic regression")
     tj.add_argument("--n-bootstrap", type=int, default=1000, help="resamples for the AUC's 95%% interval")
     tj.set_defaults(func=_cmd_trajectory)
@@ -611,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "submission (default: the first results folder's 'submitted' subfolder)")
     lb.add_argument("--demo-concurrency", type=int, default=8, help="live demo streams served at once (one model "
                     "instance shared; more wait in the queue)")
-    lb.add_argument("--model", default="vattr-tiny", help="model of the live demo (needs a trained estimator)")
+    _add_model(lb, help="model of the live demo (needs a trained estimator)")
     lb.add_argument("--host", default="127.0.0.1")
     lb.add_argument("--port", type=int, default=7860)
     lb.add_argument("--device", default="cpu", help="where the live demo's model runs: cpu, cuda, …")
@@ -621,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "leaderboard's Submit tab accepts (results.json, samples.jsonl, plugin file, report.md)")
     sb.add_argument("--method", required=True, help="path/file.py:Class or an installed entry-point name, "
                     "optionally with arguments after ':' (path/file.py:Class:key=value,…)")
-    sb.add_argument("--model", default="vattr-tiny")
+    _add_model(sb)
     sb.add_argument("--output-dir", default="runs/submission")
     sb.add_argument("--limit", type=int, default=50, help="samples per benchmark (the standard is 50)")
     sb.add_argument("--against", nargs="*", default=["leaderboard/results"],
