@@ -160,15 +160,25 @@ def test_compare_on_random_bytes_names_the_file(tmp_path, capsys):
     assert str(noise) in line and "not UTF-8" in line
 
 
-@pytest.mark.parametrize("bad_line", ['{"a": 1}', '{"benchmark": "math", "sample_id": "s0", "method": "amortized"}',
-                                      '[1, 2]', '"text"', '{"benchmark": "math", "sample_id": "s0", '
-                                      '"method": "amortized", "span_metrics": {"lds": [0.1]}}'])
-def test_compare_on_a_corrupt_run(bad_line, run_dir, capsys):
-    """A valid-JSON last line without a record's fields (edited, or another tool's) is named, not a KeyError."""
+@pytest.mark.parametrize("bad_line", ['{"a": 1}', '[1, 2]', '"text"'])
+def test_compare_skips_a_line_that_is_no_record_and_says_so(bad_line, run_dir, capsys, caplog):
+    """A valid-JSON last line without a record's fields (edited, or another tool's): skipped with a warning
+    naming the file and line (results.read_records), never a KeyError."""
+    samples = run_dir / "samples.jsonl"
+    samples.write_text(samples.read_text() + bad_line + "\n")
+    assert main(["compare", str(run_dir), "--metric", "r2"]) == 0
+    assert "| math | attention | +0.300" in capsys.readouterr().out
+    assert f"{samples} line 5 is not a record" in caplog.text
+
+
+@pytest.mark.parametrize("bad_line", ['{"benchmark": "math", "sample_id": "s0", "method": "amortized"}',
+                                      '{"benchmark": "math", "sample_id": "s0", "method": "amortized", '
+                                      '"span_metrics": {"lds": [0.1]}}'])
+def test_compare_on_a_record_without_its_metrics(bad_line, run_dir, capsys):
     samples = run_dir / "samples.jsonl"
     samples.write_text(samples.read_text() + bad_line + "\n")
     line = run_cli(["compare", str(run_dir), "--metric", "r2"], capsys)
-    assert f"{samples} is not an evaluate run's samples.jsonl" in line and "line 5" in line
+    assert f"{samples} is not an evaluate run's samples.jsonl" in line and "record 5" in line and "lacks span_metrics" in line
 
 
 def test_compare_on_a_corrupt_run_marker(run_dir, capsys):
