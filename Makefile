@@ -1,4 +1,4 @@
-# Set-up is two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+# Set-up is two commands on a fresh machine with Python 3.11: `make demo` (the main job) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -26,8 +26,10 @@ $(BIN)/vattr-bench: pyproject.toml
 
 install: $(BIN)/vattr-bench
 
+# the main job: the amortized attributor beside baselines and null references, 4 samples per task family
 demo: install
-	$(BIN)/vattr-bench generate --model vattr-tiny --benchmark all --limit 20 --output-dir runs/demo
+	$(BIN)/vattr-bench evaluate --method amortized,attention,input_x_gradient,tam,random,uniform,region_area \
+	    --model vattr-tiny --benchmark all --limit 4 --output-dir runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q
