@@ -47,9 +47,10 @@ def main():
     for n in map(int, a.keys.split(",")):
         q = torch.randn(1, a.heads, 1, a.head_dim, dtype=dtype, device=a.device)
         k, v = (torch.randn(1, a.kv_heads, n, a.head_dim, dtype=dtype, device=a.device) for _ in range(2))
-        sdpa = best_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True), a.device)
-        capture = best_ms(lambda: attention_capture._fused_with_lse(q, k, v, scale), a.device)
-        repeated = best_ms(lambda: attention_capture._fused_with_lse(q, repeat_kv(k, groups), repeat_kv(v, groups), scale),
+        # each lambda is timed at once, inside this iteration: it reads this iteration's q, k, v
+        sdpa = best_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True), a.device)  # noqa: B023
+        capture = best_ms(lambda: attention_capture._fused_with_lse(q, k, v, scale), a.device)  # noqa: B023
+        repeated = best_ms(lambda: attention_capture._fused_with_lse(q, repeat_kv(k, groups), repeat_kv(v, groups), scale),  # noqa: B023
                            a.device)
         # None: no fused kernel took the call (the capture would add an explicit q·Kᵀ; the timing above is not it)
         fused = attention_capture._fused_with_lse(q, k, v, scale) is not None

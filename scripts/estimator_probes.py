@@ -91,7 +91,7 @@ def readout_variants(model, prepared, trace, token_matrix) -> dict:
     lens leaves out: the head's exact direct contribution to the logit), or over (1 − A_tk).
     For a Llama-style decoder (o_proj, a final RMSNorm with variance_epsilon), vattr-tiny's."""
     decoder, L, H = model._decoder, model.num_layers, model.num_heads
-    ids, P = list(trace.token_ids), prepared.prompt_length
+    ids = list(trace.token_ids)
     T, rows = len(ids), slice(prepared.prompt_length - 1, prepared.prompt_length - 1 + len(trace.token_ids))
     seen = {}
     hooks = [layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: seen.__setitem__(l, a[0]))

@@ -249,7 +249,8 @@ def test_perf_command_prints_the_table_and_the_summary_line(capsys, tmp_path):
     assert all(np.isfinite(v) for v in summary.values()) and summary["speedup_vs_ablation"] > 0
     text = "\n".join(lines)
     assert "(direct-logit-signed, β 0.25 estimator)" in lines[0]  # the shipped one's features
-    for row in ("overhead", "95% interval", "median lag", "| amortized |", "| amortized, first stream |", "| amortized, in the stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
+    for row in ("overhead", "95% interval", "median lag", "| amortized |", "| amortized, first stream |",
+                "| amortized, in the stream |", "| saliency |", "| integrated_gradients |", "| ablation |"):
         assert row in text
     report = json.loads(out_json.read_text())
     assert report["n_spans"] >= 3 and set(report["per_token_s"]["amortized"]) == {"32", "64"}

@@ -6,7 +6,7 @@ import pytest
 
 from vattr_bench.cli import main
 from vattr_bench.leaderboard import load_results
-from vattr_bench.metrics.registry import METRICS, SPAN_METRICS
+from vattr_bench.metrics.registry import SPAN_METRICS
 from vattr_bench.results import build_results
 from vattr_bench.submission import (MAX_RESULTS_BYTES, check_path, existing_digests, store_submission,
                                     validate_submission)

@@ -183,7 +183,7 @@ def measure_streaming(model, items, estimator, cfg: PerfConfig) -> dict:
     in_place = [[] for _ in items]  # per prompt: each inline round's attribution seconds, its spans summed
     n_spans = [0] * len(items)
     for r in tqdm(range(cfg.rounds), desc="overhead rounds"):
-        for i, (s, prepared, regions) in enumerate(items):
+        for i, (_, prepared, regions) in enumerate(items):
             shift = (r + i) % len(modes)
             for mode in modes[shift:] + modes[:shift]:
                 if mode == "plain":
@@ -328,7 +328,8 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
     report = {"config": {**cfg.__dict__, "estimator": shown}, "model": model.name, "device": str(getattr(model, "device", "cpu")),
               "dtype": str(getattr(model, "dtype", "float32")).removeprefix("torch."),
               "features": feature_label(estimator.meta) + (", RANDOM weights: timing only" if estimator.meta.get("random_weights") else ""),
-              "decoder_parameters": sum(p.numel() for p in model.model.model.language_model.parameters()) if hasattr(model, "model") else None,
+              "decoder_parameters": sum(p.numel() for p in model.model.model.language_model.parameters())
+              if hasattr(model, "model") else None,
               "reference_traces_forced": cfg.force_reference_traces,
               "n_samples": len(items), "n_spans": n_spans,
               **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
@@ -359,7 +360,8 @@ def format_perf(report: dict) -> str:
         f"{interval_text(report['overhead_pct_ci95']) or 'n/a (needs 3 rounds or more)'} |",
         f"| of which without the worker thread (capture, span splitting, attribution inline) | "
         f"{100 * (g['inline'] - g['plain']) / g['plain']:+.2f} % |",
-        f"| median lag span end → event | {report['lag_s_median'] * 1e3:.3f} ms = {report['summary']['lag_decode_steps']:.3f} decode steps |",
+        f"| median lag span end → event | {report['lag_s_median'] * 1e3:.3f} ms = "
+        f"{report['summary']['lag_decode_steps']:.3f} decode steps |",
         "",
         "| method | seconds per span | amortized is faster by |",
         "|---|---|---|",

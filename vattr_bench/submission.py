@@ -408,7 +408,7 @@ def bundle_report(results: dict, method: str, plugin: Path | None, limit: int) -
              "| benchmark | method | r2_signed | r2 | lds | ms/token | n_samples | n_failed |", "|---|---|---|---|---|---|---|---|"]
     for benchmark, methods in results.get("results", {}).items():
         for name, entry in methods.items():
-            def cell(key, scale=1.0):
+            def cell(key, scale=1.0, entry=entry):
                 value = entry.get(key)
                 return "–" if value is None else f"{value * scale:.3g}"
             lines.append(f"| {benchmark} | {name} | {cell('r2_signed')} | {cell('r2')} | {cell('lds')} | "

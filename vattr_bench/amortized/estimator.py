@@ -106,9 +106,11 @@ def _span_rows(examples: list[dict], targets: str):
         parts = []
         if targets in ("subsets", "both"):
             masks = torch.as_tensor(ex["masks"], dtype=torch.float64)
-            parts.append(("subsets", lambda s: masks @ feats[s], torch.as_tensor(ex["subset_effects"], dtype=torch.float64).T))
+            parts.append(("subsets", lambda s, masks=masks, feats=feats: masks @ feats[s],
+                          torch.as_tensor(ex["subset_effects"], dtype=torch.float64).T))
         if targets in ("singles", "both"):
-            parts.append(("singles", lambda s: feats[s], torch.as_tensor(ex["single_effects"], dtype=torch.float64)))
+            parts.append(("singles", lambda s, feats=feats: feats[s],
+                          torch.as_tensor(ex["single_effects"], dtype=torch.float64)))
         for kind, design, effects in parts:  # effects: (S, rows)
             for s in range(feats.shape[0]):
                 if effects[s].std() > 1e-9:  # a span no ablation moves teaches nothing

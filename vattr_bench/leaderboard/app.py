@@ -50,7 +50,8 @@ def board_caption(frame: pd.DataFrame, table: pd.DataFrame, protocol: str, metri
     metric_text = f"**{metric}** ({'higher' if METRICS[metric].higher_is_better else 'lower'} is better)"
     text = (f"{ranked} ranked rows and {refs} reference rows (grey, `ref`: the ablation truth and null baselines, "
             f"never ranked) under **{protocol or 'no protocol'}**; cells are {metric_text}, the mean is over the "
-            "benchmarks shown (blank, and ranked last, for a row that lacks one). Costs in ms per token. Click a row for its settings and intervals.")
+            "benchmarks shown (blank, and ranked last, for a row that lacks one). Costs in ms per token. Click a row "
+            "for its settings and intervals.")
     if len(table) and table["stand_in"].any():
         text += " † schema-1 run: no r2_signed recorded, its r2 is shown and ranked instead."
     return text

@@ -36,8 +36,8 @@ from .gradients import InputXGradientMethod, IntegratedGradientsMethod, Saliency
 from .tam import TAMMethod
 
 BUILTIN = {cls.name: cls for cls in (Amortized, Ablation, Attention, AttentionLast, Rollout, SaliencyMethod,
-                                      InputXGradientMethod, IntegratedGradientsMethod, AttnLRPMethod, TAMMethod, CaptumAblation, Random, Uniform,
-                                      RegionArea)}
+                                      InputXGradientMethod, IntegratedGradientsMethod, AttnLRPMethod, TAMMethod,
+                                      CaptumAblation, Random, Uniform, RegionArea)}
 ENTRY_POINT_GROUP = "vattr_bench.methods"
 
 

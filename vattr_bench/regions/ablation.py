@@ -6,8 +6,8 @@ all regions of v together.
 
 Operators: ``knockout`` (default): the region's visual tokens are removed as attention keys for every
 query after them — text tokens and the other visual tokens alike — so nothing downstream reads the region,
-directly or through a later visual token; positions are kept, so nothing shifts. ``mean-fill`` (the region's pixels become the image's mean colour), ``blur`` (the region's
-pixels become a Gaussian blur of the image).
+directly or through a later visual token; positions are kept, so nothing shifts. ``mean-fill`` (the region's
+pixels become the image's mean colour), ``blur`` (the region's pixels become a Gaussian blur of the image).
 """
 from __future__ import annotations
 
