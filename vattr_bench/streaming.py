@@ -15,6 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,17 +29,35 @@ from .types import Regions, Span
 
 _DONE = object()
 _threadpools: ThreadpoolController | None = None  # found once: a lookup costs ~0.6 ms, a limit ~6 µs
+# The BLAS limit is process-wide, so streams that overlap (the demo's visitors) share one: the first to start
+# sets it, the last to end restores it. Each stream limiting and restoring on its own restored out of order:
+# A sets 1 (keeps N), B sets 1 (keeps 1), A restores N under B's worker, B "restores" 1 for good.
+_blas_lock = threading.Lock()
+_blas_streams = 0  # streams inside `one_blas_thread` now
+_blas_limiter = None  # threadpoolctl's limiter, held while _blas_streams > 0
 
 
+@contextmanager
 def one_blas_thread():
-    """Context manager: numpy's BLAS (OpenBLAS) on one thread, process-wide, while a stream runs. The
-    worker's products are small, and a threaded one wakes BLAS threads that spin on the cores generation
-    uses: a 27 M-parameter decoder streamed 31% slower than plain generation with the logit rows' products
-    threaded, one-off. torch's own thread pools are not touched."""
-    global _threadpools
-    if _threadpools is None:
-        _threadpools = ThreadpoolController()
-    return _threadpools.limit(limits=1, user_api="blas")
+    """Context manager: numpy's BLAS (OpenBLAS) on one thread, process-wide, while a stream runs (while any
+    stream runs, when several overlap). The worker's products are small, and a threaded one wakes BLAS
+    threads that spin on the cores generation uses: a 27 M-parameter decoder streamed 31% slower than plain
+    generation with the logit rows' products threaded, one-off. torch's own thread pools are not touched."""
+    global _threadpools, _blas_streams, _blas_limiter
+    with _blas_lock:
+        if _blas_streams == 0:
+            if _threadpools is None:
+                _threadpools = ThreadpoolController()
+            _blas_limiter = _threadpools.limit(limits=1, user_api="blas")
+        _blas_streams += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_streams -= 1
+            if _blas_streams == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 @dataclass

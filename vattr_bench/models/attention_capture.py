@@ -18,7 +18,8 @@ that disagrees is never trusted.
 
 The backend is registered with transformers' AttentionInterface under ``CAPTURE_BACKEND`` and only
 switched on for the duration of a capture (`HFVisionLanguageModel.capture_visual_attention`); with no
-capture active it is plain sdpa. Assumes batch 1 with no padding, which is how the adapter runs.
+capture active it is plain sdpa. Which capture a forward records into is a context variable (`activate`),
+so threads that share one model — the live demo's streams — each fill their own capture. Assumes batch 1 with no padding, which is how the adapter runs.
 """
 from __future__ import annotations
 
@@ -704,8 +705,21 @@ AttentionInterface.register(CAPTURE_BACKEND, capturing_attention)
 AttentionMaskInterface.register(CAPTURE_BACKEND, sdpa_mask)
 
 
+def final_norm_hook(capture: VisualAttentionCapture) -> Callable:
+    """A forward pre-hook for the decoder's final norm that hands its input to ``capture.record_residual`` only
+    for forwards run where ``capture`` is the active one — the rule the attention backend follows. A module
+    hook fires for every thread's forward through the module, and the model is shared (the live demo's
+    streams): unscoped, each open capture took every other stream's residuals as its own rows' 1/rms."""
+    def hook(module, args):
+        if _active.get() is capture:
+            capture.record_residual(args[0])
+    return hook
+
+
 class activate:
-    """Context manager: make ``capture`` the one the backend records into (this thread/context only)."""
+    """Context manager: make ``capture`` the one the backend records into (this thread/context only). The
+    capture state is per context on purpose: concurrent generations on one model (one per thread) each
+    record into their own capture; nothing a capture holds is shared with another."""
 
     def __init__(self, capture: VisualAttentionCapture):
         self.capture = capture

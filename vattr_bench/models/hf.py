@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
@@ -21,7 +22,8 @@ from PIL import Image
 from ..images import check_image
 from ..types import Trace
 from .adapter import PreparedInput, VisionLanguageModel
-from .attention_capture import CAPTURE_BACKEND, LogitReadout, VisualAttentionCapture, _numpy, activate, o_proj_gram
+from .attention_capture import (CAPTURE_BACKEND, LogitReadout, VisualAttentionCapture, _numpy, activate, final_norm_hook,
+                                o_proj_gram)
 from .prompting import answer_from_trace, build_prompt
 from .spans import split_spans
 
@@ -52,6 +54,10 @@ class HFVisionLanguageModel(VisionLanguageModel):
         self._token_text: dict[int, str] = {}  # decode of single tokens: the span splitter asks per token
         self._readout: LogitReadout | None = None  # built at the first logit-weighted capture
         self._head_readouts: dict[tuple, LogitReadout] = {}  # the same for estimators of some heads, per head set
+        # captures open on this model, in any thread, and the decoder's kernel before the first of them (`_capture_kernel`)
+        self._capture_lock = threading.Lock()
+        self._captures_open = 0
+        self._kernel_before_captures: str | None = None
         self._install_capture_backend()
 
     @property
@@ -278,22 +284,38 @@ class HFVisionLanguageModel(VisionLanguageModel):
                                          self.logit_readout(heads=heads) if logit_readout else None,
                                          self._on_accelerator if on_device is None else on_device, heads,
                                          self._final_norm_eps() if norm_scale else None)
-        # the decoder only (the vision tower keeps its kernel), and only if it is not on the backend already
-        previous = decoder.config._attn_implementation
-        if previous != CAPTURE_BACKEND:
-            decoder.set_attn_implementation(CAPTURE_BACKEND)
-        # the final norm's input, for each row's 1/rms: a hook for the call only (a reference kept per forward)
-        hook = decoder.norm.register_forward_pre_hook(lambda module, args: capture.record_residual(args[0])) \
-            if norm_scale else None
+        # the final norm's input, for each row's 1/rms: a hook for the call only (a reference kept per forward),
+        # which records only this capture's forwards — other threads' go through the same shared module
+        hook = decoder.norm.register_forward_pre_hook(final_norm_hook(capture)) if norm_scale else None
         try:
-            with activate(capture):
+            with self._capture_kernel(), activate(capture):
                 yield capture
         finally:
-            if previous != CAPTURE_BACKEND:
-                decoder.set_attn_implementation(previous)
             if hook is not None:
                 hook.remove()
             capture.flush()  # rows recorded before an error are kept too
+
+    @contextmanager
+    def _capture_kernel(self):
+        """The decoder (the vision tower keeps its kernel) on the capture backend while any capture is open on
+        this model, in any thread: the first capture switches it (where it is not on the backend from load),
+        the last one switches it back. Per capture, overlapping streams on one model undid each other's
+        switch: the first to end put the old kernel back under the others' generation, which recorded no
+        more rows. A forward with no capture active in its thread runs plain sdpa on the backend."""
+        decoder = self._decoder
+        with self._capture_lock:
+            if self._captures_open == 0:
+                self._kernel_before_captures = decoder.config._attn_implementation
+                if self._kernel_before_captures != CAPTURE_BACKEND:
+                    decoder.set_attn_implementation(CAPTURE_BACKEND)
+            self._captures_open += 1
+        try:
+            yield
+        finally:
+            with self._capture_lock:
+                self._captures_open -= 1
+                if self._captures_open == 0 and self._kernel_before_captures != CAPTURE_BACKEND:
+                    decoder.set_attn_implementation(self._kernel_before_captures)
 
     def _final_norm_eps(self) -> float:
         """The epsilon of the decoder's final RMSNorm (x·γ/sqrt(mean(x²) + eps)), which direct-logit
@@ -400,7 +422,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         """(S, C) logits of ``classes`` at every position: the decoder's output (after its final norm) times
         those rows of the output head, so a big vocabulary's (S, V) logits are never built."""
         captured = []
-        handle = self._decoder.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+        handle = self._decoder.register_forward_hook(_this_thread_only(lambda module, args, out: captured.append(out[0])))
         try:
             self._forward(prepared, list(trace_ids), logits_to_keep=1)
         finally:
@@ -429,7 +451,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 kwargs["inputs_embeds"] = embeds
             return args, kwargs
 
-        handle = self.model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+        handle = self.model.model.language_model.register_forward_pre_hook(_this_thread_only(hook), with_kwargs=True)
         try:
             yield
         finally:
@@ -452,6 +474,18 @@ class HFVisionLanguageModel(VisionLanguageModel):
             logits = self._forward(prepared, trace_ids, batch=len(visual_embeds)).logits[:, P - 1:P - 1 + T]
         target = torch.as_tensor(list(trace_ids), device=self.device).expand(len(visual_embeds), -1).unsqueeze(-1)
         return torch.log_softmax(logits.float(), -1).gather(2, target).squeeze(-1)
+
+
+def _this_thread_only(hook):
+    """A module hook that acts only on forwards run in the thread that made it (else returns None: no change).
+    The model is shared by threads (the live demo's sessions) and a module's hooks fire for all of their
+    forwards: unscoped, one visitor's region hook read another's decode step at its visual positions
+    (IndexError: index 34 is out of bounds for dimension 0 with size 1) or took another image's features."""
+    owner = threading.get_ident()
+
+    def scoped(*args):
+        return hook(*args) if threading.get_ident() == owner else None
+    return scoped
 
 
 def image_only_processor(processor_cls):
