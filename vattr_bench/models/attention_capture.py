@@ -19,7 +19,8 @@ that disagrees is never trusted.
 The backend is registered with transformers' AttentionInterface under ``CAPTURE_BACKEND`` and only
 switched on for the duration of a capture (`HFVisionLanguageModel.capture_visual_attention`); with no
 capture active it is plain sdpa. Which capture a forward records into is a context variable (`activate`),
-so threads that share one model — the live demo's streams — each fill their own capture. Assumes batch 1 with no padding, which is how the adapter runs.
+so threads that share one model — the live demo's streams — each fill their own capture. Assumes batch 1 with
+no padding, which is how the adapter runs.
 """
 from __future__ import annotations
 
@@ -669,7 +670,8 @@ def _fused_with_lse(query, key, value, scale: float):
         fused = _FUSED_KERNELS[query.device.type](query, key, value, scale, causal)
     except RuntimeError as e:  # e.g. a head dim or dtype the kernel does not take
         _FUSED_OK[signature] = False
-        warnings.warn(f"attention capture: no fused kernel for {signature} ({e}); lse computed explicitly")
+        warnings.warn(f"attention capture: no fused kernel for {signature} ({e}); lse computed explicitly",
+                      stacklevel=2)
         return None
     if fused is None:  # sdpa runs a kernel without lse for this call
         return None
@@ -679,7 +681,7 @@ def _fused_with_lse(query, key, value, scale: float):
         _FUSED_OK[signature] = trusted = bool(torch.allclose(lse.float(), explicit, rtol=1e-4, atol=1e-3))
         if not trusted:
             warnings.warn(f"attention capture: the fused kernel's lse for {signature} differs from q·Kᵀ's by up to "
-                          f"{(lse.float() - explicit).abs().max().item():.3g}; lse computed explicitly")
+                          f"{(lse.float() - explicit).abs().max().item():.3g}; lse computed explicitly", stacklevel=2)
             return None
     return out.transpose(1, 2).contiguous(), lse
 
