@@ -109,7 +109,9 @@ def test_generate_and_estimator_collection_shard_over_ranks(tmp_path):
 
 
 def _by_key_generations(path):
-    return {(r["benchmark"], r["sample_id"]): r for r in read_records(path)}
+    from vattr_bench.generate import GENERATION_KEYS
+
+    return {(r["benchmark"], r["sample_id"]): r for r in read_records(path, GENERATION_KEYS)}
 
 
 def test_accelerate_launch_runs_the_same_sharding(tmp_path):
