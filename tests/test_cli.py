@@ -109,3 +109,15 @@ def test_shared_flags_list_their_choices_in_every_command(capsys):
             assert refused.value.code == 2
             err = capsys.readouterr().err
             assert f"argument {flag}: invalid choice: 'nonsense'" in err and all(c in err for c in choices)
+
+
+def test_train_model_passes_its_options_through(monkeypatch):
+    from vattr_bench.cli import main
+    from vattr_bench.models.tiny import train
+
+    seen = []
+    monkeypatch.setattr(train, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert main(["train-model", "--steps", "3", "--output", "x"]) == 0
+    assert seen == [["--steps", "3", "--output", "x"]]
+    with pytest.raises(SystemExit):
+        main(["list", "--nonsense"])

@@ -713,7 +713,13 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     _accept_debug_anywhere(parser)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "train-model" in argv:  # everything after it is the training script's, as typed (argparse's REMAINDER
+        at = argv.index("train-model")  # refuses a first argument that starts with "--")
+        args = parser.parse_args(argv[:at + 1])
+        args.train_args = argv[at + 1:]
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except Exception as e:
