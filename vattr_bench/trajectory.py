@@ -3,8 +3,9 @@
 Per sample (by default the five hard families, where vattr-tiny fails often enough to learn from):
 the model's greedy trace, feature-ward regions, and — for the part of the trace seen so far at 10%, 20%,
 … 100% of its tokens — the amortized attributions of the spans seen so far (the span in progress cut
-where the trace is cut) and the same spans' exhaustive single-region ablation effects. Both are computed
-on the cut trace itself, so nothing after the cut enters. They are kept per sample under
+where the trace is cut) and the same spans' exhaustive single-region ablation effects (each token's once,
+summed over the cut spans' tokens: a token's log-prob depends only on what precedes it), so nothing after
+the cut enters. They are kept per sample under
 ``output_dir/cache`` (a killed run resumes where it stopped).
 
 From each cut, five features of the attribution matrix A (seen spans × K regions), with P_s the span's
