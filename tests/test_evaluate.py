@@ -215,8 +215,9 @@ def test_ablation_beats_random_per_span(run):
 
 
 def test_cli_evaluate_errors(tmp_path, capsys):
-    assert main(["evaluate", "--method", "attention", "--ablation", "erase", "--output-dir", str(tmp_path)]) == 2
-    assert "unknown ablation operator 'erase'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused by the parser's choices, before anything loads
+        main(["evaluate", "--method", "attention", "--ablation", "erase", "--output-dir", str(tmp_path)])
+    assert stop.value.code == 2 and "invalid choice: 'erase'" in capsys.readouterr().err
     assert main(["evaluate", "--method", "attention", "--k", "4", "--output-dir", str(tmp_path)]) == 2
     assert "outside 16–128" in capsys.readouterr().err
 

@@ -48,7 +48,7 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(90_000)  # generous: a loaded 2-core machine serves the app slowly
     page.goto(server[0])
     page.locator("#board table").first.wait_for()
     yield page
@@ -63,7 +63,7 @@ def _rows(page) -> list[list[str]]:
 
 
 def _wait_rows(page, predicate, what: str):
-    for _ in range(60):
+    for _ in range(240):  # up to a minute
         rows = _rows(page)
         if predicate(rows):
             return rows
@@ -86,8 +86,11 @@ def test_every_method_with_scores_on_screen_then_sort_and_filter(page, tmp_path)
     header = page.locator("#board th[role=columnheader][title=mean]").first
     box = header.bounding_box()
     assert box is not None and box["x"] + box["width"] <= 1280 and box["y"] < 800, box
-    # references come last, unranked
-    assert [r[0] for r in rows[-2:]] == ["ref", "ref"] and {rows[-1][1], rows[-2][1]} == {"ablation", "random"}
+    # references come last, unranked: the ablation truth and the null baselines
+    references = {m for m, v in shipped.items() if v.get("reference", m in ("ablation", "random"))}
+    tail = rows[-len(references):]
+    assert [r[0] for r in tail] == ["ref"] * len(references) and {r[1] for r in tail} == references
+    assert all(r[0] != "ref" for r in rows[:-len(references)])
     first = methods[0]
     _choose(page, "sort by", "ms/token")
     rows = _wait_rows(page, lambda r: r and r[0][1] != first, "a new order after sorting by ms/token")
