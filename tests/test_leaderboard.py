@@ -12,6 +12,8 @@ from vattr_bench.leaderboard.table import run_details
 from vattr_bench.metrics.registry import METRICS
 
 SHIPPED = Path(__file__).parents[1] / "leaderboard" / "results"
+# a results.json as schema 1 wrote it (the shipped run before schema 2; its output_dir renamed to tell it apart)
+SCHEMA1 = Path(__file__).parent / "data" / "results-schema1.json"
 
 
 def _write(path: Path, payload: dict) -> Path:
@@ -35,15 +37,17 @@ def test_load_reads_both_schemas_reports_bad_files_and_skips_missing_default_fol
     (tmp_path / "estimator.json").write_text(json.dumps({"format": "vattr-bench/linear-estimator"}))
     _write(tmp_path / "text" / "results.json", {"model": "m", "results": {"math": {"x": {"r2": "abc"}}}})
     _write(tmp_path / "new" / "results.json", _schema2())
-    frame, problems = load_results([SHIPPED, tmp_path, tmp_path / "named-missing", tmp_path / "runs"],
+    frame, problems = load_results([SHIPPED, SCHEMA1, tmp_path, tmp_path / "named-missing", tmp_path / "runs"],
                                    optional=[tmp_path / "runs"])
     assert {"amortized", "integrated_gradients", "random", "mine"} <= set(frame["method"])
     assert len(problems) == 3, problems
     assert any("broken.json" in p for p in problems) and any("'abc', not a number" in p for p in problems)
     assert any("named-missing: no such file" in p for p in problems) and not any("runs:" in p for p in problems)
     # schema 1: ablation and random are the references; schema 2: its own flag
-    refs = set(frame[frame["reference"]]["method"])
-    assert refs == {"ablation", "random"}
+    old = frame[frame["run"] == "runs/eval50-schema1"]
+    assert set(old[old["reference"]]["method"]) == {"ablation", "random"}
+    new = frame[frame["run"] == "runs/eval50"]
+    assert set(new[new["reference"]]["method"]) == {"ablation", "random", "uniform", "region_area"}
     assert load_results([tmp_path / "nothing"], optional=[tmp_path / "nothing"]) [1] == []
 
 
@@ -51,21 +55,26 @@ def test_the_table_ranks_one_protocol_with_references_set_apart(tmp_path):
     _write(tmp_path / "a" / "results.json", _schema2("mine", r2_signed=0.95, flags=["undefined on 78% of spans"],
                                                      n_failed=2))
     _write(tmp_path / "b" / "results.json", _schema2("other_k", r2_signed=0.99, k=32))
-    frame, _ = load_results([SHIPPED, tmp_path])
+    frame, _ = load_results([SHIPPED, SCHEMA1, tmp_path])
     assert protocols(frame)[0] == DEFAULT_PROTOCOL and len(protocols(frame)) == 2
     table = ranked_table(frame)
     assert set(table["protocol"]) == {DEFAULT_PROTOCOL} and "other_k" not in set(table["method"])
     ranked = table[~table["reference"]]
     assert list(ranked["rank"].str.rstrip("†")) == [str(i) for i in range(1, len(ranked) + 1)]
     assert list(ranked["mean"]) == sorted(ranked["mean"], reverse=True)
-    assert list(table["method"][-2:]) == ["ablation", "random"] and set(table["rank"][-2:]) == {"ref"}
+    references = table[table["reference"]]
+    assert set(references["method"]) == {"ablation", "random", "uniform", "region_area"}
+    assert set(table["rank"][-len(references):]) == {"ref"} and "ref" not in set(ranked["rank"])
     # schema-1 rows are ranked by r2 (marked †), the schema-2 row by its r2_signed
     mine = table[table["method"] == "mine"].iloc[0]
     assert mine["rank"] == "1" and mine["mean"] == 0.95 and mine["n_failed"] == 10  # 2 on each of 5 benchmarks
     assert "undefined on 78%" in mine["flags"] and mine["ms/token"] == 2.0
-    shipped = json.loads((SHIPPED / "vattr-tiny-synthetic-test50.json").read_text())["results"]
-    amortized = table[(table["method"] == "amortized") & (table["run"] == "runs/eval50")].iloc[0]
+    shipped = json.loads(SCHEMA1.read_text())["results"]
+    amortized = table[(table["method"] == "amortized") & (table["run"] == "runs/eval50-schema1")].iloc[0]
     assert amortized["rank"].endswith("†") and amortized["code"] == round(shipped["code"]["amortized"]["r2"], 3)
+    new = json.loads((SHIPPED / "vattr-tiny-synthetic-test50.json").read_text())["results"]
+    current = table[(table["method"] == "amortized") & (table["run"] == "runs/eval50")].iloc[0]
+    assert not current["rank"].endswith("†") and current["code"] == round(new["code"]["amortized"]["r2_signed"], 3)
     assert amortized["ms/token"] == float(f"{np.mean([shipped[b]['amortized']['sec_per_token'] for b in shipped]) * 1000:.3g}")
     assert amortized["n_samples"] == 50
     # the other protocol is its own table
@@ -78,7 +87,7 @@ def test_the_table_ranks_one_protocol_with_references_set_apart(tmp_path):
     # sort by any column, the better value first; references stay after the ranked rows
     by_cost = ranked_table(frame, sort_by="ms/token")
     costs = by_cost[~by_cost["reference"]]["ms/token"]
-    assert list(costs) == sorted(costs) and by_cost.iloc[0]["method"] == "amortized"
+    assert list(costs) == sorted(costs) and by_cost.iloc[0]["ms/token"] == costs.min()
     assert by_cost.set_index(["method", "run"])["rank"].to_dict() == table.set_index(["method", "run"])["rank"].to_dict()
     assert by_cost["reference"].tolist() == sorted(by_cost["reference"].tolist())
     by_name = ranked_table(frame, sort_by="method")
@@ -88,7 +97,7 @@ def test_the_table_ranks_one_protocol_with_references_set_apart(tmp_path):
     means = lower[~lower["reference"]]["mean"]
     assert list(means) == sorted(means)
     shown = ranked_table(frame, intervals=True)
-    cell = shown[(shown["method"] == "amortized") & (shown["run"] == "runs/eval50")]["code"].item()
+    cell = shown[(shown["method"] == "amortized") & (shown["run"] == "runs/eval50-schema1")]["code"].item()
     ci = shipped["code"]["amortized"]["ci95"]["r2"]
     assert cell == f"{shipped['code']['amortized']['r2']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
     with pytest.raises(ValueError, match="unknown metric"):

@@ -133,6 +133,9 @@ def test_a_submission_round_trip(page, server, tmp_path):
     page.screenshot(path=str(tmp_path / "accepted.png"))
     assert len(list((server[1] / "submitted").glob("*/status.json"))) == 1
     page.get_by_role("tab", name="Leaderboard").click()
+    search = page.get_by_label("search methods, runs, settings")  # as a user finds their row
+    search.fill("browser_method")
+    search.press("Enter")
     rows = _wait_rows(page, lambda r: any(x[1] == "browser_method" for x in r), "the submitted method")
     row = next(x for x in rows if x[1] == "browser_method")
     assert "pending review" in row
