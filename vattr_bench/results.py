@@ -214,8 +214,9 @@ def format_table(results: dict) -> str:
         if len(set(counts.values())) > 1:
             notes.append(f"{benchmark}: methods scored different samples (a failure): compare them on the spans "
                          "all scored with `vattr-bench compare`")
-        for method, v in methods.items():
-            notes.extend(f"{benchmark} / {method}: {flag}" for flag in v.get("flags", []))
+        for method, v in methods.items():  # a reference's flags are by design (uniform is flat): results.json has them
+            if not v.get("reference"):
+                notes.extend(f"{benchmark} / {method}: {flag}" for flag in v.get("flags", []))
     return frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-") + "\n" + "\n".join(notes)
 
 
