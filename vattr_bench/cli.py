@@ -722,6 +722,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`vattr-bench list | head`): nothing wrong, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not fail too
+        return 0
     except Exception as e:
         message = describe(e)  # None: not a user error but a bug, raised with its traceback
         if message is None or args.debug:
