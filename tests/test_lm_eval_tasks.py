@@ -11,7 +11,7 @@ lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not in
 
 from vattr_bench.benchmarks import FAMILIES  # noqa: E402
 from vattr_bench.generate import generate_traces  # noqa: E402
-from vattr_bench.lm_eval_tasks import TASKS, TASKS_DIR, task_manager  # noqa: E402
+from vattr_bench.lm_eval_tasks import HARD_TASKS, TASKS, TASKS_DIR, task_manager  # noqa: E402
 from vattr_bench.lm_eval_tasks.utils import synthetic_dataset  # noqa: E402
 from vattr_bench.models import TINY_CHECKPOINT, load_model  # noqa: E402
 
@@ -21,7 +21,12 @@ def test_every_family_is_a_task_and_the_include_path_is_printed():
     for task in TASKS:
         config = yaml.safe_load((TASKS_DIR / f"{task}.yaml").read_text())
         assert config["task"] == task and config["dataset_kwargs"]["family"] == task.removeprefix("vattr_")
-    assert set(TASKS) <= set(task_manager().all_tasks)
+    for task in HARD_TASKS:  # each family's hard variant, from the same generators
+        config = yaml.safe_load((TASKS_DIR / f"{task}.yaml").read_text())
+        family = task.removeprefix("vattr_").removesuffix("_hard") + "-hard"
+        assert config["task"] == task and config["dataset_kwargs"]["family"] == family
+        assert synthetic_dataset(family, n_samples=1)["test"]["sample_id"] == [f"{family}-test-0-0"]
+    assert set(TASKS) | set(HARD_TASKS) <= set(task_manager().all_tasks)
     printed = subprocess.run([sys.executable, "-m", "vattr_bench.lm_eval_tasks"], capture_output=True, text=True,
                              check=True).stdout.strip()
     assert printed == str(TASKS_DIR)
