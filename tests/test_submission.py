@@ -125,3 +125,34 @@ def test_check_submission_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 problem:" in out and "n_spans 12, samples.jsonl has 13" in out
     assert main(["check-submission", str(tmp_path / "nowhere")]) == 2
+
+
+# hypothesis: whatever a hostile or broken upload holds, the validator answers with problems, never raises ------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=20)
+_keys = st.sampled_from(["schema_version", "model", "config", "results", "ranking_metric", "../x", "\x00"])
+_payload = st.dictionaries(_keys, _json, max_size=5) | _json
+
+
+def _good_payload():
+    return build_results("vattr-tiny", CONFIG, _records())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=_payload, raw=st.binary(max_size=64), mutate=st.booleans())
+def test_fuzzed_uploads_are_answered_with_problems_never_an_exception(payload, raw, mutate):
+    if mutate:  # a valid results.json with one part replaced by anything
+        good = _good_payload()
+        key = sorted(good)[len(raw) % len(good)]
+        good[key] = payload
+        results = json.dumps(good, default=str).encode()
+    else:
+        results = raw if len(raw) % 2 else json.dumps(payload, default=str).encode()
+    samples = raw if len(raw) % 3 == 0 else None
+    checked = validate_submission(results, samples)
+    assert isinstance(checked.problems, list) and all(isinstance(p, str) and p for p in checked.problems)
+    assert checked.ok is (not checked.problems)
