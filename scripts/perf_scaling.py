@@ -22,27 +22,15 @@ import argparse
 
 import numpy as np
 import torch
-from transformers import AutoConfig, LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
+from transformers import AutoConfig, LlavaForConditionalGeneration, LogitsProcessorList
 
 from vattr_bench.amortized import FEATURES, LinearEstimator
 from vattr_bench.methods.gradients import InputXGradientMethod
 from vattr_bench.models import BUILTIN, load_model
 from vattr_bench.models.hf import HFVisionLanguageModel, load_processor
+from vattr_bench.models.random_init import ForceTokens
 from vattr_bench.perf import (FIRST_STREAM, PerfConfig, cost_per_span, interval_text, measure_streaming, prepare_items,
                               warm_up)
-
-
-class ForceTokens(LogitsProcessor):
-    """Greedy decoding writes ``ids`` (then end-of-sequence), whatever the model's own scores."""
-
-    def __init__(self, ids: list[int], prompt_length: int, eos: int):
-        self.ids, self.prompt_length, self.eos = ids, prompt_length, eos
-
-    def __call__(self, input_ids, scores):
-        t = input_ids.shape[1] - self.prompt_length
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.ids[t] if t < len(self.ids) else self.eos] = 0.0
-        return forced
 
 
 def write_traces(vlm: HFVisionLanguageModel, traces: dict[tuple, list[int]]) -> None:

@@ -11,7 +11,7 @@ from .distributed import Ranks, merge_shards, read_all_records
 from .models import VisionLanguageModel
 from .models.prompting import is_correct
 from .results import read_records
-from .storage import write_text_atomically
+from .storage import claim_settings, write_text_atomically
 
 GENERATION_KEYS = {"benchmark", "sample_id"}  # a line of generations.jsonl
 
@@ -34,7 +34,7 @@ def generate_traces(model: VisionLanguageModel, benchmark: str, limit: int, outp
     if ranks.is_main:
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
-            _claim(marker, settings)
+            claim_settings(marker, settings, "generations")
         except (ValueError, OSError) as e:
             problem = e
     claimed = ranks.gather(None if problem is None else str(problem))
@@ -76,17 +76,6 @@ def generate_traces(model: VisionLanguageModel, benchmark: str, limit: int, outp
         summary[family] = {"accuracy": sum(bool(r["correct"]) for r in mine) / len(mine), "n_samples": len(mine),
                            "mean_thinking_steps": sum(r["n_thinking_steps"] for r in mine) / len(mine)}
     return summary
-
-
-def _claim(marker: Path, settings: dict) -> None:
-    """A folder holds the generations of one set of settings: a resumed run must use the same."""
-    if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous != settings:
-            raise ValueError(f"{marker.parent} holds generations made under {previous}, not {settings}; "
-                             "use a new --output-dir")
-    else:
-        write_text_atomically(marker, json.dumps(settings, indent=1))
 
 
 def format_summary(summary: dict[str, dict]) -> str:

@@ -56,3 +56,18 @@ def load_arrays(path: Path, required=()) -> dict | None:
                        ", ".join(missing))
         return None
     return arrays
+
+
+def claim_settings(marker: Path, settings: dict, what: str) -> None:
+    """A folder holds ``what`` (generations, trajectories) of one set of settings, kept in ``marker``: the first
+    run writes them, a resumed run must bring the same."""
+    import json
+
+    marker = Path(marker)
+    if marker.is_file():
+        previous = json.loads(marker.read_text())
+        if previous != settings:
+            raise ValueError(f"{marker.parent} holds {what} made under {previous}, not {settings}; "
+                             "use a new --output-dir")
+    else:
+        write_text_atomically(marker, json.dumps(settings, indent=1))

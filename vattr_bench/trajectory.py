@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .benchmarks import SPLITS, resolve_families, synthetic_sample
-from .storage import load_arrays, save_arrays, write_text_atomically
+from .storage import claim_settings, load_arrays, save_arrays, write_text_atomically
 from .types import Span, Trace
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -228,7 +228,8 @@ def run_trajectory(cfg: TrajectoryConfig, log=print) -> dict:
     estimator = Amortized(cfg.estimator).load_for(model, cfg.regions, cfg.ablation)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    _claim(out / "trajectory-config.json", {**cfg.cache_key(), "estimator_sha256": estimator.digest})
+    claim_settings(out / "trajectory-config.json", {**cfg.cache_key(), "estimator_sha256": estimator.digest},
+                   "trajectories")
     records, record_families, skipped = [], [], {}
     todo = [(fam, i) for fam in families for i in range(cfg.limit)]
     for family, index in tqdm(todo, desc="trajectory", unit="sample"):
@@ -253,17 +254,6 @@ def run_trajectory(cfg: TrajectoryConfig, log=print) -> dict:
     log(format_report(report))
     log(f"wrote {out / 'trajectory.json'} and {out / 'trajectory.png'}")
     return report
-
-
-def _claim(marker: Path, settings: dict) -> None:
-    """A folder's cache holds the samples of one configuration: a resumed run must use the same."""
-    if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous != settings:
-            raise ValueError(f"{marker.parent} holds trajectories made under {previous}, not {settings}; "
-                             "use a new --output-dir")
-    else:
-        write_text_atomically(marker, json.dumps(settings, indent=1))
 
 
 def format_report(report: dict) -> str:

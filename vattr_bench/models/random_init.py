@@ -183,7 +183,7 @@ def random_estimator(model, regions: str, ablation: str, features: str = "direct
     return LinearEstimator(weights, 0.0, meta)
 
 
-class _ForceTokens:
+class ForceTokens:
     """A logits processor: greedy decoding writes ``ids`` (then end-of-sequence), whatever the scores."""
 
     def __init__(self, ids: list[int], prompt_length: int, eos: int):
@@ -219,7 +219,7 @@ def force_reference_traces(vlm, samples_and_inputs) -> None:
         key = tuple(prompt[0].tolist())
         if key not in traces:
             raise KeyError("force_reference_traces: a prompt with no reference trace was generated for")
-        processors = LogitsProcessorList([_ForceTokens(traces[key], prompt.shape[1], eos)])
+        processors = LogitsProcessorList([ForceTokens(traces[key], prompt.shape[1], eos)])
         return generate(*args, logits_processor=processors, **kwargs)
 
     vlm.model.generate = forced_generate
