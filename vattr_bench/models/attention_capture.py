@@ -660,7 +660,7 @@ def _fused_with_lse(query, key, value, scale: float):
     are, as sdpa passes them (CPU flash, CUDA cuDNN and flash read one kv head per group): repeated, they
     were a copy of the whole cache ×groups in every layer and step — 64 ms against sdpa's 4.3 ms for one
     layer call over 4,096 keys with Qwen2.5-VL-7B's 28 query / 4 kv heads on a 2-core CPU, 4.7 ms now
-    (`python scripts/capture_call_cost.py`)."""
+    (`python experiments/capture_call_cost.py`)."""
     causal = query.shape[2] > 1
     signature = (query.device.type, query.dtype, query.shape[-1], causal)
     trusted = _FUSED_OK.get(signature)

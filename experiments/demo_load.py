@@ -6,7 +6,7 @@ p50/p95 seconds from submitting to the first closed step and to the last. Loopba
 itself (at most --timeout seconds; sessions past it count as not completed), and the number of requests is
 the sum of the levels.
 
-    .venv/bin/python scripts/demo_load.py --sessions 8 32
+    .venv/bin/python experiments/demo_load.py --sessions 8 32
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 same samples? A bound for README's "r2 ≥ 2× the better raw attention" target (docs/estimator.md, "The
 ceiling, family by family"), on split "estimator" only (never the test samples).
 
-    python scripts/estimator_ceiling.py [--n 1000] [--cache-dir runs/estimator-examples]
+    python experiments/estimator_ceiling.py [--n 1000] [--cache-dir runs/estimator-examples]
 
 Reads (or collects) `vattr-bench train-estimator`'s examples — the same samples, traces, regions, masks
 and cache — for every feature kind: plain attention (whose mean over every head is the `attention` method,

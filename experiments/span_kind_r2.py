@@ -1,6 +1,6 @@
 """Mean per-span r2 by span kind (thinking step vs answer) from an evaluate run's samples.jsonl.
 
-    python scripts/span_kind_r2.py runs/eval50/samples.jsonl [method ...]
+    python experiments/span_kind_r2.py runs/eval50/samples.jsonl [method ...]
 
 The last span of a trace is its answer span (the splitter puts everything after </think> there).
 """

@@ -1,11 +1,11 @@
 """Where streaming's overhead goes: the same 20 test prompts generated in each mode asked for, interleaved,
 medians per prompt summed (the `vattr-bench perf` method, with more modes).
 
-    python scripts/overhead_split.py [--rounds 6] [--modes plain,again,thread] [--device cuda] [--dtype bfloat16]
+    python experiments/overhead_split.py [--rounds 6] [--modes plain,again,thread] [--device cuda] [--dtype bfloat16]
                                      [--decoder 2048x24] [--busy-us 500]
 
 On vattr-tiny by default; with --decoder, a random decoder of that size (hidden width × layers, built and
-forced to write vattr-tiny's own traces as in scripts/perf_scaling.py) with a random estimator of the shipped
+forced to write vattr-tiny's own traces as in experiments/perf_scaling.py) with a random estimator of the shipped
 kind: its values do not change the cost.
 
 --modes (all by default; plain is always run):

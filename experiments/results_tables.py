@@ -1,6 +1,6 @@
 """The markdown tables of docs/results.md, printed from an evaluate run's results.json (nothing typed by hand).
 
-    python scripts/results_tables.py leaderboard/results/vattr-tiny-synthetic-test50.json
+    python experiments/results_tables.py leaderboard/results/vattr-tiny-synthetic-test50.json
 
 Prints: the ranked table (ranking metric per benchmark, its mean, cost), the size-controlled table, the LDS table
 with the uniform floor, and the run's configuration line.

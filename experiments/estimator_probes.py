@@ -1,7 +1,7 @@
 """Probes behind the account of the amortized estimator's ceiling (docs/estimator.md), on split "estimator" only
 (never the test samples): which Pearson targets to fit, whether more data or other pooling would help.
 
-    python scripts/estimator_probes.py [--n 1000] [--model vattr-tiny]
+    python experiments/estimator_probes.py [--n 1000] [--model vattr-tiny]
 
 Collects, once, the per-token attention rows and the ablation ground truth of n samples (the same
 samples, traces, regions and masks `vattr-bench train-estimator --n-train n` uses), holds out 20% the
@@ -20,7 +20,7 @@ the shipped direct-logit features side by side with another kind, 2·L·H featur
 estimator that read each head both ways could gain), and the direct-logit features with each token's signed
 contribution x mixed into its magnitude, |x| + beta·x, one feature a head again ("combined").
 
-    python scripts/estimator_probes.py --probes heads   # only that group
+    python experiments/estimator_probes.py --probes heads   # only that group
 """
 import argparse
 

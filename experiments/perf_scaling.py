@@ -3,7 +3,7 @@ L·H and the visual tokens (and, for logit-weighted features, with L·hidden² p
 not seen yet: its head directions, kept per model), ablation and gradients pay for whole forward/backward
 passes.
 
-    python scripts/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1] [--device cuda] [--heads 16]
+    python experiments/perf_scaling.py [--sizes 128x4,512x8,1024x12] [--rounds 3] [--per-family 1] [--device cuda] [--heads 16]
 
 For each size (decoder hidden width × layers, 16 heads, MLP 3× wide), a Llava model with vattr-tiny's
 vision tower config, tokenizer and processor and a decoder of that size with random weights. Random

@@ -3,7 +3,7 @@
 one thread being timed). Wall-time differences (perf, overhead_split.py) drown pieces of a few hundred
 µs a stream in this VM's noise; these sums do not, though the wrappers add ~1 µs a call.
 
-    python scripts/stream_accounting.py [--per-family 2]
+    python experiments/stream_accounting.py [--per-family 2]
 
 | piece | where it runs when streaming |
 |---|---|

@@ -1,6 +1,6 @@
 """Memory and time of the offline `amortized` method at growing trace lengths, two ways on the same trace:
 
-    python scripts/offline_memory.py [--lengths 256,1024,4096]
+    python experiments/offline_memory.py [--lengths 256,1024,4096]
 
 "full attention array": the estimator applied to `trace_features` — the (L, H, T, N) attention of every
 trace token to every visual token, then pooled (what the method did before it went span by span, and what

@@ -3,7 +3,7 @@ head layout: sdpa as transformers runs it (grouped K/V, enable_gqa), the capture
 (`attention_capture._fused_with_lse`: output and lse), and that call with K/V repeated per query head first,
 as the capture did before grouped K/V went to the kernel as they are (a copy of the cache ×groups).
 
-    python scripts/capture_call_cost.py [--heads 28 --kv-heads 4 --head-dim 128] [--keys 1024,4096] [--device cpu]
+    python experiments/capture_call_cost.py [--heads 28 --kv-heads 4 --head-dim 128] [--keys 1024,4096] [--device cpu]
 
 Defaults: Qwen2.5-VL-7B's layout. One query (a decode step) over the given numbers of keys, float32 on the
 CPU (bf16 on CUDA); best of 5 passes of 20 calls.

@@ -2,7 +2,7 @@
 the capture's cuDNN branch (`attention_capture._cuda_fused`) relies on — the statistics' layout and unit,
 and the output with statistics on being the output sdpa gives without. Needs a CUDA GPU (`gpu_check.sh`).
 
-    python scripts/cudnn_lse_probe.py
+    python experiments/cudnn_lse_probe.py
 """
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """Four micro-measurements behind the streaming worker's SpanAttributor (amortized/attributor.py) (docs/performance.md quotes them):
 
-    python scripts/stream_microbench.py [--rounds 15] [--estimator E.json]
+    python experiments/stream_microbench.py [--rounds 15] [--estimator E.json]
 
 (``--estimator``: another estimator for vattr-tiny than the shipped one, e.g. one that uses some heads only.)
 

@@ -1,7 +1,7 @@
 """Data-parallel evaluate: samples/s on 1 and 2 ranks (measured here, CPU + gloo), and what N GPUs × M nodes would
 take for the paper's setting (simulated from per-sample costs).
 
-    python scripts/scaling.py --benchmark math,code --limit 6
+    python experiments/scaling.py --benchmark math,code --limit 6
 
 Part 1 runs the same `vattr-bench evaluate` twice in fresh folders, once as one process and once under
 `torchrun --nproc-per-node 2`, and prints samples/s of each (a ratio measured in one run of this script).

@@ -1,6 +1,6 @@
 """How far one method's scores moved between two evaluate runs, on the samples both scored.
 
-    python scripts/compare_runs.py runs/eval50/samples.jsonl /tmp/am10/samples.jsonl [--method amortized]
+    python experiments/compare_runs.py runs/eval50/samples.jsonl /tmp/am10/samples.jsonl [--method amortized]
 
 Prints the largest absolute difference of the region scores and of the per-span r2, and the largest |score|
 for scale: the check that a change to a method's computation (float32 order, a new kernel) did not change
