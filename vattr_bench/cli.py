@@ -226,30 +226,22 @@ def _run_records(path: Path, metrics=()) -> tuple[list[dict], Path]:
     samples = path / "samples.jsonl" if path.is_dir() else path
     if not samples.is_file():
         raise FileNotFoundError(f"no samples.jsonl at {path} (give an evaluate --output-dir or its samples.jsonl)")
-    try:
-        records = read_records(samples)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{samples} is not an evaluate run's samples.jsonl: not UTF-8 text (byte {e.start})") from e
+    records = read_records(samples)  # objects with benchmark/sample_id/method only; not text: an error naming it
     if not records and samples.read_text(encoding="utf-8").strip():  # a results.json: no line is JSON alone
         raise UserError(f"{samples} is not an evaluate run's samples.jsonl: no line of it is a JSON record (give the "
                         "run's --output-dir or its samples.jsonl)")
     for number, record in enumerate(records, 1):
-        # a results.json, or a run whose records were edited or cut, is named here, not met as a KeyError later
-        missing = _RECORD_KEYS - set(record) if isinstance(record, dict) else _RECORD_KEYS
-        if not missing and "error" not in record:
-            span_metrics = record.get("span_metrics")
-            if isinstance(span_metrics, dict):
-                missing = {f"span_metrics.{m}" for m in metrics if m not in span_metrics}
-            else:
-                missing = {"span_metrics"}
+        # a run whose records were edited or cut is named here, not met as a KeyError later
+        if "error" in record:
+            continue
+        span_metrics = record.get("span_metrics")
+        missing = ({f"span_metrics.{m}" for m in metrics if m not in span_metrics} if isinstance(span_metrics, dict)
+                   else {"span_metrics"})
         if missing:
-            what = f"lacks {', '.join(sorted(missing))}" if isinstance(record, dict) else "is not a record object"
             raise UserError(f"{samples} is not an evaluate run's samples.jsonl: its record {number} "
-                            f"({json.dumps(record)[:60]}) {what} (give the run's --output-dir or its samples.jsonl)")
+                            f"({json.dumps(record)[:60]}) lacks {', '.join(sorted(missing))} (give the run's "
+                            "--output-dir or its samples.jsonl)")
     return records, samples
-
-
-_RECORD_KEYS = {"benchmark", "sample_id", "method"}
 
 
 def _ground_truth_key(samples: Path) -> str | None:

@@ -78,6 +78,22 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    def on_main(self, action, what: str) -> None:
+        """``action()`` on rank 0 alone (making and claiming an output folder), every rank learning whether it
+        worked: rank 0 raises its own error, the others one naming it, so that no rank waits for a rank 0 that
+        gave up."""
+        problem = None
+        if self.is_main:
+            try:
+                action()
+            except (ValueError, OSError) as e:
+                problem = e
+        told = self.gather(None if problem is None else f"{type(problem).__name__}: {problem}")
+        if problem is not None:
+            raise problem
+        if told[0] is not None:
+            raise ValueError(f"rank 0 could not use {what}: {told[0]}")
+
     def shard_path(self, merged: Path) -> Path:
         """Where this rank writes the records that end in ``merged`` (the merged file itself on a single rank)."""
         if not self.distributed:

@@ -111,26 +111,13 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     ranks = Ranks.from_env(cfg.device)
     model = load_model(cfg.model, device=ranks.device(cfg.device), dtype=cfg.dtype, device_map=cfg.device_map,
                        max_memory=cfg.max_memory, offload_folder=cfg.offload_folder)
-    problem = None
-    if ranks.is_main:  # one rank makes and claims the folder; the others learn whether it could
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            _claim_output_dir(out, cfg)
-        except (ValueError, OSError) as e:
-            problem = e
-    claimed = ranks.gather(None if problem is None else f"{type(problem).__name__}: {problem}")
-    if problem is not None:
-        raise problem
-    if claimed[0] is not None:
-        raise ValueError(f"rank 0 could not use {out}: {claimed[0]}")
+    ranks.on_main(lambda: _claim_output_dir(out, cfg), str(out))  # rank 0 makes and claims the folder
     samples_path = out / "samples.jsonl"
     sink_path = ranks.shard_path(samples_path)
     sink_path.parent.mkdir(parents=True, exist_ok=True)
     previous = read_all_records(samples_path)
     if sink_path.is_file():  # drop a line torn by a killed run, so appends start on a clean line
         write_text_atomically(sink_path, "".join(json.dumps(r) + "\n" for r in read_records(sink_path)))
-    elif not ranks.distributed and samples_path.is_file():
-        write_text_atomically(samples_path, "".join(json.dumps(r) + "\n" for r in read_records(samples_path)))
     done = {(r["benchmark"], r["sample_id"], r["method"]) for r in previous}
     by_sample: dict[tuple[str, str], list[dict]] = {}  # every method's records, for the per-sample pictures
     for r in previous:
@@ -288,7 +275,8 @@ def _save_sample_heatmaps(path: Path, shared: "_Shared", records: list[dict]) ->
 
 
 def _claim_output_dir(out: Path, cfg: EvalConfig) -> None:
-    """A resumed run must use the same protocol as what is already in the folder."""
+    """Makes the folder; a resumed run must use the same protocol as what is already in it."""
+    out.mkdir(parents=True, exist_ok=True)
     marker = out / "run.json"
     key = cfg.ground_truth_key()
     if marker.is_file():

@@ -30,18 +30,7 @@ def generate_traces(model: VisionLanguageModel, benchmark: str, limit: int, outp
     resumable = marker.is_file()  # generations from before the marker existed: their settings unknown, redone
     settings = {"model": model.name, "split": split, "seed": seed, "max_new_tokens": max_new_tokens,
                 "dtype": str(getattr(model, "dtype", ""))}
-    problem = None
-    if ranks.is_main:
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            claim_settings(marker, settings, "generations")
-        except (ValueError, OSError) as e:
-            problem = e
-    claimed = ranks.gather(None if problem is None else str(problem))
-    if problem is not None:
-        raise problem
-    if claimed[0] is not None:
-        raise ValueError(f"rank 0 could not use {output_dir}: {claimed[0]}")
+    ranks.on_main(lambda: claim_settings(marker, settings, "generations"), str(output_dir))  # on rank 0
     done = {(r["benchmark"], r["sample_id"]): r for r in read_all_records(path, GENERATION_KEYS)} if resumable else {}
     sink_path = ranks.shard_path(path)
     sink_path.parent.mkdir(parents=True, exist_ok=True)

@@ -182,20 +182,6 @@ def save_tradeoff_png(results: dict, path: Path, metric: str = "r2") -> None:
     _save(fig, path, layout=False)
 
 
-def overlay(image, regions: Regions, span_scores: np.ndarray, size: int = 320):
-    """The image with each region tinted by one span's scores (normalised to the span, inferno), as a
-    PIL image scaled to ``size`` px wide — for places that show pictures live (the leaderboard demo)."""
-    from matplotlib import colormaps
-    from PIL import Image
-
-    labels = regions.label_map()
-    heat = colormaps["inferno"](_pixel_heat(labels, span_scores, 0.0))[..., :3]
-    base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-    blended = np.where((labels >= 0)[..., None], 0.45 * base + 0.55 * heat, base)
-    out = Image.fromarray((blended * 255).round().astype(np.uint8))
-    return out.resize((size, max(1, round(size * out.height / out.width))), Image.NEAREST)
-
-
 HEAT_CMAP = "inferno"
 
 
@@ -250,17 +236,16 @@ def label_points(pixel_masks: np.ndarray) -> list[tuple[int, int] | None]:
     """Per region, (x, y) of its pixel farthest from its border (the image's edge counts as one): a point
     inside the region even where its centroid is not (a ring, an L, a background around objects). None for
     a region with no pixel."""
+    return [_deepest_pixel(mask) if mask.any() else None for mask in pixel_masks]
+
+
+def _deepest_pixel(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of a non-empty ``mask`` farthest from its border (the image's edge counts as one)."""
     from scipy.ndimage import distance_transform_edt
 
-    points = []
-    for mask in pixel_masks:
-        if not mask.any():
-            points.append(None)
-            continue
-        depth = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
-        points.append((int(x), int(y)))
-    return points
+    depth = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return int(x), int(y)
 
 
 def _show_image(ax, image, shape: tuple[int, int]) -> None:
@@ -296,7 +281,6 @@ def overlay_layout(image, regions: Regions, size: int = 360) -> dict:
     from the region's border, found on a quarter-size map: a number sits on its own region, never on a
     neighbour inside its bounding box) — computed once per image, not per span."""
     from PIL import Image
-    from scipy.ndimage import distance_transform_edt
     from skimage.segmentation import find_boundaries
 
     image = image.convert("RGB")
@@ -313,9 +297,8 @@ def overlay_layout(image, regions: Regions, size: int = 360) -> dict:
                 continue
         else:
             scale, offset = step, step // 2
-        inside = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(inside)), inside.shape)
-        anchors[k] = (int(x) * scale + offset, int(y) * scale + offset)
+        x, y = _deepest_pixel(mask)
+        anchors[k] = (x * scale + offset, y * scale + offset)
     base = np.asarray(image.resize((size, height), Image.BILINEAR), dtype=np.float64) / 255.0
     return {"size": size, "height": height, "labels": labels, "base": base, "anchors": anchors,
             "outline": find_boundaries(labels, mode="inner")}

@@ -60,10 +60,11 @@ def load_arrays(path: Path, required=()) -> dict | None:
 
 def claim_settings(marker: Path, settings: dict, what: str) -> None:
     """A folder holds ``what`` (generations, trajectories) of one set of settings, kept in ``marker``: the first
-    run writes them, a resumed run must bring the same."""
+    run makes the folder and writes them, a resumed run must bring the same."""
     import json
 
     marker = Path(marker)
+    marker.parent.mkdir(parents=True, exist_ok=True)
     if marker.is_file():
         previous = json.loads(marker.read_text())
         if previous != settings:

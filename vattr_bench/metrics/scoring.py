@@ -28,10 +28,11 @@ class SpanScores:
 def score_spans(ctx, scores: np.ndarray, effects: np.ndarray, masks: np.ndarray, subset_effects: np.ndarray) -> SpanScores:
     """``ctx``: the harness's own context (model, trace, regions, sample: never a method's copy); ``effects``
     (n_spans, K) single-region Δ; ``masks`` (n_subsets, K) and ``subset_effects`` (n_subsets, n_spans) for LDS."""
+    sizes = ctx.region_sizes()
     flat_scores = np.ptp(scores, axis=1) == 0
     truth_flat = np.ptp(effects, axis=1) == 0
     pearson = pearson_per_span(scores, effects)
-    partial = partial_pearson_per_span(scores, effects, ctx.region_sizes())
+    partial = partial_pearson_per_span(scores, effects, sizes)
     subset_scores = lds(scores, masks, subset_effects)
     predicted_flat = np.ptp(masks.astype(np.float64) @ scores.T, axis=0) == 0
     subsets_flat = np.ptp(subset_effects, axis=0) == 0
@@ -39,7 +40,7 @@ def score_spans(ctx, scores: np.ndarray, effects: np.ndarray, masks: np.ndarray,
     pearson = np.where(flat_scores & ~truth_flat, 0.0, pearson)
     # size-controlled: undefined on the truth's side (size explains Δ entirely) is left out for everyone; on the
     # method's side alone (size explains its scores entirely, as region_area's) it is 0
-    truth_beyond_size = ~size_residuals(effects, ctx.region_sizes())[1]
+    truth_beyond_size = ~size_residuals(effects, sizes)[1]
     partial_undefined = np.isnan(partial) & truth_beyond_size
     partial = np.where(partial_undefined, 0.0, partial)
     subset_scores = np.where(predicted_flat & ~subsets_flat, 0.0, subset_scores)
