@@ -71,6 +71,19 @@ def _wait_rows(page, predicate, what: str):
     raise AssertionError(f"the table never showed {what}; it shows {rows}")
 
 
+def _open_tab(page, name: str, ready: str, tries: int = 3):
+    """Click tab ``name`` until the element ``ready`` is in the page: on a busy machine a click that lands while
+    the app is still redrawing after load can be lost (seen in CI: the Submit tab's file input never came)."""
+    for attempt in range(tries):
+        page.get_by_role("tab", name=name).click()
+        try:
+            page.locator(ready).first.wait_for(state="attached", timeout=20_000)
+            return
+        except playwright_api.TimeoutError:
+            if attempt == tries - 1:
+                raise
+
+
 def _upload(page, upload, path: Path, tries: int = 3):
     """Hand ``path`` to the file input until the component shows its name: a file set while the freshly shown tab
     is still being drawn can be dropped with the element it was set on (seen once in CI on a busy machine)."""
@@ -129,7 +142,7 @@ def test_a_submission_round_trip(page, server, tmp_path):
     good.write_text(json.dumps(build_results("vattr-tiny", config, records)))
     bad = tmp_path / "broken.json"
     bad.write_text('{"schema_version": 2, "model": "m"')
-    page.get_by_role("tab", name="Submit").click()
+    _open_tab(page, "Submit", "#results-upload input[type=file]")
     upload = page.locator("#results-upload input[type=file]")
     _upload(page, upload, bad)
     page.get_by_role("button", name="validate and submit").click()
