@@ -1,6 +1,6 @@
 """One decoder layer's attention call with and without the capture's fused kernel, for a grouped-query
 head layout: sdpa as transformers runs it (grouped K/V, enable_gqa), the capture's call
-(`attention_capture._fused_with_lse`: output and lse), and that call with K/V repeated per query head first,
+(`models.capture.backend.fused_with_lse`: output and lse), and that call with K/V repeated per query head first,
 as the capture did before grouped K/V went to the kernel as they are (a copy of the cache ×groups).
 
     python experiments/capture_call_cost.py [--heads 28 --kv-heads 4 --head-dim 128] [--keys 1024,4096] [--device cpu]
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from vattr_bench.models import attention_capture
+from vattr_bench.models.capture.backend import fused_with_lse
 
 
 def best_ms(call, device: str) -> float:
@@ -49,11 +49,11 @@ def main():
         k, v = (torch.randn(1, a.kv_heads, n, a.head_dim, dtype=dtype, device=a.device) for _ in range(2))
         # each lambda is timed at once, inside this iteration: it reads this iteration's q, k, v
         sdpa = best_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True), a.device)  # noqa: B023
-        capture = best_ms(lambda: attention_capture._fused_with_lse(q, k, v, scale), a.device)  # noqa: B023
-        repeated = best_ms(lambda: attention_capture._fused_with_lse(q, repeat_kv(k, groups), repeat_kv(v, groups), scale),  # noqa: B023
+        capture = best_ms(lambda: fused_with_lse(q, k, v, scale), a.device)  # noqa: B023
+        repeated = best_ms(lambda: fused_with_lse(q, repeat_kv(k, groups), repeat_kv(v, groups), scale),  # noqa: B023
                            a.device)
         # None: no fused kernel took the call (the capture would add an explicit q·Kᵀ; the timing above is not it)
-        fused = attention_capture._fused_with_lse(q, k, v, scale) is not None
+        fused = fused_with_lse(q, k, v, scale) is not None
         print(f"| {n} | {sdpa:.2f} | {capture:.2f} | {repeated:.2f} | {'yes' if fused else 'NO: explicit lse'} |")
 
 

@@ -1,5 +1,5 @@
 """What cuDNN's attention hands back on this GPU, against the explicit lse and sdpa's own output: the facts
-the capture's cuDNN branch (`attention_capture._cuda_fused`) relies on — the statistics' layout and unit,
+the capture's cuDNN branch (`models.capture.backend`) relies on — the statistics' layout and unit,
 and the output with statistics on being the output sdpa gives without. Needs a CUDA GPU (`gpu_check.sh`).
 
     python experiments/cudnn_lse_probe.py
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
-from vattr_bench.models.attention_capture import _lse_explicit
+from vattr_bench.models.capture.backend import explicit_lse
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
                 except RuntimeError as e:
                     print(f"{row} cuDNN refused: {str(e).splitlines()[0][:80]} | | |")
                     continue
-                explicit = _lse_explicit(q, k, None, scale)
+                explicit = explicit_lse(q, k, None, scale)
                 reference = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
                 print(f"{row} {tuple(lse.shape)} | {(lse.reshape(explicit.shape).float() - explicit).abs().max().item():.2e} "
                       f"| {(out.float() - reference.float()).abs().max().item():.2e} |")

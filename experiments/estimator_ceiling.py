@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vattr_bench.amortized import LinearEstimator
-from vattr_bench.amortized.estimator import _pearson_rows, _span_rows, train_estimator
+from vattr_bench.amortized.estimator import pearson_rows, span_design_rows, train_estimator
 from vattr_bench.amortized.train import collect_examples, heldout_scores, split_heldout, with_sign_weight
 from vattr_bench.benchmarks import resolve_families
 from vattr_bench.methods.amortized import SHIPPED
@@ -33,7 +33,7 @@ def best_fit(examples: list[dict], iterations: int = 500) -> np.ndarray:
     Δ_k(S) — on ``examples``: L-BFGS from the Pearson-trained estimator (train-estimator's fit, targets
     "singles"), features standardised. The Pearson fit alone stops short of this, most with every kind side by side."""
     start = train_estimator(examples, targets="singles")
-    X, Y = (torch.cat(parts) for parts in zip(*[(X, Y) for _, X, Y in _span_rows(examples, "singles")]))
+    X, Y = (torch.cat(parts) for parts in zip(*[(X, Y) for _, X, Y in span_design_rows(examples, "singles")]))
     scale = X.reshape(-1, X.shape[-1]).std(0) + 1e-12
     X = X / scale
     w = torch.tensor(start * scale.numpy(), dtype=torch.float64, requires_grad=True)
@@ -41,7 +41,7 @@ def best_fit(examples: list[dict], iterations: int = 500) -> np.ndarray:
 
     def loss():
         opt.zero_grad()
-        value = -(_pearson_rows(X @ w, Y, torch) ** 2).mean()
+        value = -(pearson_rows(X @ w, Y, torch) ** 2).mean()
         value.backward()
         return value
 

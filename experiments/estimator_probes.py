@@ -34,6 +34,7 @@ from vattr_bench.amortized.estimator import select_heads, train_estimator
 from vattr_bench.amortized.train import heldout_scores, split_heldout
 from vattr_bench.benchmarks import resolve_families, synthetic_sample
 from vattr_bench.models import load_model
+from vattr_bench.models.adapter import CaptureOptions
 from vattr_bench.regions import ground_truth, make_regions
 
 
@@ -90,7 +91,7 @@ def readout_variants(model, prepared, trace, token_matrix) -> dict:
     or the shipped per-token magnitude over the final norm's rms of the residual at t (the scale the logit
     lens leaves out: the head's exact direct contribution to the logit), or over (1 − A_tk).
     For a Llama-style decoder (o_proj, a final RMSNorm with variance_epsilon), vattr-tiny's."""
-    decoder, L, H = model._decoder, model.num_layers, model.num_heads
+    decoder, L, H = model.decoder, model.num_layers, model.num_heads
     ids = list(trace.token_ids)
     T, rows = len(ids), slice(prepared.prompt_length - 1, prepared.prompt_length - 1 + len(trace.token_ids))
     seen = {}
@@ -98,13 +99,13 @@ def readout_variants(model, prepared, trace, token_matrix) -> dict:
              for l, layer in enumerate(decoder.layers)]
     hooks.append(decoder.norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("residual", a[0])))
     try:
-        with model.capture_visual_attention(prepared, logit_readout=True) as capture, torch.no_grad():
-            logits = model._forward(prepared, ids).logits[0, rows].double().numpy()  # (T, V)
+        with model.capture_visual_attention(prepared, CaptureOptions(logit_readout=True)) as capture, torch.no_grad():
+            logits = model.forward(prepared, ids).logits[0, rows].double().numpy()  # (T, V)
     finally:
         for h in hooks:
             h.remove()
     attention = capture.attention(T).astype(np.float64)  # (L, H, T, N)
-    values = np.repeat(np.asarray(capture._visual_values(), dtype=np.float64), capture._groups, axis=1)  # (L, H, N, d)
+    values = np.repeat(np.asarray(capture.visual_values(), dtype=np.float64), capture.query_groups, axis=1)  # (L, H, N, d)
     outputs = np.stack([seen[l][0, rows].double().numpy().reshape(T, H, -1) for l in range(L)])  # (L, T, H, d)
     residual = seen["residual"][0, rows].double().numpy()
     rms = np.sqrt((residual ** 2).mean(-1) + decoder.norm.variance_epsilon)  # (T,)

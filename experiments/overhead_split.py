@@ -59,7 +59,8 @@ from transformers.generation.streamers import BaseStreamer
 from perf_scaling import random_decoder_model, write_traces
 from vattr_bench.amortized import LinearEstimator, capture_options
 from vattr_bench.methods import load_method
-from vattr_bench.models import attention_capture, load_model
+from vattr_bench.models import load_model
+from vattr_bench.models.capture import backend as capture_backend
 from vattr_bench.perf import PerfConfig, interval_text, overhead_interval, overhead_pct, prepare_items
 from vattr_bench.streaming import SpanStreamer, stream_attributions
 
@@ -159,15 +160,15 @@ def main():
     options = capture_options(estimator.meta)  # keep what the estimator's features need, as streaming does
 
     def capture(prepared, regions):
-        with model.capture_visual_attention(prepared, **options):
+        with model.capture_visual_attention(prepared, options):
             model.generate_ids(prepared, 128)
 
     def capture_explicit(prepared, regions):
-        with mock.patch.object(attention_capture, "_fused_fits", lambda *args: False):
+        with mock.patch.object(capture_backend, "fused_fits", lambda *args: False):
             capture(prepared, regions)
 
     def splitter(prepared, regions, sink=lambda closed_span: None):
-        with model.capture_visual_attention(prepared, **options) as c:
+        with model.capture_visual_attention(prepared, options) as c:
             model.generate_ids(prepared, 128, streamer=SpanStreamer(model, c, sink))
 
     def busy_worker(work, hand_over: bool = True):

@@ -21,7 +21,7 @@ import torch
 from vattr_bench.amortized import SpanAttributor
 from vattr_bench.methods import load_method
 from vattr_bench.models import load_model
-from vattr_bench.models.attention_capture import VisualAttentionCapture
+from vattr_bench.models.capture import VisualAttentionCapture
 from vattr_bench.models.spans import SpanSplitter
 from vattr_bench.perf import PerfConfig, prepare_items
 from vattr_bench.streaming import stream_attributions

@@ -55,7 +55,7 @@ def main():
     prepared = model.prepare(sample.image, sample.prompt)
     regions, _ = make_regions("feature-ward", model, prepared, k=16)
     estimator = Amortized(a.estimator).load_for(model, "feature-ward", "knockout")
-    with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
+    with model.capture_visual_attention(prepared, capture_options(estimator.meta)) as capture:
         closed = []
         trace = model.trace_from_ids(prepared, model.generate_ids(
             prepared, 128, streamer=SpanStreamer(model, capture, closed.append)))
@@ -121,7 +121,7 @@ def steps_replayed(model, estimator, rounds: int, per_family: int = 2) -> None:
             s = synthetic_sample(family, i, "test")
             prepared = model.prepare(s.image, s.prompt)
             regions, _ = make_regions("feature-ward", model, prepared, k=16)
-            with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
+            with model.capture_visual_attention(prepared, capture_options(estimator.meta)) as capture:
                 closed = []
                 model.generate_ids(prepared, 128, streamer=SpanStreamer(model, capture, closed.append))
             streams.append((capture, regions, closed))

@@ -2,7 +2,7 @@
 (CI has none: these run when a GPU machine is at hand, `pytest tests/test_cuda.py`).
 
 On CUDA the capture takes each query's lse from the kernel sdpa picks (memory-efficient in float32 here;
-cuDNN in bf16 on Hopper, tested in tests/test_adapter.py) and the logit readout computes head directions on
+cuDNN in bf16 on Hopper, tested in tests/test_hf_adapter.py) and the logit readout computes head directions on
 the device: each is checked against eager attention or the host's numpy path, streaming against offline
 scoring, and a whole evaluate run against the same run on the CPU."""
 import json
@@ -18,7 +18,8 @@ from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.evaluate import EvalConfig, evaluate
 from vattr_bench.methods import AttributionContext
 from vattr_bench.methods.amortized import Amortized
-from vattr_bench.models import attention_capture, load_model
+from vattr_bench.models import load_model
+from vattr_bench.models.capture import backend as capture_backend
 from vattr_bench.regions import make_regions
 from vattr_bench.streaming import stream_attributions
 
@@ -45,15 +46,15 @@ def _image(model):
 
 
 def test_capture_on_cuda_takes_the_fused_kernels_lse_and_equals_eager(gpu_model, monkeypatch):
-    monkeypatch.setattr(attention_capture, "_FUSED_OK", {})
+    monkeypatch.setattr(capture_backend, "_FUSED_OK", {})
     explicit = []
-    lse_explicit = attention_capture._lse_explicit
+    lse_explicit = capture_backend.explicit_lse
 
     def counted(*args):
         explicit.append(args[0].shape)
         return lse_explicit(*args)
 
-    monkeypatch.setattr(attention_capture, "_lse_explicit", counted)
+    monkeypatch.setattr(capture_backend, "explicit_lse", counted)
     prepared = gpu_model.prepare(_image(gpu_model), "what color is the circle ?")
     with gpu_model.capture_visual_attention(prepared) as capture:
         ids = gpu_model.generate_ids(prepared, max_new_tokens=6)
@@ -63,9 +64,9 @@ def test_capture_on_cuda_takes_the_fused_kernels_lse_and_equals_eager(gpu_model,
     np.testing.assert_allclose(capture.attention(len(ids)), eager, rtol=1e-5, atol=1e-5)
     # the prompt pass (causal) and the decode steps: each kind checked once against q·Kᵀ, then trusted
     head_dim = capture.rows()[0].shape[-1]
-    assert ("cuda", torch.float32, head_dim, True) in attention_capture._FUSED_OK
-    assert all(attention_capture._FUSED_OK.values()), attention_capture._FUSED_OK
-    assert len(explicit) == len(attention_capture._FUSED_OK)  # only the checks: every other call used the kernel
+    assert ("cuda", torch.float32, head_dim, True) in capture_backend._FUSED_OK
+    assert all(capture_backend._FUSED_OK.values()), capture_backend._FUSED_OK
+    assert len(explicit) == len(capture_backend._FUSED_OK)  # only the checks: every other call used the kernel
     with gpu_model.capture_visual_attention(prepared):  # the kernel sdpa runs: the same log-probs as without
         captured = gpu_model.token_logprobs(prepared, ids)
     np.testing.assert_allclose(captured, gpu_model.token_logprobs(prepared, ids), atol=1e-5)
@@ -106,7 +107,7 @@ def test_evaluate_on_cuda_scores_what_the_cpu_scores(tmp_path):
     scores = {}
     for device in ("cpu", "cuda"):
         evaluate(EvalConfig(methods=methods, benchmark="general", limit=1, output_dir=str(tmp_path / device),
-                            device=device), log=lambda *a: None)
+                            device=device))
         records = [json.loads(line) for line in (tmp_path / device / "samples.jsonl").read_text().splitlines()]
         assert not [r for r in records if r.get("error")], records
         scores[device] = {r["method"]: np.asarray(r["scores"]) for r in records}

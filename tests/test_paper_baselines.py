@@ -40,11 +40,11 @@ def _relevance_budget(model, prepared, trace_ids, epsilon, eager=True):
         inputs.append(kwargs["inputs_embeds"])
         return args, kwargs
 
-    handle = model._decoder.register_forward_pre_hook(leaf_inputs, with_kwargs=True)
+    handle = model.decoder.register_forward_pre_hook(leaf_inputs, with_kwargs=True)
     P, T = prepared.prompt_length, len(trace_ids)
     try:
         with attnlrp_rules(model, epsilon, eager=eager), softmax_absorption() as probes, torch.enable_grad():
-            logits = model._forward(prepared, trace_ids).logits[0, P - 1:P - 1 + T].float()
+            logits = model.forward(prepared, trace_ids).logits[0, P - 1:P - 1 + T].float()
             logp = torch.log_softmax(logits, -1)
             rows, target = torch.arange(T), torch.as_tensor(trace_ids)
             logp[rows, target].sum().backward()
@@ -75,12 +75,12 @@ def test_attnlrp_sdpa_and_explicit_softmax_agree_and_the_forward_is_unchanged(ti
     fused = _relevance_budget(tiny, prepared, trace.token_ids, 1e-6, eager=False)[3]
     explicit = _relevance_budget(tiny, prepared, trace.token_ids, 1e-6, eager=True)[3]
     assert torch.allclose(fused, explicit, rtol=1e-3, atol=1e-6 * float(explicit.abs().max()))
-    backend, before = tiny._decoder.config._attn_implementation, tiny.token_logprobs(prepared, trace.token_ids)
+    backend, before = tiny.decoder.config._attn_implementation, tiny.token_logprobs(prepared, trace.token_ids)
     with attnlrp_rules(tiny):  # the rules change the backward only
         np.testing.assert_allclose(tiny.token_logprobs(prepared, trace.token_ids), before, atol=1e-5)
     np.testing.assert_array_equal(tiny.token_logprobs(prepared, trace.token_ids), before)
-    assert tiny._decoder.config._attn_implementation == backend
-    assert not any("forward" in vars(m) for m in tiny._decoder.modules())  # every patched norm restored
+    assert tiny.decoder.config._attn_implementation == backend
+    assert not any("forward" in vars(m) for m in tiny.decoder.modules())  # every patched norm restored
 
 
 def test_attnlrp_method_sums_the_visual_relevance_per_region(tiny, tiny_case):
@@ -124,7 +124,7 @@ def test_position_logits_are_the_models_own_logits(tiny, tiny_case):
     logits = tiny.position_logits(prepared, ids, [int(c) for c in sorted(set(ids))])
     column = {c: i for i, c in enumerate(sorted(set(ids)))}
     picked = logits[np.arange(P - 1, P - 1 + T), [column[t] for t in ids]]
-    own = tiny._forward(prepared, ids).logits[0].float().detach().numpy()  # (S, V), all positions
+    own = tiny.forward(prepared, ids).logits[0].float().detach().numpy()  # (S, V), all positions
     np.testing.assert_allclose(picked, own[np.arange(P - 1, P - 1 + T), ids], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(logits[:P, column[ids[0]]], own[:P, ids[0]], rtol=1e-4, atol=1e-4)  # visual rows too
     assert logits.shape == (P + T, len(column))

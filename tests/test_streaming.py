@@ -1,6 +1,6 @@
 import json
 from contextlib import contextmanager
-from functools import partial
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from vattr_bench.benchmarks import synthetic_sample
 from vattr_bench.cli import main
 from vattr_bench.methods import AttributionContext, load_method
 from vattr_bench.methods.amortized import Amortized
+from vattr_bench.models.adapter import CaptureOptions
 from vattr_bench.regions import make_regions
 from vattr_bench.streaming import stream_attributions
 
@@ -51,15 +52,15 @@ def test_a_stream_holds_the_rows_of_the_spans_in_flight_not_the_whole_trace(tiny
     """The worker releases each span's rows once attributed, so a full buffer drops them instead of doubling:
     with room for 8 rows at first, an 18-token trace streams in a buffer smaller than the trace, to the
     same scores as offline; reading released rows raises."""
-    from vattr_bench.models.attention_capture import VisualAttentionCapture
+    from vattr_bench.models.capture import VisualAttentionCapture
 
     prepared, regions, method, trace, ctx = _stream_case(tiny, "math")
     captures = []
     open_capture = tiny.capture_visual_attention
 
     @contextmanager
-    def kept(*args, **kwargs):
-        with open_capture(*args, on_device=on_device, **kwargs) as capture:
+    def kept(prepared, options=None):
+        with open_capture(prepared, replace(options or CaptureOptions(), on_device=on_device)) as capture:
             captures.append(capture)
             yield capture
 
@@ -84,7 +85,9 @@ def test_stream_on_the_paper_architectures_equals_offline(arch, on_device, monke
     model = tiny_archs.build(arch)
     device_spans = []
     if on_device:
-        monkeypatch.setattr(model, "capture_visual_attention", partial(model.capture_visual_attention, on_device=True))
+        open_capture = model.capture_visual_attention
+        monkeypatch.setattr(model, "capture_visual_attention",
+                            lambda prepared, options=None: open_capture(prepared, replace(options or CaptureOptions(), on_device=True)))
         scores_on_device = SpanAttributor._scores_on_device
         monkeypatch.setattr(SpanAttributor, "_scores_on_device",
                             lambda self, *args: device_spans.append(args) or scores_on_device(self, *args))
@@ -137,7 +140,7 @@ def visual_values_the_long_way(model, prepared):
     hooks = [layer.self_attn.v_proj.register_forward_hook(lambda m, i, out, l=l: values.setdefault(l, out[0]))
              for l, layer in enumerate(layers)]
     try:
-        model._forward(prepared, [])
+        model.forward(prepared, [])
     finally:
         for h in hooks:
             h.remove()
@@ -182,7 +185,7 @@ def token_scales_the_long_way(model, prepared, token_ids):
     hook = language_model.layers[-1].register_forward_hook(
         lambda m, i, out: seen.append(out[0] if isinstance(out, tuple) else out))
     try:
-        model._forward(prepared, list(token_ids))
+        model.forward(prepared, list(token_ids))
     finally:
         hook.remove()
     P, T = prepared.prompt_length, len(token_ids)
@@ -279,7 +282,7 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     """The capture's table of logit rows grows as new tokens come and stops at its byte limit, as the model's
     cache of head directions does at its own: read a few tokens at a time past them, the rows still equal the
     long way (past the table's limit, with the tokens not in it computed per call)."""
-    from vattr_bench.models.attention_capture import LogitReadout, VisualAttentionCapture
+    from vattr_bench.models.capture import LogitReadout, VisualAttentionCapture
     s = synthetic_sample("code", 2)
     prepared = tiny.prepare(s.image, s.prompt)
     ids = tiny.generate(prepared, max_new_tokens=128).token_ids
@@ -288,7 +291,7 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     readout.CACHE_BYTES = 3 * row_bytes  # room for three tokens' directions
     monkeypatch.setattr(tiny, "_readout", readout)
     monkeypatch.setattr(VisualAttentionCapture, "INITIAL_LOGIT_SLOTS", 2)
-    with tiny.capture_visual_attention(prepared, logit_readout=True) as capture:
+    with tiny.capture_visual_attention(prepared, CaptureOptions(logit_readout=True)) as capture:
         tiny.token_logprobs(prepared, ids)
     pieces = [capture.logit_values(ids[i:i + 3]) for i in range(0, len(ids), 3)]
     distinct = len(set(ids))
@@ -316,7 +319,7 @@ def test_logit_rows_read_span_by_span_past_the_table_and_cache_limits(tiny, monk
     slot_bytes = capture._logit_table[:, 0].nbytes
     monkeypatch.setattr(VisualAttentionCapture, "LOGIT_TABLE_BYTES", 3 * slot_bytes + 1)
     for on_device in (False, True):  # numpy, or torch tensors as on an accelerator
-        with tiny.capture_visual_attention(prepared, logit_readout=True, on_device=on_device) as capped:
+        with tiny.capture_visual_attention(prepared, CaptureOptions(logit_readout=True, on_device=on_device)) as capped:
             tiny.token_logprobs(prepared, ids)
         pieces = [np.asarray(capped.logit_values(ids[i:i + 3])) for i in range(0, len(ids), 3)]
         assert len(capped._logit_slot) == 3 and capped._logit_table.nbytes == 3 * slot_bytes

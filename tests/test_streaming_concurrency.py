@@ -102,7 +102,7 @@ def test_a_capture_open_in_one_thread_records_nothing_of_another_threads_forward
     prompts = [synthetic_sample(f, 1) for f in ("general", "math")]
     held_input, other_input = (tiny.prepare(s.image, s.prompt) for s in prompts)
     capture, close = _held_open_in_a_thread(
-        lambda: tiny.capture_visual_attention(held_input, **capture_options(estimator.meta)))
+        lambda: tiny.capture_visual_attention(held_input, capture_options(estimator.meta)))
     try:
         assert capture.norm_eps is not None  # the residual path is the one under test
         alone = tiny.generate_ids(other_input, 8)

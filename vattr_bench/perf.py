@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import logging
 import statistics
 import time
 from contextlib import nullcontext
@@ -52,6 +53,8 @@ from .models.spans import split_spans
 from .regions import make_regions, single_region_effects
 from .streaming import SpanStreamer, one_blas_thread, stream_attributions
 from .types import Trace
+
+logger = logging.getLogger(__name__)
 
 GRADIENT_METHODS = (SaliencyMethod, InputXGradientMethod, IntegratedGradientsMethod)
 PAPER_BASELINES = (AttnLRPMethod, TAMMethod)  # the seed paper's strongest competitors
@@ -115,7 +118,7 @@ def _worker_pass(model, prepared, regions, estimator, trace: Trace | None = None
     buffers and attribute it. Without ``trace``, the rows are what generation with the streamer hands
     over, span by span, as in a stream; with one, what a teacher-forced pass over it records (lengths
     generation does not reach). Returns (callable, spans)."""
-    with model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
+    with model.capture_visual_attention(prepared, capture_options(estimator.meta)) as capture:
         if trace is None:
             closed = []
             model.generate_ids(prepared, max_new_tokens,
@@ -302,7 +305,7 @@ def per_token_cost(model, items, estimator, cfg: PerfConfig, peak_mb: dict | Non
     return per_token
 
 
-def run_perf(model, cfg: PerfConfig, log=print) -> dict:
+def run_perf(model, cfg: PerfConfig) -> dict:
     estimator = cfg.estimator if isinstance(cfg.estimator, LinearEstimator) else \
         Amortized(cfg.estimator).load_for(model, cfg.regions, cfg.ablation)
     torch.manual_seed(cfg.seed)
@@ -335,7 +338,7 @@ def run_perf(model, cfg: PerfConfig, log=print) -> dict:
               **{k: v for k, v in streaming.items() if k not in ("overhead_pct", "lag_decode_steps")},
               "per_span_s": per_span, "fastest_gradient": fastest_gradient, "per_token_s": per_token,
               "per_token_peak_mb": peak_mb, "summary": summary}
-    log(format_perf(report))
+    logger.info(format_perf(report))
     return report
 
 

@@ -2,7 +2,7 @@
 worker, and an event per span comes out while the model is still writing the next one.
 
 The producer is the model's own `generate` (greedy, KV cache) in the caller's thread, run with the fast
-attention capture (models/attention_capture.py) and a transformers streamer. The capture keeps, per
+attention capture (models/capture/) and a transformers streamer. The capture keeps, per
 forward call, references to each decoder layer's new query row and its log-sum-exp — no weights yet,
 nothing that grows with the context. Per token the streamer only runs the span splitter; when a span
 closes, it puts the span and the capture's records since the last span on a queue. The worker writes
@@ -179,7 +179,7 @@ def stream_attributions(model, prepared, regions: Regions, estimator: LinearEsti
     if thread is not None:
         thread.start()
     try:
-        with one_blas_thread(), model.capture_visual_attention(prepared, **capture_options(estimator.meta)) as capture:
+        with one_blas_thread(), model.capture_visual_attention(prepared, capture_options(estimator.meta)) as capture:
             attributor = SpanAttributor(capture, regions, estimator)
             sink = work.put if thread is not None else attribute
             streamer = SpanStreamer(model, capture, sink)

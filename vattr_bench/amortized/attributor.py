@@ -2,13 +2,20 @@
 the offline `amortized` method and the streaming worker."""
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
+from ..models.adapter import CaptureOptions
 from ..types import Regions, Trace
 from .estimator import LinearEstimator
 from .features import (LOGIT_FEATURES, capture_options, feature_kind, logit_weighted_per_token, region_pool_matrix,
                        feature_sign_weight, signed_span_parts, span_region_features)
+
+if TYPE_CHECKING:
+    from ..models.capture import VisualAttentionCapture
 
 
 class SpanAttributor:
@@ -47,7 +54,7 @@ class SpanAttributor:
         self.pool32 = self.pool.astype(np.float32)  # for float32 captures' products
         self.kind = feature_kind(estimator.meta)
         self.sign_weight = feature_sign_weight(estimator.meta)  # β of |x| + β·x per token (0 but for direct-logit-signed)
-        self.norm_scale = capture_options(estimator.meta)["norm_scale"]  # each token over its rms at the final norm
+        self.norm_scale = capture_options(estimator.meta).norm_scale  # each token over its rms at the final norm
         self._per_token = None  # (F, N) c_lh,n, at the first span (the prompt has run by then)
         self._device_factors = None  # (c or w, pool) as float32 tensors on the capture's device, at its first span
 
@@ -111,11 +118,11 @@ class SpanAttributor:
         return scores.double().cpu().numpy() + self.bias
 
 
-def capture_trace(model, prepared, trace_ids, **options):
+def capture_trace(model, prepared, trace_ids, options: CaptureOptions) -> VisualAttentionCapture:
     """The model's attention capture after one teacher-forced pass over prompt + trace: every trace token's
     query row (``options``: what else to keep, `capture_options`). Raises NotImplementedError for an
     adapter that cannot capture."""
-    with model.capture_visual_attention(prepared, **options) as capture:
+    with model.capture_visual_attention(prepared, options) as capture:
         model.token_logprobs(prepared, list(trace_ids))
     return capture
 
@@ -125,7 +132,7 @@ def attribute_trace(model, prepared, trace: Trace, regions: Regions, estimator: 
     span by span what the streaming worker does. An adapter without a capture gets the reference
     computation instead: its full (L, H, T, N) attention pooled by `span_region_features`."""
     try:
-        capture = capture_trace(model, prepared, trace.token_ids, **capture_options(estimator.meta))
+        capture = capture_trace(model, prepared, trace.token_ids, capture_options(estimator.meta))
     except NotImplementedError:
         return estimator.predict(trace_features(model, prepared, trace, regions.token_matrix,
                                                 estimator.meta.get("region_pool", "sum"), feature_kind(estimator.meta),
@@ -140,14 +147,14 @@ def trace_features(model, prepared, trace: Trace, token_matrix: np.ndarray, regi
     """(n_spans, K, L·H) features of kind ``features`` (``sign_weight``: β of direct-logit-signed ones) for a
     finished trace (what the estimator trains on): the attention and what weighs it from one captured pass,
     or, for an adapter that cannot capture, from its `attention_to_visual` and `visual_value_norms`."""
-    options = capture_options({"features": features})
-    try:  # on the host: the features are numpy, whichever device the model is on
-        capture = capture_trace(model, prepared, trace.token_ids, on_device=False, **options)
+    options = replace(capture_options({"features": features}), on_device=False)  # numpy, wherever the model is
+    try:
+        capture = capture_trace(model, prepared, trace.token_ids, options)
     except NotImplementedError:
-        if options["logit_readout"]:
+        if options.logit_readout:
             raise NotImplementedError(f"{type(model).__name__} cannot capture attention, which {features} "
                                       "features need; use an estimator trained with --features value-weighted") from None
-        norms = model.visual_value_norms(prepared) if options["value_norms"] else None
+        norms = model.visual_value_norms(prepared) if options.value_norms else None
         return span_region_features(model.attention_to_visual(prepared, trace.token_ids), trace.spans, token_matrix,
                                     region_pool, norms)
     attention, weighing = _captured(capture, trace, options)
@@ -159,19 +166,19 @@ def signed_feature_parts(model, prepared, trace: Trace, token_matrix: np.ndarray
     """(magnitude, signed) (n_spans, K, L·H) parts of a finished trace's direct-logit-signed features, from
     one captured pass: the span means of |x| and of x, so that the features at any β are magnitude + β·signed
     (what train-estimator keeps, to fit any β, or choose one, without collecting again)."""
-    options = capture_options({"features": "direct-logit-signed"})
-    capture = capture_trace(model, prepared, trace.token_ids, on_device=False, **options)
+    options = replace(capture_options({"features": "direct-logit-signed"}), on_device=False)
+    capture = capture_trace(model, prepared, trace.token_ids, options)
     attention, weighing = _captured(capture, trace, options)
     return signed_span_parts(attention, trace.spans, token_matrix, region_pool, weighing["logit_values"],
                              weighing["token_scales"])
 
 
-def _captured(capture, trace: Trace, options: dict) -> tuple[np.ndarray, dict]:
+def _captured(capture, trace: Trace, options: CaptureOptions) -> tuple[np.ndarray, dict]:
     """A trace's (L, H, T, N) attention off its capture, and what weighs it as `span_region_features`'
     keyword arguments (value norms, logit values, token scales; None where the features' ``options``,
     `capture_options`, leave it out)."""
     n = len(trace.token_ids)
     return capture.attention(n), {
-        "value_norms": capture.value_norms if options["value_norms"] else None,
-        "logit_values": capture.logit_values(trace.token_ids) if options["logit_readout"] else None,
-        "token_scales": capture.token_scales(0, n) if options["norm_scale"] else None}
+        "value_norms": capture.value_norms if options.value_norms else None,
+        "logit_values": capture.logit_values(trace.token_ids) if options.logit_readout else None,
+        "token_scales": capture.token_scales(0, n) if options.norm_scale else None}

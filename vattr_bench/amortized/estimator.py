@@ -86,7 +86,7 @@ class LinearEstimator:
         return est
 
 
-def _pearson_rows(pred, target, torch):
+def pearson_rows(pred, target, torch):
     pred = pred - pred.mean(-1, keepdim=True)
     target = target - target.mean(-1, keepdim=True)
     return (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1) + 1e-8)
@@ -95,7 +95,7 @@ def _pearson_rows(pred, target, torch):
 TARGETS = ("subsets", "singles", "both")
 
 
-def _span_rows(examples: list[dict], targets: str):
+def span_design_rows(examples: list[dict], targets: str):
     """Per span, the design rows and true effects the Pearson loss compares, grouped by row count:
     "subsets": X = masks @ f_S (M, F) against Δ(S, v); "singles": X = f_S (K, F) against Δ_k(S)."""
     import torch
@@ -138,7 +138,7 @@ def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, s
         w[heads] = sub
         return w
     torch.manual_seed(seed)
-    groups = _span_rows(examples, targets)
+    groups = span_design_rows(examples, targets)
     if not groups:
         raise ValueError("no training span has any ablation effect")
     flat = torch.cat([X.reshape(-1, X.shape[-1]) for _, X, _ in groups])
@@ -151,7 +151,7 @@ def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, s
     for _ in range(epochs):
         pearsons = {kind: [] for kind in kinds}
         for kind, X, Y in groups:
-            pearsons[kind].append(_pearson_rows((X / scale) @ w, Y, torch))
+            pearsons[kind].append(pearson_rows((X / scale) @ w, Y, torch))
         loss = -torch.stack([torch.cat(p).mean() for p in pearsons.values()]).mean()  # each kind weighs the same
         opt.zero_grad()
         loss.backward()

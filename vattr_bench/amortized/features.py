@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.adapter import CaptureOptions
+
 REGION_POOLS = ("sum", "mean")
 FEATURES = ("attention", "value-weighted", "logit-weighted", "direct-logit", "direct-logit-signed")
 LOGIT_FEATURES = ("logit-weighted", "direct-logit", "direct-logit-signed")  # read through the unembedding (`logit_values`)
@@ -63,15 +65,12 @@ def feature_label(meta: dict) -> str:
     return f"{kind}, β {feature_sign_weight(meta):g}" if kind == "direct-logit-signed" else kind
 
 
-def capture_options(meta: dict) -> dict:
-    """What a model's attention capture must keep for an estimator's features (keyword arguments of
-    `capture_visual_attention`)."""
+def capture_options(meta: dict) -> CaptureOptions:
+    """What a model's attention capture must keep for an estimator's features (`capture_visual_attention`'s
+    options); an estimator that uses some heads only (``meta["heads"]``) gets reads of those."""
     kind = feature_kind(meta)
-    options = {"value_norms": kind == "value-weighted", "logit_readout": kind in LOGIT_FEATURES,
-               "norm_scale": kind in NORM_SCALED_FEATURES}
-    if meta.get("heads") is not None:  # an estimator that uses some heads only: the reads cover those
-        options["heads"] = meta["heads"]
-    return options
+    return CaptureOptions(value_norms=kind == "value-weighted", logit_readout=kind in LOGIT_FEATURES,
+                          norm_scale=kind in NORM_SCALED_FEATURES, heads=meta.get("heads"))
 
 
 def region_pool_matrix(token_matrix: np.ndarray, region_pool: str = "sum") -> np.ndarray:

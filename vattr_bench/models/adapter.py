@@ -38,6 +38,23 @@ class PreparedInput:
         return len(self.visual_positions)
 
 
+@dataclass(frozen=True)
+class CaptureOptions:
+    """What an attention capture keeps besides each query row and its log-sum-exp (`capture_visual_attention`).
+    The amortized attributor derives them from its estimator (`amortized.features.capture_options`)."""
+
+    first_row: int | None = None  # the first query position recorded; None: P-1, the row predicting trace token 0
+    value_norms: bool = False  # ‖W_O^h v_n‖ of the visual tokens (value-weighted features)
+    logit_readout: bool = False  # the visual values and the logit readout (`logit_values`; logit-weighted features)
+    norm_scale: bool = False  # each row's 1/rms at the final norm (`token_scales`; direct-logit features)
+    heads: tuple[int, ...] | None = None  # per-span reads cover only these (layer-major indices); None: every head
+    on_device: bool | None = None  # rows kept and read on the model's accelerator; None: when it has one
+
+    def __post_init__(self):
+        if self.heads is not None:  # a list from an estimator's JSON: kept as a tuple, so the options stay hashable
+            object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
+
+
 class VisionLanguageModel(ABC):
     """Everything the harness (generate, evaluate, regions, ablation), the built-in methods and streaming call
     on a model. The abstract methods are required; the others have a default that raises NotImplementedError
@@ -78,17 +95,10 @@ class VisionLanguageModel(ABC):
         new token as it is chosen (the transformers streamer protocol). Streaming builds on it."""
         raise NotImplementedError(f"{type(self).__name__} cannot stream generation")
 
-    def capture_visual_attention(self, prepared: PreparedInput, first_row: int | None = None, value_norms: bool = False,
-                                 logit_readout: bool = False, on_device: bool | None = None, heads=None,
-                                 norm_scale: bool = False):
-        """Context manager yielding a VisualAttentionCapture that records, during any forward inside it,
-        each query row at position ≥ first_row (default: the one predicting trace token 0) to the
-        visual tokens — the attention features without the eager kernel (models/attention_capture.py);
-        with ``value_norms``, also ‖W_O^h v_n‖ of the visual tokens; with ``logit_readout``, what
-        `logit_values` needs (the visual values, every o_proj, the unembedding and final-norm gain);
-        ``on_device``: rows kept and read on the model's accelerator (default: when it has one); ``heads``:
-        the per-span reads cover only those heads (layer-major indices; an estimator's `heads`); ``norm_scale``:
-        each row's 1/rms at the final norm too (`token_scales`, the direct-logit features)."""
+    def capture_visual_attention(self, prepared: PreparedInput, options: CaptureOptions | None = None):
+        """Context manager yielding a VisualAttentionCapture that records, during any forward inside it, each
+        query row at position ≥ ``options.first_row`` to the visual tokens with its log-sum-exp — the attention
+        features without the eager kernel (models/capture/) — and what else ``options`` asks for (default: nothing else)."""
         raise NotImplementedError(f"{type(self).__name__} cannot capture attention")
 
     def visual_value_norms(self, prepared: PreparedInput) -> np.ndarray:

@@ -21,9 +21,10 @@ from PIL import Image
 
 from ..images import check_image
 from ..types import Trace
-from .adapter import PreparedInput, VisionLanguageModel
-from .attention_capture import (CAPTURE_BACKEND, LogitReadout, VisualAttentionCapture, _numpy, activate, final_norm_hook,
-                                o_proj_gram)
+from .adapter import CaptureOptions, PreparedInput, VisionLanguageModel
+from .capture import (CAPTURE_BACKEND, LogitReadout, VisualAttentionCapture, activate, final_norm_hook, o_proj_gram,
+                      register_backend)
+from .capture.arrays import to_numpy
 from .prompting import answer_from_trace, build_prompt
 from .spans import split_spans
 
@@ -58,10 +59,12 @@ class HFVisionLanguageModel(VisionLanguageModel):
         self._capture_lock = threading.Lock()
         self._captures_open = 0
         self._kernel_before_captures: str | None = None
+        register_backend()
         self._install_capture_backend()
 
     @property
-    def _decoder(self):
+    def decoder(self):
+        """The transformers language model under the vision tower: its layers and final norm."""
         return self.model.model.language_model
 
     def _install_capture_backend(self) -> None:
@@ -69,8 +72,8 @@ class HFVisionLanguageModel(VisionLanguageModel):
         function), and a capture then costs no switch — `set_attn_implementation` walks the module tree
         twice a stream, ~0.35 ms (measured in place on vattr-tiny, one-off). Other kernels (eager, flash
         attention on a GPU) are switched per capture instead."""
-        if self._decoder.config._attn_implementation == "sdpa":
-            self._decoder.set_attn_implementation(CAPTURE_BACKEND)
+        if self.decoder.config._attn_implementation == "sdpa":
+            self.decoder.set_attn_implementation(CAPTURE_BACKEND)
 
     @property
     def device(self) -> torch.device:
@@ -176,9 +179,10 @@ class HFVisionLanguageModel(VisionLanguageModel):
         return Trace(ids, text, split_spans(ids, self.decode), self.token_logprobs(prepared, ids), answer_from_trace(text))
 
     # -- teacher forcing -----------------------------------------------------------------------------
-    def _forward(self, prepared: PreparedInput, trace_ids, image=None, knockout=None, batch: int = 1, **kwargs):
+    def forward(self, prepared: PreparedInput, trace_ids, image=None, knockout=None, batch: int = 1, **kwargs):
         """One teacher-forced pass over prompt + trace, batched when ``image`` is a list of images or
-        ``knockout`` a (B, N) mask: row b sees image[b] and/or has knockout[b] removed."""
+        ``knockout`` a (B, N) mask: row b sees image[b] and/or has knockout[b] removed. Returns the
+        transformers output (``.logits`` over every position)."""
         images = image if isinstance(image, (list, tuple)) else None if image is None else [image]
         if knockout is not None:
             knockout = np.asarray(knockout, dtype=bool)
@@ -243,7 +247,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
     def _logprobs(self, prepared, trace_ids, image, knockout) -> np.ndarray:
         if not trace_ids:
             return np.zeros((len(image) if isinstance(image, (list, tuple)) else 1, 0))
-        logits = self._forward(prepared, trace_ids, image, knockout).logits
+        logits = self.forward(prepared, trace_ids, image, knockout).logits
         P = prepared.prompt_length
         # logits at position P-1+t predict trace token t
         logp = torch.log_softmax(logits[:, P - 1:P - 1 + len(trace_ids)].float(), dim=-1)
@@ -265,28 +269,27 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 self._install_capture_backend()  # the call above reset the decoder too
 
     @contextmanager
-    def capture_visual_attention(self, prepared, first_row: int | None = None, value_norms: bool = False,
-                                 logit_readout: bool = False, on_device: bool | None = None, heads=None,
-                                 norm_scale: bool = False):
+    def capture_visual_attention(self, prepared, options: CaptureOptions | None = None):
         """While active, every forward of this model records each decoder query row at position ≥
-        ``first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
-        visual keys once (and, with ``value_norms``, ‖W_O^h v_n‖ of the visual tokens; with
-        ``logit_readout``, what `logit_values` needs); see attention_capture. ``on_device`` (default: when
-        the model is on an accelerator) keeps the rows there and reads them there; ``heads``: the per-span
-        reads cover only those (layer-major indices); ``norm_scale``: each row's 1/rms at the final norm too
-        (`token_scales`, for direct-logit features). Yields the capture."""
-        decoder = self._decoder
+        ``options.first_row`` (default P-1: the row that predicts trace token 0) with its log-sum-exp, and the
+        visual keys once, and what else ``options`` asks for (`CaptureOptions`; see models/capture). Rows stay
+        on the model's accelerator, and are read there, unless ``options.on_device`` says otherwise. Yields
+        the capture."""
+        options = options or CaptureOptions()
+        decoder = self.decoder
         layer_of = {id(layer.self_attn): i for i, layer in enumerate(decoder.layers)}
-        with self._weights_on_hand(decoder.layers if value_norms else []):
-            grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] if value_norms else None
-        capture = VisualAttentionCapture(layer_of, prepared.visual_positions,
-                                         prepared.prompt_length - 1 if first_row is None else first_row, grams,
-                                         self.logit_readout(heads=heads) if logit_readout else None,
-                                         self._on_accelerator if on_device is None else on_device, heads,
-                                         self._final_norm_eps() if norm_scale else None)
+        with self._weights_on_hand(decoder.layers if options.value_norms else []):
+            grams = [o_proj_gram(layer.self_attn, self.num_heads) for layer in decoder.layers] \
+                if options.value_norms else None
+        capture = VisualAttentionCapture(
+            layer_of, prepared.visual_positions,
+            prepared.prompt_length - 1 if options.first_row is None else options.first_row, grams,
+            self.logit_readout(heads=options.heads) if options.logit_readout else None,
+            self._on_accelerator if options.on_device is None else options.on_device, options.heads,
+            self._final_norm_eps() if options.norm_scale else None)
         # the final norm's input, for each row's 1/rms: a hook for the call only (a reference kept per forward),
         # which records only this capture's forwards — other threads' go through the same shared module
-        hook = decoder.norm.register_forward_pre_hook(final_norm_hook(capture)) if norm_scale else None
+        hook = decoder.norm.register_forward_pre_hook(final_norm_hook(capture)) if options.norm_scale else None
         try:
             with self._capture_kernel(), activate(capture):
                 yield capture
@@ -302,7 +305,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         the last one switches it back. Per capture, overlapping streams on one model undid each other's
         switch: the first to end put the old kernel back under the others' generation, which recorded no
         more rows. A forward with no capture active in its thread runs plain sdpa on the backend."""
-        decoder = self._decoder
+        decoder = self.decoder
         with self._capture_lock:
             if self._captures_open == 0:
                 self._kernel_before_captures = decoder.config._attn_implementation
@@ -320,7 +323,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
     def _final_norm_eps(self) -> float:
         """The epsilon of the decoder's final RMSNorm (x·γ/sqrt(mean(x²) + eps)), which direct-logit
         features divide by; other norms (LayerNorm centres x first) are not supported."""
-        norm = getattr(self._decoder, "norm", None)
+        norm = getattr(self.decoder, "norm", None)
         eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
         if norm is None or "RMSNorm" not in type(norm).__name__ or eps is None:
             raise ValueError(f"direct-logit features need the decoder's final RMSNorm; {type(norm).__name__} is not one "
@@ -350,7 +353,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @torch.no_grad()
     def _build_logit_readout(self, on_device: bool, heads: tuple | None = None) -> LogitReadout:
-        decoder = self._decoder
+        decoder = self.decoder
         with self._weights_on_hand([*decoder.layers, decoder.norm, self.model.get_output_embeddings()]):
             return self._logit_readout_from_weights(decoder, on_device, heads)
 
@@ -376,8 +379,8 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 # layers placed on other devices (device_map): each product where its weights are
                 return torch.cat([(u.to(w.device, w.dtype) @ w).to(u.device) for w in o_projs], dim=1).float()
         else:
-            w_o = np.concatenate([_numpy(w) for w in o_projs], axis=1)  # (hidden, L·H·d), layer-major
-            table_np, gain_np = _numpy(table), None if gain is None else _numpy(gain)
+            w_o = np.concatenate([to_numpy(w) for w in o_projs], axis=1)  # (hidden, L·H·d), layer-major
+            table_np, gain_np = to_numpy(table), None if gain is None else to_numpy(gain)
             if getattr(self.model, "hf_device_map", None):  # offloaded weights go back to meta after the block
                 table_np, gain_np = table_np.copy(), None if gain_np is None else gain_np.copy()
 
@@ -388,25 +391,25 @@ class HFVisionLanguageModel(VisionLanguageModel):
     @torch.no_grad()
     def visual_value_norms(self, prepared) -> np.ndarray:
         """(L, H, N) ‖W_O^h v_n‖ of every decoder head and visual token, from one pass over the prompt."""
-        with self.capture_visual_attention(prepared, value_norms=True) as capture:
-            self._forward(prepared, [])
+        with self.capture_visual_attention(prepared, CaptureOptions(value_norms=True)) as capture:
+            self.forward(prepared, [])
         return capture.value_norms
 
     def _attentions(self, prepared, trace_ids):
         with self._eager_attention():
-            return self._forward(prepared, list(trace_ids), output_attentions=True).attentions
+            return self.forward(prepared, list(trace_ids), output_attentions=True).attentions
 
     @torch.no_grad()
     def attention_to_visual(self, prepared, trace_ids, eager: bool = False) -> np.ndarray:
         """(L, H, T, N). Row t is the attention of the query that *predicts* trace token t (position
         P-1+t): the attention that produced y_t, available the moment y_t is generated. Captured with the
-        fast backend (attention_capture); ``eager=True`` reads it off the eager kernel instead (the
+        fast backend (models/capture); ``eager=True`` reads it off the eager kernel instead (the
         reference the capture is tested against)."""
         trace_ids = list(trace_ids)
         P, T = prepared.prompt_length, len(trace_ids)
         if not eager:
             with self.capture_visual_attention(prepared) as capture:
-                self._forward(prepared, trace_ids)
+                self.forward(prepared, trace_ids)
             return capture.attention(T)
         vis = torch.as_tensor(prepared.visual_positions, device=self.device)
         stacked = torch.stack([a[0, :, P - 1:P - 1 + T][:, :, vis] for a in self._attentions(prepared, trace_ids)])
@@ -422,9 +425,9 @@ class HFVisionLanguageModel(VisionLanguageModel):
         """(S, C) logits of ``classes`` at every position: the decoder's output (after its final norm) times
         those rows of the output head, so a big vocabulary's (S, V) logits are never built."""
         captured = []
-        handle = self._decoder.register_forward_hook(_this_thread_only(lambda module, args, out: captured.append(out[0])))
+        handle = self.decoder.register_forward_hook(_this_thread_only(lambda module, args, out: captured.append(out[0])))
         try:
-            self._forward(prepared, list(trace_ids), logits_to_keep=1)
+            self.forward(prepared, list(trace_ids), logits_to_keep=1)
         finally:
             handle.remove()
         head = self.model.get_output_embeddings()
@@ -462,7 +465,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         """(N, D) the visual-token embeddings the decoder receives, in visual-token order."""
         captured = []
         with self._visual_rows_hook(prepared, capture=captured):
-            self._forward(prepared, [])
+            self.forward(prepared, [])
         return captured[0].float().cpu().numpy()
 
     def logprobs_from_visual_embeddings(self, prepared, trace_ids, visual_embeds: torch.Tensor) -> torch.Tensor:
@@ -471,7 +474,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         deepstack features to deeper layers; those stay the real image's.)"""
         P, T = prepared.prompt_length, len(list(trace_ids))
         with self._visual_rows_hook(prepared, replace=visual_embeds):
-            logits = self._forward(prepared, trace_ids, batch=len(visual_embeds)).logits[:, P - 1:P - 1 + T]
+            logits = self.forward(prepared, trace_ids, batch=len(visual_embeds)).logits[:, P - 1:P - 1 + T]
         target = torch.as_tensor(list(trace_ids), device=self.device).expand(len(visual_embeds), -1).unsqueeze(-1)
         return torch.log_softmax(logits.float(), -1).gather(2, target).squeeze(-1)
 

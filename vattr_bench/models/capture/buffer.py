@@ -1,48 +1,15 @@
-"""Capture each new token's attention to the visual tokens, without the eager kernel.
-
-Eager attention materialises every (query, key) weight of every layer — O(S²) per layer, and the slow
-kernel for the whole run. The amortized features need much less: for each trace token, its weights to
-the N visual tokens, every layer and head. Those are exactly
-
-    w_n = exp(q · k_n · scale − lse),   lse = log Σ_j exp(q · k_j · scale)  over all keys j,
-
-and a fused attention kernel computes the log-sum-exp anyway. So while a capture is active, the decoder's
-attention runs through a fused kernel that hands the lse back — torch's flash kernel on the CPU; on CUDA
-the one sdpa itself picks for the call, cuDNN, flash or memory-efficient — and the capture keeps
-each new query row with its lse, and the visual keys once (they never change after the prompt). Turning
-rows into weights is then O(L·H·N·d) per token, whatever the context length. Where no kernel fits (a
-mask beyond causal, dropout, a window, another device) the lse comes from an explicit q·Kᵀ: still
-exact, but O(S) per row and, on a GPU, a handful of extra kernel launches per layer and token. Each
-kernel's lse is checked once per process against the explicit one (`_fused_with_lse`), so a kernel
-that disagrees is never trusted.
-
-The backend is registered with transformers' AttentionInterface under ``CAPTURE_BACKEND`` and only
-switched on for the duration of a capture (`HFVisionLanguageModel.capture_visual_attention`); with no
-capture active it is plain sdpa. Which capture a forward records into is a context variable (`activate`),
-so threads that share one model — the live demo's streams — each fill their own capture. Assumes batch 1 with
-no padding, which is how the adapter runs.
-"""
+"""The capture buffer: each recorded query row with its log-sum-exp, and the visual keys (and values) of the
+prompt, read back span by span as attention weights (and logit rows, value norms, 1/rms scales)."""
 from __future__ import annotations
-
-import warnings
-import weakref
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Callable
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-CAPTURE_BACKEND = "vattr_capture"
-# the CPU flash kernel, through its direct binding where torch has one (the torch.ops path costs µs per call)
-_cpu_flash = getattr(torch, "_scaled_dot_product_flash_attention_for_cpu", None) \
-    or torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_active: ContextVar["VisualAttentionCapture | None"] = ContextVar("vattr_active_capture", default=None)
+from .arrays import cat_numpy, grouped_matmul, permute, to_numpy
+from .readouts import LogitReadout, visual_value_norms
+
 Array = "np.ndarray | torch.Tensor"  # a capture's reads: numpy on the host, torch on its device (``on_device``)
+RESIDUAL = "residual"  # `record_residual`'s entries among the pending records (a layer index elsewhere)
 
 
 class VisualAttentionCapture:
@@ -82,7 +49,7 @@ class VisualAttentionCapture:
     LOGIT_TABLE_BYTES = 256 * 2**20
 
     def __init__(self, layer_of: dict[int, int], visual_positions: np.ndarray, first_row: int,
-                 value_grams: list[np.ndarray] | None = None, readout: "LogitReadout | None" = None,
+                 value_grams: list[np.ndarray] | None = None, readout: LogitReadout | None = None,
                  on_device: bool = False, heads=None, norm_eps: float | None = None):
         """``value_grams``: per layer, the (H, d, d) W_O^hᵀW_O^h of `o_proj_gram`, for ‖W_O^h v_n‖ (the
         value-weighted features' factor, `value_norms`); ``readout``: what `logit_values` reads the visual
@@ -174,8 +141,8 @@ class VisualAttentionCapture:
                     queries = self._cat([c[2] for c in chunk])[0]  # (H, steps·L, d), step-major
                     lse = self._cat([c[3] for c in chunk])[0]
                     H, d = queries.shape[0], queries.shape[-1]
-                    self._write(slice(None), r0, _permute(queries.reshape(H, steps, L, d), 2, 0, 1, 3),
-                                _permute(lse.reshape(H, steps, L), 2, 0, 1))
+                    self._write(slice(None), r0, permute(queries.reshape(H, steps, L, d), 2, 0, 1, 3),
+                                permute(lse.reshape(H, steps, L), 2, 0, 1))
                     i += steps * L
                     continue
             layer, kv_len, query, lse = pending[i]
@@ -283,7 +250,7 @@ class VisualAttentionCapture:
         start a second OpenMP pool competing with generation for the cores."""
         rows = self._row_range(first, last)
         if self.heads is None:
-            scores = _grouped_matmul(rows, self._visual_keys_t())
+            scores = grouped_matmul(rows, self._visual_keys_t())
             # the scale after the product, not folded into K_vis: folded, a generated and a teacher-forced
             # capture of the same trace differed by 1.5e-5 on a weight near 1 (scores reach tens)
             scores *= self._scale
@@ -300,11 +267,11 @@ class VisualAttentionCapture:
         if self._head_reads is None:
             keys_t = self._visual_keys_t()  # (L, H_kv, d + 1, N)
             L, kv_heads = keys_t.shape[:2]
-            H = kv_heads * self._groups
+            H = kv_heads * self.query_groups
             if self.heads.min() < 0 or self.heads.max() >= L * H:
                 raise ValueError(f"heads {self.heads.tolist()} outside the model's {L}×{H} = {L * H}")
             layer, head = np.divmod(self.heads, H)
-            kv = layer * kv_heads + head // self._groups
+            kv = layer * kv_heads + head // self.query_groups
             index, kv_index = (torch.as_tensor(i, device=self._device) for i in (self.heads, kv)) if self.on_device \
                 else (self.heads, kv)
             keys = keys_t.reshape(L * kv_heads, *keys_t.shape[2:])[kv_index]
@@ -338,7 +305,7 @@ class VisualAttentionCapture:
             self._scale = self._array(np.asarray(self.scale, dtype=np.float32).reshape(-1, 1, 1, 1))
         return self._keys_t
 
-    def _visual_values(self) -> Array:
+    def visual_values(self) -> Array:
         """The visual tokens' values as (L, H_kv, N, d), one per kv head, built once."""
         if self._values is None:
             if not self._keep_values:
@@ -348,7 +315,7 @@ class VisualAttentionCapture:
         return self._values
 
     @property
-    def _groups(self) -> int:
+    def query_groups(self) -> int:
         """Query heads per kv head (1 without grouped-query attention)."""
         return self._prompt_rows()[0][2]
 
@@ -359,7 +326,7 @@ class VisualAttentionCapture:
         if self._value_grams is None:
             raise RuntimeError("no value norms: open the capture with value_norms=True and run the prompt through it")
         if self._value_norms is None:  # per query head: each has its own W_O^h (values repeated for this once)
-            values = np.repeat(_numpy(self._visual_values()), self._groups, axis=1)
+            values = np.repeat(to_numpy(self.visual_values()), self.query_groups, axis=1)
             self._value_norms = visual_value_norms(self._value_grams, values)
         return self._value_norms
 
@@ -390,7 +357,7 @@ class VisualAttentionCapture:
     def _logit_rows(self, token_ids: list, out=None) -> Array:
         """(L·H, m, N) rows of ``token_ids`` ((F, m, N) for `heads`), into ``out`` where given."""
         if self._values_t is None:
-            values = self._visual_values()  # (L, H_kv, N, d)
+            values = self.visual_values()  # (L, H_kv, N, d)
             self._values_t = values.reshape(-1, *values.shape[2:]).swapaxes(-1, -2)
             self._values_t = self._values_t.contiguous() if self.on_device else np.ascontiguousarray(self._values_t)
         d = self._values_t.shape[1]  # (L·H_kv, d, N)
@@ -406,7 +373,7 @@ class VisualAttentionCapture:
             values_t = self._values_heads
         if out is not None and per_head.shape[0] == values_t.shape[0] and not self.on_device:
             return np.matmul(per_head, values_t, out=out)  # straight into the table's slots
-        rows = _grouped_matmul(per_head, values_t)
+        rows = grouped_matmul(per_head, values_t)
         if out is None:
             return rows
         out[...] = rows
@@ -414,8 +381,8 @@ class VisualAttentionCapture:
 
     def _add_logit_rows(self, token_ids: list) -> None:
         """Table slots for as many of ``token_ids`` as LOGIT_TABLE_BYTES leaves room for."""
-        values = self._visual_values()  # (L, H_kv, N, d)
-        LH, N = values.shape[0] * values.shape[1] * self._groups, values.shape[2]
+        values = self.visual_values()  # (L, H_kv, N, d)
+        LH, N = values.shape[0] * values.shape[1] * self.query_groups, values.shape[2]
         LH = LH if self.heads is None else len(self.heads)
         max_slots = max(self.LOGIT_TABLE_BYTES // (LH * N * 4), 1)  # float32 slots
         first = len(self._logit_slot)
@@ -448,106 +415,23 @@ class VisualAttentionCapture:
     def attention(self, n_rows: int | None = None) -> np.ndarray:
         """(L, H, T, N) weights for the first ``n_rows`` captured rows (all by default), as numpy ((m, T, N)
         for `heads`)."""
-        return _numpy(self.weights(0, n_rows))
+        return to_numpy(self.weights(0, n_rows))
 
     # -- the buffers' kind: float32 numpy on the host, or float32 torch on the rows' device ------------
     def _array(self, t):
         """A recorded tensor (or a host array) as this capture's kind."""
         if not self.on_device:
-            return _numpy(t) if isinstance(t, torch.Tensor) else t
+            return to_numpy(t) if isinstance(t, torch.Tensor) else t
         if isinstance(t, np.ndarray):
             return torch.from_numpy(t).to(self._device)
         return t.detach().float()
 
     def _cat(self, tensors: list[torch.Tensor]):
-        return torch.cat(tensors, dim=2).float() if self.on_device else _cat_numpy(tensors)
+        return torch.cat(tensors, dim=2).float() if self.on_device else cat_numpy(tensors)
 
     def _empty(self, shape: tuple):
         return torch.empty(shape, dtype=torch.float32, device=self._device) if self.on_device else np.empty(shape, np.float32)
 
-
-# W_O^hᵀ W_O^h per attention module, computed once: attribution runs on frozen weights
-_O_GRAMS: "weakref.WeakKeyDictionary[torch.nn.Module, np.ndarray]" = weakref.WeakKeyDictionary()
-
-
-@torch.no_grad()
-def o_proj_gram(module, num_heads: int) -> np.ndarray:
-    """(H, d, d) W_O^hᵀ W_O^h of one attention module, cached: computed on the module's device, so a big
-    model pays H·d²·hidden once and only the (H, d, d) result comes over."""
-    o_proj = getattr(module, "o_proj", None)
-    if o_proj is None:
-        raise ValueError(f"value-weighted features need the attention output projection `o_proj`; "
-                         f"{type(module).__name__} has none (use an estimator trained with --features attention)")
-    if module not in _O_GRAMS:
-        w_o = o_proj.weight.float().reshape(o_proj.weight.shape[0], num_heads, -1)  # (hidden, H, d): heads concatenated
-        _O_GRAMS[module] = _numpy(torch.einsum("ohd,ohe->hde", w_o, w_o)).copy()
-    return _O_GRAMS[module]
-
-
-class LogitReadout:
-    """What the logit-weighted features read visual values with (`VisualAttentionCapture.logit_values`):
-    ``directions``, token ids -> (m, L·H·d) float32 W_O^hᵀu_t of every decoder head, layer-major (u_t: the
-    token's unembedding row times the final norm's gain), wherever the weights live — numpy from CPU views
-    of them, or torch tensors on the model's device (`HFVisionLanguageModel.logit_readout`), which stay there
-    for a capture on the device and come to the host for one that is not; (m, F·d) for a readout of some
-    heads only (`logit_readout(heads=…)`, for an estimator that uses those). One per model and head set:
-    the rows it returns are kept per token id (`head_directions`)."""
-
-    CACHE_BYTES = 256 * 2**20  # head directions kept per model; a 7 B model's take ~0.4 MB a token
-
-    def __init__(self, directions: Callable[[list], np.ndarray]):
-        self.directions = directions
-        self._directions: dict[int, np.ndarray] = {}  # token id -> (L·H·d,) row of `head_directions`
-        self._cached_bytes = 0
-
-    def head_directions(self, token_ids: list) -> np.ndarray:
-        """(m, L·H·d) W_O^hᵀ u_t of every head, layer-major: what head h's value vector is dotted with to give
-        its push on token y_t's logit. Depends on the weights only, so kept per token id across captures
-        (up to CACHE_BYTES; past it, tokens not yet kept are computed each time): it is an o_proj product
-        per layer, L·hidden² a token, the biggest part of a new token's row on a big model."""
-        missing = [t for t in dict.fromkeys(token_ids) if t not in self._directions]
-        fresh: dict[int, np.ndarray] = {}
-        if missing:
-            computed = self.directions(missing)
-            fresh = dict(zip(missing, computed))
-            if self._cached_bytes + computed.nbytes <= self.CACHE_BYTES:
-                self._directions.update(fresh)  # one dict update: concurrent streams at worst compute a row twice
-                self._cached_bytes += computed.nbytes
-        rows = [fresh[t] if t in fresh else self._directions[t] for t in token_ids]
-        return np.stack(rows) if isinstance(rows[0], np.ndarray) else torch.stack(rows)
-
-    @contextmanager
-    def nothing_kept(self):
-        """Inside: head directions computed as if none were kept yet, as in a process's first stream (kept
-        again inside, as there); after: the ones kept before are back. `perf` times the first stream with it."""
-        kept, self._directions, self._cached_bytes = (self._directions, self._cached_bytes), {}, 0
-        try:
-            yield
-        finally:
-            self._directions, self._cached_bytes = kept
-
-
-def visual_value_norms(grams: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(…, H, N) ‖W_O^h v_n‖ for (…, H, N, d) visual value vectors and their (…, H, d, d) `o_proj_gram`s:
-    how much head h writes into the residual stream per unit of attention to token n (Kobayashi et al.
-    2020, "Attention is not only a weight"). Numpy only: it runs in the streaming worker."""
-    # summed over d by a product with ones: numpy's own sum over a short last axis took ~5× longer here
-    squared = (np.matmul(values, grams) * values) @ np.ones(values.shape[-1], values.dtype)
-    return np.sqrt(np.maximum(squared, 0), dtype=np.float32)
-
-
-def _grouped_matmul(a, b):
-    """a (…, H, n, e) @ b (…, H_kv, e, m) -> (…, H, n, m), query head h reading kv head h // (H / H_kv) as
-    repeat_kv lays them out: each kv head meets its group of query heads in one product, where repeating b
-    per query head would copy it ×groups. Without grouping, just a @ b: no reshape calls on the streaming
-    worker's per-span path."""
-    if a.shape[-3] == b.shape[-3]:
-        return a @ b
-    return (a.reshape(*b.shape[:-2], -1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
-
-
-def _permute(x, *axes):
-    return x.transpose(*axes) if isinstance(x, np.ndarray) else x.permute(*axes)
 
 
 def _decode_steps(pending: list, i: int, num_layers: int) -> int:
@@ -565,170 +449,3 @@ def _decode_steps(pending: list, i: int, num_layers: int) -> int:
         steps += 1
     return steps
 
-
-RESIDUAL = "residual"  # `record_residual`'s entries among the pending records (a layer index elsewhere)
-
-# at::internal::GRAIN_SIZE: a CPU op on fewer elements runs in the calling thread, never in an OpenMP region
-_TORCH_GRAIN = 32768
-
-
-def _cat_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
-    """float32 numpy of the tensors concatenated along dim 2. This runs in the streaming worker, where a big
-    torch op on the CPU would start a second OpenMP pool competing with generation for the cores: so a
-    small CPU concatenation is torch's (serial there, ~5× faster than numpy's for a vattr-tiny span), a big
-    one numpy's; on a GPU, the device's, then one copy."""
-    if tensors[0].device.type == "cpu" and tensors[0].numel() * len(tensors) >= _TORCH_GRAIN:
-        return np.concatenate([_numpy(t) for t in tensors], axis=2)
-    return _numpy(torch.cat(tensors, dim=2))
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """float32 numpy: a view of a float32 CPU tensor without grad — the per-decode-step case, so tried
-    first and without torch ops — else a converted copy (grad, bf16, GPU); numpy passes through."""
-    if isinstance(t, np.ndarray):
-        return t
-    if t.dtype == torch.float32:
-        try:
-            return t.numpy()
-        except (RuntimeError, TypeError):  # needs grad, or not on the CPU
-            pass
-    return t.detach().float().cpu().numpy()
-
-
-def _lse_explicit(query, key, attention_mask, scale):
-    """Exact log-sum-exp over the keys each query may see (any device, any mask)."""
-    q_len, kv_len = query.shape[2], key.shape[2]
-    # grouped query heads share their kv head's K, rather than K repeated per query head: that copies the
-    # whole cache ×groups
-    scores = _grouped_matmul(query.float(), key.float().transpose(-1, -2)) * scale
-    if attention_mask is None:  # causal, queries are the last q_len positions
-        rows = torch.arange(kv_len - q_len, kv_len, device=query.device).unsqueeze(1)
-        allowed = torch.arange(kv_len, device=query.device).unsqueeze(0) <= rows
-    else:
-        allowed = attention_mask[..., :kv_len] if attention_mask.dtype == torch.bool else attention_mask[..., :kv_len] > -1e30
-    return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-
-
-# (device type, dtype, head dim, causal) -> whether the fused kernel runs there and its lse equals the explicit one
-_FUSED_OK: dict[tuple, bool] = {}
-
-
-def _cuda_fused(query, key, value, scale: float, causal: bool):
-    """The kernel sdpa itself runs for this call (`torch._fused_sdp_choice`, asked as transformers' sdpa
-    asks it: grouped K/V as they are, with enable_gqa), so the model's output under a capture is what it is
-    without one: cuDNN, flash attention or the memory-efficient kernel, each of which hands back the lse;
-    None where sdpa would run its math kernel. In bf16 another kernel's output differs in the last bits and
-    the layers above magnify it: flash in every decode step, where sdpa ran cuDNN, moved vattr-tiny's
-    layer-2 weights by up to 6% on an H200. One exception, in float32 only, kept from before grouped K/V went
-    to the kernels as they are: where sdpa runs math because the memory-efficient kernel takes no grouped
-    heads, that kernel runs on repeated K/V (outputs ~1e-7 apart; tests/test_cuda.py on an H200)."""
-    groups = query.shape[1] // key.shape[1]
-    choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale, enable_gqa=groups > 1)
-    if choice == SDPBackend.MATH.value and groups > 1 and query.dtype == torch.float32:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-        choice = torch._fused_sdp_choice(query, key, value, None, 0.0, causal, scale=scale)
-    if choice == SDPBackend.CUDNN_ATTENTION.value:  # what sdpa runs for bf16/fp16 on Hopper (torch 2.11, H200)
-        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
-            query, key, value, None, True, 0.0, causal, False, scale=scale)[:2]
-        return out, lse.reshape(query.shape[:3])  # cuDNN's statistics come as (B, H, q, 1)
-    if choice == SDPBackend.FLASH_ATTENTION.value:
-        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, causal, scale=scale)[:2]
-    if choice == SDPBackend.EFFICIENT_ATTENTION.value:
-        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-            query, key, value, None, True, 0.0, causal, scale=scale)[:2]
-        return out, lse[..., :query.shape[2]]  # the kernel pads lse's rows to its block size
-    return None
-
-
-_FUSED_KERNELS = {"cpu": lambda q, k, v, scale, causal: _cpu_flash(q, k, v, 0.0, causal, scale=scale)[:2],
-                  "cuda": _cuda_fused}
-
-
-def _fused_fits(query, key, attention_mask, dropout, kwargs) -> bool:
-    """Whether a fused kernel computes exactly this call: no mask beyond causal (one query over the cache,
-    or a full causal pass), no dropout, window or soft-capping, on a device with a kernel in _FUSED_KERNELS."""
-    q_len, kv_len = query.shape[2], key.shape[2]
-    return (query.device.type in _FUSED_KERNELS and attention_mask is None and not dropout and q_len in (1, kv_len)
-            and kwargs.get("sliding_window") is None and kwargs.get("softcap") is None)
-
-
-def _fused_with_lse(query, key, value, scale: float):
-    """(B, q, H, d) output and (B, H, q) lse from the device's fused kernel, or None where none runs.
-    The first call of each (device, dtype, head dim, causal) also computes the explicit lse and keeps the
-    kernel only if the two agree: a kernel whose lse means something else (another base, other rows)
-    falls back, with a warning, instead of giving wrong weights. Grouped-query K/V go to the kernel as they
-    are, as sdpa passes them (CPU flash, CUDA cuDNN and flash read one kv head per group): repeated, they
-    were a copy of the whole cache ×groups in every layer and step — 64 ms against sdpa's 4.3 ms for one
-    layer call over 4,096 keys with Qwen2.5-VL-7B's 28 query / 4 kv heads on a 2-core CPU, 4.7 ms now
-    (`python experiments/capture_call_cost.py`)."""
-    causal = query.shape[2] > 1
-    signature = (query.device.type, query.dtype, query.shape[-1], causal)
-    trusted = _FUSED_OK.get(signature)
-    if trusted is False:
-        return None
-    try:
-        fused = _FUSED_KERNELS[query.device.type](query, key, value, scale, causal)
-    except RuntimeError as e:  # e.g. a head dim or dtype the kernel does not take
-        _FUSED_OK[signature] = False
-        warnings.warn(f"attention capture: no fused kernel for {signature} ({e}); lse computed explicitly",
-                      stacklevel=2)
-        return None
-    if fused is None:  # sdpa runs a kernel without lse for this call
-        return None
-    out, lse = fused
-    if trusted is None:
-        explicit = _lse_explicit(query, key, None, scale)
-        _FUSED_OK[signature] = trusted = bool(torch.allclose(lse.float(), explicit, rtol=1e-4, atol=1e-3))
-        if not trusted:
-            warnings.warn(f"attention capture: the fused kernel's lse for {signature} differs from q·Kᵀ's by up to "
-                          f"{(lse.float() - explicit).abs().max().item():.3g}; lse computed explicitly", stacklevel=2)
-            return None
-    return out.transpose(1, 2).contiguous(), lse
-
-
-def capturing_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """AttentionInterface backend: sdpa's output, and the lse of decoder queries while a capture is on."""
-    capture = _active.get()
-    layer = capture.layer_of.get(id(module)) if capture is not None else None
-    if layer is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    fused = _fused_with_lse(query, key, value, scale) if _fused_fits(query, key, attention_mask, dropout, kwargs) else None
-    if fused is None:
-        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-        lse = _lse_explicit(query, key, attention_mask, scale)
-    else:
-        out, lse = fused
-    capture.record(layer, query, key, lse, scale, value)
-    return out, None
-
-
-AttentionInterface.register(CAPTURE_BACKEND, capturing_attention)
-AttentionMaskInterface.register(CAPTURE_BACKEND, sdpa_mask)
-
-
-def final_norm_hook(capture: VisualAttentionCapture) -> Callable:
-    """A forward pre-hook for the decoder's final norm that hands its input to ``capture.record_residual`` only
-    for forwards run where ``capture`` is the active one — the rule the attention backend follows. A module
-    hook fires for every thread's forward through the module, and the model is shared (the live demo's
-    streams): unscoped, each open capture took every other stream's residuals as its own rows' 1/rms."""
-    def hook(module, args):
-        if _active.get() is capture:
-            capture.record_residual(args[0])
-    return hook
-
-
-class activate:
-    """Context manager: make ``capture`` the one the backend records into (this thread/context only). The
-    capture state is per context on purpose: concurrent generations on one model (one per thread) each
-    record into their own capture; nothing a capture holds is shared with another."""
-
-    def __init__(self, capture: VisualAttentionCapture):
-        self.capture = capture
-
-    def __enter__(self):
-        self._token = _active.set(self.capture)
-        return self.capture
-
-    def __exit__(self, *exc):
-        _active.reset(self._token)
