@@ -29,7 +29,7 @@ step() {  # name, seconds allowed, command…
 step lse_probe 60 python3 experiments/cudnn_lse_probe.py
 step gqa_call 60 python3 experiments/capture_call_cost.py --device cuda --keys 1024,4096,16384
 step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-    "tests/test_adapter.py::test_capture_in_bfloat16_runs_sdpas_own_kernel"
+    "tests/test_hf_adapter.py::test_capture_in_bfloat16_runs_sdpas_own_kernel"
 step overhead 90 python3 experiments/overhead_split.py --device cuda --rounds 3 --per-family 2
 step overhead_bf16 100 python3 experiments/overhead_split.py --device cuda --dtype bfloat16 --rounds 3 --per-family 1
 step perf 150 python3 -m vattr_bench.cli perf --model vattr-tiny --device cuda --per-family 2 --rounds 3 \
