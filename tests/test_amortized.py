@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from logs import kept_logs
 from vattr_bench.amortized import LinearEstimator, span_region_features, train_estimator
 from vattr_bench.methods import AttributionContext, load_method
 from vattr_bench.regions import make_regions, random_subsets
@@ -211,27 +212,28 @@ def test_collected_examples_survive_a_killed_run(tiny, tmp_path, monkeypatch):
     collects again only what is missing or torn."""
     from vattr_bench.amortized import train
 
-    def collect(cache):
-        return train.collect_examples(tiny, ["math", "science"], 2, features="logit-weighted", cache_dir=cache,
-                                      log=logs.append)
+    def collect(cache):  # the examples, and the last line logged
+        with kept_logs() as logs:
+            examples = train.collect_examples(tiny, ["math", "science"], 2, features="logit-weighted", cache_dir=cache)
+        return examples, logs[-1] if logs else ""
 
-    logs, cache = [], tmp_path / "examples"
-    first = collect(cache)
+    cache = tmp_path / "examples"
+    first, _ = collect(cache)
     files = sorted(cache.glob("*.npz"))
     assert len(first) == 4 and len(files) == 4
     collected = []
     real = train.collect_example
     monkeypatch.setattr(train, "collect_example", lambda model, sample, *a: collected.append(sample.id) or real(model, sample, *a))
-    again = collect(cache)
-    assert collected == [] and "4 of 4 samples' examples read back" in logs[-1]
+    again, said = collect(cache)
+    assert collected == [] and "4 of 4 samples' examples read back" in said
     for a, b in zip(first, again):
         assert a["family"] == b["family"] and all(np.array_equal(a[n], b[n]) for n in train.ExampleCache.ARRAYS)
     files[0].write_bytes(files[0].read_bytes()[:100])  # a kill mid-write (the real writes go through a rename)
-    third = collect(cache)
-    assert len(collected) == 1 and "3 of 4" in logs[-1]
+    third, said = collect(cache)
+    assert len(collected) == 1 and "3 of 4" in said
     assert all(np.array_equal(a["features"], b["features"]) for a, b in zip(first, third))
     # anything the example depends on names another file: other features are collected anew
-    train.collect_examples(tiny, ["math"], 1, features="attention", cache_dir=cache, log=logs.append)
+    train.collect_examples(tiny, ["math"], 1, features="attention", cache_dir=cache)
     assert len(collected) == 2 and len(list(cache.glob("*.npz"))) == 5
 
 
@@ -294,7 +296,7 @@ def test_amortized_method_equals_the_estimator_on_reference_features(tiny, tmp_p
             methods[kind].attribute(ctx)
 
     ctx.model = tiny
-    decoder = tiny._decoder
+    decoder = tiny.decoder
     rms_norm = decoder.norm
     decoder.norm = torch.nn.LayerNorm(rms_norm.weight.shape[0])
     try:

@@ -35,7 +35,7 @@ def _by_key(path):
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("dp")
     single = evaluate(EvalConfig(methods=ARGS[1].split(","), benchmark="math", limit=4, regions="grid",
-                                 n_subsets=6, output_dir=str(base / "one")), log=lambda *_: None)
+                                 n_subsets=6, output_dir=str(base / "one")))
     return base, single, _launch(base / "two")
 
 

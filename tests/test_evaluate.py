@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from logs import kept_logs
 from vattr_bench.cli import main
 from vattr_bench.evaluate import EvalConfig, evaluate
 from vattr_bench.results import read_records
@@ -51,8 +52,8 @@ def run(tmp_path_factory):
                               f"{plugin}:WrongShape", f"{plugin}:Settled", f"{plugin}:BadSettings"],
                      benchmark="math,general", limit=2, output_dir=str(out), regions="grid", n_subsets=16,
                      save_heatmaps=True)
-    logs = []
-    results = evaluate(cfg, log=logs.append)
+    with kept_logs() as logs:
+        results = evaluate(cfg)
     return cfg, out, results, logs
 
 
@@ -124,7 +125,7 @@ def test_resume_skips_what_is_done_and_redoes_a_torn_line(run):
     path = out / "samples.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # a kill mid-write
-    evaluate(cfg, log=lambda *_: None)
+    evaluate(cfg)
     again = read_records(path)
     assert len(again) == len(lines)  # only the torn record was recomputed
     assert len({(r["benchmark"], r["sample_id"], r["method"]) for r in again}) == len(lines)
@@ -153,13 +154,13 @@ def test_a_resumed_run_does_not_mix_settings(tmp_path, monkeypatch):
     cfg = EvalConfig(methods=["random", f"{plugin}:Tempered"], benchmark="math", limit=1,
                      output_dir=str(tmp_path / "out"), regions="grid", n_subsets=4)
     monkeypatch.setenv("TEMPERATURE", "0.5")
-    evaluate(cfg, log=lambda *_: None)
+    evaluate(cfg)
     run_json = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run_json["method_settings"] == {"tempered": {"temperature": "0.5"}}
 
     monkeypatch.setenv("TEMPERATURE", "0.7")
-    logs = []
-    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}), log=logs.append)
+    with kept_logs() as logs:
+        results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}))
     assert results["results"]["math"]["random"]["n_samples"] == 2  # the other method went on
     assert results["results"]["math"]["tempered"]["n_samples"] == 1  # the new sample was not scored
     assert "'temperature': '0.5'" in results["config"]["method_errors"]["tempered"]
@@ -167,9 +168,9 @@ def test_a_resumed_run_does_not_mix_settings(tmp_path, monkeypatch):
     assert results["config"]["method_settings"] == {"tempered": {"temperature": "0.5"}}
 
     monkeypatch.setenv("TEMPERATURE", "0.5")  # back to the folder's settings: the rest is scored
-    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}), log=lambda *_: None)
+    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}))
     assert results["results"]["math"]["tempered"]["n_samples"] == 2
-    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}), log=lambda *_: None)  # nothing left to do
+    results = evaluate(EvalConfig(**{**cfg.__dict__, "limit": 2}))  # nothing left to do
     assert results["config"]["method_settings"] == {"tempered": {"temperature": "0.5"}}
 
 
@@ -196,8 +197,8 @@ def test_a_kill_mid_write_leaves_the_old_file_and_a_torn_cache_is_recomputed(run
     lines = samples.read_text().splitlines()
     sample_id = cached.stem
     samples.write_text("".join(line + "\n" for line in lines if json.loads(line)["sample_id"] != sample_id))
-    logs = []
-    evaluate(cfg, log=logs.append)
+    with kept_logs() as logs:
+        evaluate(cfg)
     assert not any(f"sample {sample_id} skipped" in line for line in logs)
     after = dict(np.load(cached))
     assert all(np.array_equal(before[k], after[k]) for k in ("token_ids", "effects", "masks", "subset_effects"))
@@ -227,14 +228,13 @@ def test_a_folder_keeps_one_configuration(run):
     cfg, out, _, _ = run
     other = EvalConfig(**{**cfg.__dict__, "regions": "superpixel"})
     with pytest.raises(ValueError, match="another configuration"):
-        evaluate(other, log=lambda *_: None)
+        evaluate(other)
 
 
 def test_a_misspelt_method_stops_the_run_before_any_work(tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="unknown method 'atention'"):
-        evaluate(EvalConfig(methods=["attention", "atention"], benchmark="math", limit=1, output_dir=str(out)),
-                 log=lambda *_: None)
+        evaluate(EvalConfig(methods=["attention", "atention"], benchmark="math", limit=1, output_dir=str(out)))
     assert not out.exists()  # no empty folder left behind
 
 
@@ -244,6 +244,9 @@ def test_records_name_their_spans_and_references(run):
     records = {(r["method"], r["sample_id"]): r for r in read_records(out / "samples.jsonl") if "error" not in r}
     some = next(r for (m, _), r in records.items() if m == "attention")
     assert len(some["span_texts"]) == some["n_spans"] and all(isinstance(t, str) and t for t in some["span_texts"])
+    # the answer span (the text after </think>) is marked; a trace cut before it has none
+    assert all(len(r["span_is_answer"]) == r["n_spans"] and sum(r["span_is_answer"]) <= 1 for r in records.values())
+    assert any(r["span_is_answer"][-1] for r in records.values())
     math = results["results"]["math"]
     assert math["ablation"]["reference"] and math["ablation"]["reads_ground_truth"]
     assert math["random"]["reference"] and not math["random"]["reads_ground_truth"]
@@ -307,14 +310,13 @@ def integrity_run(tmp_path_factory):
     # feature-ward regions differ in size, so region_area is not flat
     common = dict(benchmark="math", limit=2, regions="feature-ward", n_subsets=8, method_timeout_s=2.0)
     clean = evaluate(EvalConfig(methods=["random", "attention", "ablation", "uniform", "region_area"],
-                                output_dir=str(base / "clean"), **common), log=lambda *_: None)
+                                output_dir=str(base / "clean"), **common))
     hostile_methods = [f"{plugin}:Vandal", "random", f"{plugin}:Peeker", f"{plugin}:CachePeeker", "attention",
                        f"{plugin}:Vandal", "ablation", f"{plugin}:Abstainer", f"{plugin}:Sleeper", "uniform",
                        "region_area"]
     hostile_methods.remove(f"{plugin}:Vandal")  # once is enough (names must be unique)
-    logs = []
-    hostile = evaluate(EvalConfig(methods=hostile_methods, output_dir=str(base / "hostile"), **common),
-                       log=logs.append)
+    with kept_logs() as logs:
+        hostile = evaluate(EvalConfig(methods=hostile_methods, output_dir=str(base / "hostile"), **common))
     return clean, hostile, base, logs
 
 

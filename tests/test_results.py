@@ -99,3 +99,36 @@ def test_cli_compare_against_another_run_of_the_same_samples(tmp_path, capsys):
     assert "| math | amortized @ theirs | +0.200 [+0.200, +0.200] | 10 |" in out
     assert main(["compare", str(tmp_path / "mine"), "--against", str(tmp_path / "elsewhere")]) == 2
     assert "not the same spans" in capsys.readouterr().err
+
+
+def test_cli_compare_says_how_far_the_methods_scores_moved_between_runs(tmp_path, capsys):
+    """With --against, the largest change of the method's region scores over the samples both runs scored:
+    0 for a run repeated as it was, the change itself where one score moved."""
+    for name, moved in (("before", 0.0), ("same", 0.0), ("after", 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"ground_truth_key": "k"}))
+        lines = [{**_record("amortized", f"s{i}", [0.5, 0.4]), "scores": [[1.0, -2.0], [0.5, 0.0 + moved * (i == 1)]]}
+                 for i in range(3)]
+        (tmp_path / name / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["compare", str(tmp_path / "before"), "--against", str(tmp_path / "same"), "--metric", "r2"]) == 0
+    assert "largest difference 0 (largest |score| 2) over the 3 samples both scored" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "before"), "--against", str(tmp_path / "after"), "--metric", "r2"]) == 0
+    assert "largest difference 0.25 (largest |score| 2)" in capsys.readouterr().out
+
+
+def test_cli_compare_by_span_kind(tmp_path, capsys):
+    """--by-span-kind: the thinking spans and the answer span of each benchmark as rows of their own, each
+    paired over its own spans; a run whose records do not mark answer spans is named."""
+    lines = []
+    for i in range(4):  # amortized beats attention by 0.3 on thinking spans, by 0.1 on the answer
+        for method, thinking, answer in (("amortized", 0.6, 0.3), ("attention", 0.3, 0.2)):
+            lines.append({**_record(method, f"s{i}", [thinking, thinking, answer]), "span_is_answer": [False, False, True]})
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["compare", str(tmp_path), "--metric", "r2", "--by-span-kind"]) == 0
+    out = capsys.readouterr().out
+    assert "| math thinking | attention | +0.300 [+0.300, +0.300] | 4 |" in out
+    assert "| math answer | attention | +0.100 [+0.100, +0.100] | 4 |" in out
+    unmarked = [_record("amortized", "s0", [0.5]), _record("attention", "s0", [0.2])]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unmarked))
+    assert main(["compare", str(tmp_path), "--metric", "r2", "--by-span-kind"]) == 2
+    assert "does not mark its answer spans (span_is_answer)" in capsys.readouterr().err

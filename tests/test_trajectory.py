@@ -119,7 +119,7 @@ def test_per_token_ablation_equals_the_cut_trace_s_own(tiny):
 @pytest.mark.slow
 def test_run_writes_the_report_and_a_resumed_run_recomputes_nothing(tmp_path, monkeypatch):
     cfg = TrajectoryConfig(benchmark="code-hard", limit=8, output_dir=str(tmp_path), n_bootstrap=200, folds=2)
-    first = run_trajectory(cfg, log=lambda *_: None)
+    first = run_trajectory(cfg)
     saved = json.loads((tmp_path / "trajectory.json").read_text())
     assert {"auc", "auc_ablation", "ci95", "n_samples", "failure_rate"} <= set(saved)
     assert set(saved["ci95"]) == {"auc", "auc_ablation"} and saved["features"] == list(FEATURES)
@@ -130,6 +130,6 @@ def test_run_writes_the_report_and_a_resumed_run_recomputes_nothing(tmp_path, mo
         raise AssertionError("a cached sample was computed again")
 
     monkeypatch.setattr(trajectory, "sample_record", recompute)
-    assert run_trajectory(cfg, log=lambda *_: None)["auc"] == first["auc"]
+    assert run_trajectory(cfg)["auc"] == first["auc"]
     with pytest.raises(ValueError, match="use a new --output-dir"):
-        run_trajectory(TrajectoryConfig(**{**cfg.__dict__, "seed": 1}), log=lambda *_: None)
+        run_trajectory(TrajectoryConfig(**{**cfg.__dict__, "seed": 1}))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -217,6 +218,22 @@ def _cmd_trajectory(args) -> int:
     return 0
 
 
+def _is_one_json_document(path: Path) -> bool:
+    """Whether the file's first line is not JSON on its own but the whole file is (an indented JSON file)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    try:
+        json.loads(first)
+        return False
+    except ValueError:
+        pass
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except ValueError:
+        return False
+
+
 def _run_records(path: Path, metrics=()) -> tuple[list[dict], Path]:
     """An evaluate run's records, from its --output-dir or its samples.jsonl; a UserError naming the file
     for one that is not (or no longer) such records, or whose scored records lack one of ``metrics``."""
@@ -226,8 +243,11 @@ def _run_records(path: Path, metrics=()) -> tuple[list[dict], Path]:
     samples = path / "samples.jsonl" if path.is_dir() else path
     if not samples.is_file():
         raise FileNotFoundError(f"no samples.jsonl at {path} (give an evaluate --output-dir or its samples.jsonl)")
+    if _is_one_json_document(samples):  # a results.json, say: named at once, not met as a warning per line
+        raise UserError(f"{samples} is not an evaluate run's samples.jsonl: it is one JSON document, not a JSON record "
+                        "per line (give the run's --output-dir or its samples.jsonl)")
     records = read_records(samples)  # objects with benchmark/sample_id/method only; not text: an error naming it
-    if not records and samples.read_text(encoding="utf-8").strip():  # a results.json: no line is JSON alone
+    if not records and samples.read_text(encoding="utf-8").strip():
         raise UserError(f"{samples} is not an evaluate run's samples.jsonl: no line of it is a JSON record (give the "
                         "run's --output-dir or its samples.jsonl)")
     for number, record in enumerate(records, 1):
@@ -260,6 +280,8 @@ def _cmd_compare(args) -> int:
     if unknown or not metrics:
         raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from {', '.join(SPAN_METRICS)}")
     records, samples = _run_records(Path(args.run), metrics)
+    if args.by_span_kind:
+        records = _split_by_span_kind(records, samples, metrics)
     if not any(r.get("method") == args.method and "error" not in r for r in records):
         found = sorted({r.get("method") for r in records})
         raise ValueError(f"{samples} has no scored sample of {args.method!r}; it has: {', '.join(found) or 'none'}")
@@ -268,11 +290,14 @@ def _cmd_compare(args) -> int:
         # another run's methods, renamed by their run, paired on the same samples: only meaningful when both
         # runs share their traces and ground truth (evaluate's ground-truth key: model, regions, ablation, seed…)
         theirs, their_samples = _run_records(Path(args.against), metrics)
+        if args.by_span_kind:
+            theirs = _split_by_span_kind(theirs, their_samples, metrics)
         mine_key, their_key = _ground_truth_key(samples), _ground_truth_key(their_samples)
         if mine_key is None or mine_key != their_key:
             raise ValueError(f"{args.run} and {args.against} were not run under the same ground-truth configuration "
                              f"(run.json keys {mine_key} and {their_key}): their spans are not the same spans")
         label = Path(args.against).name if Path(args.against).is_dir() else their_samples.parent.name
+        drift = _score_drift(records, theirs, args.method)
         records = [r for r in records if r.get("method") == args.method] + \
                   [{**r, "method": f"{r['method']} @ {label}"} for r in theirs]
         against = f"each method of {args.against}"
@@ -295,7 +320,45 @@ def _cmd_compare(args) -> int:
             parts.append("–" if r["value"] is None else form.format(r["value"])
                          + (f" [{form.format(ci[0])}, {form.format(ci[1])}]" if ci else ""))
         print(f"| {benchmark} | {other} | " + " | ".join(parts) + f" | {cell[(benchmark, other, metrics[0])]['n_samples']} |")
+    if args.against and drift:
+        print(f"{args.method}'s region scores, here against {args.against}: largest difference {drift['largest_difference']:.2g} "
+              f"(largest |score| {drift['largest_score']:.3g}) over the {drift['n_samples']} samples both scored")
     return 0
+
+
+def _split_by_span_kind(records: list[dict], samples: Path, metrics) -> list[dict]:
+    """Each scored record as two, "<benchmark> thinking" and "<benchmark> answer", holding the span metrics
+    of those spans only (evaluate marks each span in ``span_is_answer``)."""
+    from .errors import UserError
+
+    split = []
+    for r in records:
+        if "error" in r:
+            continue
+        kinds = r.get("span_is_answer")
+        if not isinstance(kinds, list) or len(kinds) != len(r["span_metrics"][metrics[0]]):
+            raise UserError(f"{samples}: record of {r.get('method')!r} on {r.get('sample_id')!r} does not mark its "
+                            "answer spans (span_is_answer); run evaluate again into a new folder to compare by span kind")
+        for kind, answer in (("thinking", False), ("answer", True)):
+            keep = [i for i, a in enumerate(kinds) if bool(a) == answer]
+            split.append({**r, "benchmark": f"{r['benchmark']} {kind}",
+                          "span_metrics": {m: [r["span_metrics"][m][i] for i in keep] for m in metrics}})
+    return split
+
+
+def _score_drift(mine: list[dict], theirs: list[dict], method: str) -> dict | None:
+    """How far ``method``'s region scores moved between two runs of the same samples: the largest absolute
+    difference and, for scale, the largest |score|; None when no sample was scored by it in both."""
+    def scored(records):
+        return {(r["benchmark"], r["sample_id"]): np.asarray(r["scores"], dtype=np.float64)
+                for r in records if r.get("method") == method and "scores" in r}
+
+    a, b = scored(mine), scored(theirs)
+    common = [k for k in a if k in b and a[k].shape == b[k].shape]
+    if not common:
+        return None
+    return {"largest_difference": max(float(np.abs(a[k] - b[k]).max(initial=0.0)) for k in common),
+            "largest_score": max(float(np.abs(a[k]).max(initial=0.0)) for k in common), "n_samples": len(common)}
 
 
 def _cmd_leaderboard(args) -> int:
@@ -529,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--against", default=None,
                    help="another evaluate run on the same samples and ground truth (say the same method with another "
                         "estimator): its methods, named 'method @ run', instead of this run's others")
+    c.add_argument("--by-span-kind", action="store_true",
+                   help="each benchmark's thinking spans and its answer span as separate rows")
     c.add_argument("--ratio", action="store_true",
                    help="the method's mean ÷ the other's instead of the difference (for metrics ≥ 0, such as r2)")
     c.set_defaults(func=_cmd_compare)
@@ -603,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--gradient-spans", type=int, default=3, help="spans timed per gradient baseline per length")
     _add_regions(pf)
     pf.add_argument("--seed", type=int, default=0)
-    _add_estimator(pf, help=ESTIMATOR_HELP + ", e.g. the shipped value-weighted one to time the cheaper features")
+    _add_estimator(pf, help=ESTIMATOR_HELP + ", e.g. vattr_bench/amortized/vattr-tiny.16-heads.estimator.json to time the 16-head one")
     pf.add_argument("--output", default=None, help="also write the full report as JSON here")
     pf.add_argument("--save-png", default=None, help="also draw the cost per span and per token here")
     pf.add_argument("--random-init", action="store_true",
@@ -700,9 +765,35 @@ def _accept_debug_anywhere(parser: argparse.ArgumentParser) -> None:
                                      help="show the full traceback of an error")
 
 
+class _ConsoleHandler(logging.Handler):
+    """The command line's view of the package's logs (`logging.getLogger("vattr_bench")`): information as
+    plain lines on stdout (tables, what was written), warnings as ``warning: …`` on stderr beside the
+    progress bars. The streams are looked up per message, so a redirected sys.stdout gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno >= logging.WARNING:
+                print(f"warning: {self.format(record)}", file=sys.stderr, flush=True)
+            else:
+                print(self.format(record), flush=True)
+        except BrokenPipeError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def _show_logs() -> None:
+    """The package's information and warnings on the console, once per process however often main runs."""
+    logger = logging.getLogger("vattr_bench")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     from .errors import describe
 
+    _show_logs()
     parser = build_parser()
     _accept_debug_anywhere(parser)
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import signal
 import threading
 import traceback
@@ -39,6 +40,8 @@ from .regions.protocols import K_RANGE
 from .results import build_results, format_table, read_records
 from .storage import load_arrays, save_arrays, write_text_atomically
 from .types import validate_attribution
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,7 +105,7 @@ class EvalConfig:
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def evaluate(cfg: EvalConfig, log=print) -> dict:
+def evaluate(cfg: EvalConfig) -> dict:
     """Score every method on every sample; under a distributed launch (torchrun, accelerate launch) each rank
     scores its share of the samples and rank 0 merges (`vattr_bench.distributed`)."""
     families = cfg.validate()
@@ -138,7 +141,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                 try:
                     shared = _sample_context(model, sample, cfg, cache_dir)
                 except Exception as e:  # an unusable sample is recorded for every method, and the run goes on
-                    log(f"warning: sample {sample.id} skipped: {type(e).__name__}: {e}")
+                    logger.warning(f"sample {sample.id} skipped: {type(e).__name__}: {e}")
                     for method in todo:
                         sink.write(json.dumps({"benchmark": family, "sample_id": sample.id, "method": method.name,
                                                "n_spans": 0, "rank": ranks.rank,
@@ -148,10 +151,10 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                 for method in todo:
                     if method.name in stopped:
                         continue
-                    record = {**_run_method(method, shared, family, log, cfg.method_timeout_s), "rank": ranks.rank}
-                    if "error" not in record and (problem := ledger.check(method, log)):
+                    record = {**_run_method(method, shared, family, cfg.method_timeout_s), "rank": ranks.rank}
+                    if "error" not in record and (problem := ledger.check(method)):
                         stopped[method.name] = problem  # its earlier scores here came from other settings
-                        log(f"warning: {problem}")
+                        logger.warning(problem)
                         continue
                     by_sample.setdefault((family, sample.id), []).append(record)
                     sink.write(json.dumps(record) + "\n")
@@ -165,7 +168,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             ledger.merge(recorded)
             stopped.update(rank_stopped)
         records = merge_shards(samples_path) if ranks.distributed else read_records(samples_path)
-        results = _write_results(cfg, out, methods, ledger, stopped, records, ranks, log)
+        results = _write_results(cfg, out, methods, ledger, stopped, records, ranks)
     ranks.barrier()
     if not ranks.is_main:
         results = json.loads((out / "results.json").read_text())
@@ -174,7 +177,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
 
 
 def _write_results(cfg: EvalConfig, out: Path, methods, ledger: "_SettingsLedger", stopped: dict, records: list[dict],
-                   ranks: Ranks, log) -> dict:
+                   ranks: Ranks) -> dict:
     # what else decided a method's scores in this folder (e.g. the amortized estimator's file), this run's
     # or, for a method with nothing left to score, the run's that scored it
     settings = {m.name: ledger.recorded[m.name] for m in methods if ledger.recorded.get(m.name)}
@@ -182,12 +185,12 @@ def _write_results(cfg: EvalConfig, out: Path, methods, ledger: "_SettingsLedger
               "method_errors": stopped, "method_settings": settings, "world_size": ranks.world_size}
     results = build_results(cfg.model, config, records)
     write_text_atomically(out / "results.json", json.dumps(results, indent=1))
-    log(format_table(results))
+    logger.info(format_table(results))
     try:  # the picture is a view of results.json, written above either way
         save_tradeoff_png(results, out / "tradeoff.png", metric=RANKING_METRIC)
     except Exception as e:
-        log(f"warning: {out / 'tradeoff.png'} not drawn: {type(e).__name__}: {e}")
-    log(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'} and {out / 'tradeoff.png'} ({RANKING_METRIC} "
+        logger.warning(f"{out / 'tradeoff.png'} not drawn: {type(e).__name__}: {e}")
+    logger.info(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'} and {out / 'tradeoff.png'} ({RANKING_METRIC} "
         "against cost per token)")
     return results
 
@@ -232,13 +235,13 @@ class _SettingsLedger:
             run = json.loads(self.marker.read_text())
             write_text_atomically(self.marker, json.dumps({**run, "method_settings": self.recorded}, indent=1))
 
-    def check(self, method, log) -> str | None:
+    def check(self, method) -> str | None:
         """After the method scored a sample: records its settings the first time; the reason to stop it when
         they differ from what the folder's earlier scores were made under."""
         if method.name in self._checked or not callable(getattr(method, "settings", None)):
             return None
         self._checked.add(method.name)
-        settings = _settings(method, log)
+        settings = _settings(method)
         previous = self.recorded.get(method.name)
         if previous and settings and previous != settings:
             return (f"{method.name}: this folder's earlier {method.name} scores were made under {previous}, this "
@@ -249,13 +252,13 @@ class _SettingsLedger:
         return None
 
 
-def _settings(method, log) -> dict:
+def _settings(method) -> dict:
     """A method's `settings()`, or {} with a warning when a plugin's raises or is not JSON: the results are
     written either way."""
     try:
         return json.loads(json.dumps(method.settings()))  # as run.json gives it back (tuples become lists)
     except Exception as e:
-        log(f"warning: method {method.name!r}: settings() failed ({type(e).__name__}: {e}); not recorded")
+        logger.warning(f"method {method.name!r}: settings() failed ({type(e).__name__}: {e}); not recorded")
         return {}
 
 
@@ -365,7 +368,7 @@ def _time_limit(seconds: float | None, what: str):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run_method(method, shared: _Shared, family: str, log, timeout_s: float | None = None) -> dict:
+def _run_method(method, shared: _Shared, family: str, timeout_s: float | None = None) -> dict:
     ctx = shared.ctx
     name = getattr(method, "name", type(method).__name__)
     base = {"benchmark": family, "sample_id": ctx.sample.id, "method": name, "n_spans": ctx.n_spans,
@@ -377,7 +380,7 @@ def _run_method(method, shared: _Shared, family: str, log, timeout_s: float | No
             raw = method.attribute(mine)
         scores = validate_attribution(raw, ctx.n_spans, ctx.regions.k, name)
     except (Exception, MethodTimeout) as e:  # a plugin may fail any way it likes: record it, keep the others going
-        log(f"warning: {name} failed on {ctx.sample.id}: {type(e).__name__}: {e}")
+        logger.warning(f"{name} failed on {ctx.sample.id}: {type(e).__name__}: {e}")
         return {**base, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
     # a method that reads the ablation effects costs what computing them cost
     seconds = shared.ablation_seconds if reads_ground_truth(method) else cost.seconds
@@ -388,4 +391,5 @@ def _run_method(method, shared: _Shared, family: str, log, timeout_s: float | No
             "undefined_spans": np.flatnonzero(scored.method_undefined).tolist(),
             "truth_undefined_spans": np.flatnonzero(scored.truth_undefined).tolist(),
             "span_texts": [s.text for s in ctx.trace.spans],
+            "span_is_answer": [s.is_answer for s in ctx.trace.spans],
             "scores": scores.tolist()}

@@ -369,7 +369,7 @@ STANDARD_LIMIT = 50  # samples per benchmark in a submission: the shipped leader
 
 
 def make_bundle(method: str, model: str = "vattr-tiny", output_dir: Path = Path("runs/submission"),
-                limit: int = STANDARD_LIMIT, device: str = "cpu", log=print) -> Path:
+                limit: int = STANDARD_LIMIT, device: str = "cpu") -> Path:
     """`vattr-bench submit`: run ``method`` under the standard protocol (evaluate's defaults: feature-ward
     regions, K 16, knockout, the synthetic test split, 32 LDS subsets) on the first ``limit`` test samples of
     every benchmark, and leave in ``output_dir`` what the Submit tab takes — results.json, samples.jsonl —
@@ -384,7 +384,7 @@ def make_bundle(method: str, model: str = "vattr-tiny", output_dir: Path = Path(
     output_dir = Path(output_dir)
     cfg = EvalConfig(model=model, methods=[method], benchmark="all", limit=limit, output_dir=str(output_dir),
                      device=device)
-    results = evaluate(cfg, log=log)
+    results = evaluate(cfg)
     plugin = parse_method_spec(method).file  # path/file.py:Class[:arguments]
     if plugin is None:
         source = inspect.getsourcefile(type(loaded))

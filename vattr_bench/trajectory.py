@@ -26,6 +26,7 @@ bootstrap 95% interval (samples resampled, the out-of-fold predictions kept).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +37,8 @@ from tqdm.auto import tqdm
 from .benchmarks import SPLITS, resolve_families, synthetic_sample
 from .storage import claim_settings, load_arrays, save_arrays, write_text_atomically
 from .types import Span, Trace
+
+logger = logging.getLogger(__name__)
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 FEATURES = ("top_mass", "entropy", "evidence_mass", "step_change", "image_reliance")
@@ -218,7 +221,7 @@ def analyse(records: list[dict], families: list[str], cfg: TrajectoryConfig) -> 
             "folds": folds, "per_family": per_family}
 
 
-def run_trajectory(cfg: TrajectoryConfig, log=print) -> dict:
+def run_trajectory(cfg: TrajectoryConfig) -> dict:
     from .methods.amortized import Amortized
     from .models import load_model
 
@@ -241,7 +244,7 @@ def run_trajectory(cfg: TrajectoryConfig, log=print) -> dict:
                 record = sample_record(model, sample, estimator, cfg)
             except ValueError as e:  # a sample the model wrote nothing for is reported, and the run goes on
                 skipped[sample.id] = str(e)
-                log(f"warning: sample {sample.id} skipped: {e}")
+                logger.warning(f"sample {sample.id} skipped: {e}")
                 continue
             save_arrays(path, **record)
         records.append(record)
@@ -251,8 +254,8 @@ def run_trajectory(cfg: TrajectoryConfig, log=print) -> dict:
                    "config": {**asdict(cfg), "families": families, "estimator_sha256": estimator.digest}})
     write_text_atomically(out / "trajectory.json", json.dumps(report, indent=1))
     save_trajectory_png(report, out / "trajectory.png")
-    log(format_report(report))
-    log(f"wrote {out / 'trajectory.json'} and {out / 'trajectory.png'}")
+    logger.info(format_report(report))
+    logger.info(f"wrote {out / 'trajectory.json'} and {out / 'trajectory.png'}")
     return report
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from ..storage import load_arrays, save_arrays
 from .estimator import LinearEstimator, select_heads, train_estimator
 from .attributor import signed_feature_parts, trace_features
 from .features import feature_kind, feature_sign_weight
+
+logger = logging.getLogger(__name__)
 
 
 MAX_NEW_TOKENS = 128  # the traces the estimator learns from: evaluate's default length
@@ -110,7 +113,7 @@ class ExampleCache:
 
 def collect_examples(model, families, per_family: int, regions="feature-ward", k=16, ablation="knockout", seed=0,
                      n_subsets=32, region_pool="sum", features="attention", cache_dir: Path | None = None,
-                     log=print, ranks: Ranks = Ranks()) -> list[dict]:
+                     ranks: Ranks = Ranks()) -> list[dict]:
     """Examples of ``per_family`` samples of each family (split "estimator"); with ``cache_dir``, each kept
     there once collected and read back from there by a later run. Under a distributed launch each rank collects
     its share into ``cache_dir`` (required then), and every rank then reads all of them back."""
@@ -149,11 +152,11 @@ def collect_examples(model, families, per_family: int, regions="feature-ward", k
             if ex is not None:
                 examples.append(ex)
     if reused and not ranks.distributed:
-        log(f"{reused} of {per_family * len(families)} samples' examples read back from {cache_dir}")
+        logger.info(f"{reused} of {per_family * len(families)} samples' examples read back from {cache_dir}")
     return examples
 
 
-def choose_sign_weight(train: list[dict], seed: int = 0, targets: str = "both", log=print) -> tuple[float, dict]:
+def choose_sign_weight(train: list[dict], seed: int = 0, targets: str = "both") -> tuple[float, dict]:
     """(β, scores): the β of `SIGN_WEIGHTS` whose all-heads estimator, fitted on 80% of ``train`` (examples
     of direct-logit-signed parts), scores the best mean of held-out r2 and LDS on the other 20% — chosen
     inside the training samples, so the run's own held-out scores stay unbiased. It judges fit within the
@@ -164,7 +167,7 @@ def choose_sign_weight(train: list[dict], seed: int = 0, targets: str = "both", 
         weights = train_estimator(with_sign_weight(inner_train, beta), seed=seed, targets=targets)
         scores[beta] = heldout_scores(weights, with_sign_weight(inner_held, beta))
     best = max(SIGN_WEIGHTS, key=lambda b: scores[b]["r2"] + scores[b]["lds"])
-    log("sign weight inside the training samples (" + ", ".join(
+    logger.info("sign weight inside the training samples (" + ", ".join(
         f"β {b:g}: r2 {v['r2']:.3f} lds {v['lds']:.3f}" for b, v in scores.items()) + f"): β {best:g}")
     return best, {f"{b:g}": {"r2": v["r2"], "lds": v["lds"]} for b, v in scores.items()}
 
@@ -221,7 +224,7 @@ def format_transfer(table: dict) -> str:
 def run(model, model_name: str, benchmark: str, n_train: int, output, regions="feature-ward", k=16,
         ablation="knockout", seed=0, n_subsets=32, region_pool="sum", heldout_fraction=0.2, targets="both",
         transfer=False, features="direct-logit-signed", n_heads: int | None = None, cache_dir: Path | None = None,
-        log=print, sign_weight: float | str | None = None, ranks: Ranks = Ranks()) -> LinearEstimator | None:
+        sign_weight: float | str | None = None, ranks: Ranks = Ranks()) -> LinearEstimator | None:
     """``n_heads``: the estimator uses only that many heads, chosen on the training samples (`select_heads`):
     the streaming worker's cost per span shrinks with them; the held-out scores with all heads are
     printed and kept beside its own. ``cache_dir``: where each sample's example is kept (`ExampleCache`).
@@ -245,7 +248,7 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
         raise ValueError(f"--heads {n_heads}: choose from 1 to {all_heads - 1} ({model.name} has {all_heads} heads; "
                          "leave it out for all)")
     examples = collect_examples(model, families, max(1, n_train // len(families)), regions, k, ablation, seed,
-                                n_subsets, region_pool, features, cache_dir, log, ranks)
+                                n_subsets, region_pool, features, cache_dir, ranks)
     if not ranks.is_main:
         return None
     train, held = split_heldout(examples, heldout_fraction, seed)
@@ -253,7 +256,7 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
     if signed:
         choice = None
         if beta == "auto":
-            beta, choice = choose_sign_weight(train, seed, targets, log)
+            beta, choice = choose_sign_weight(train, seed, targets)
         kind_meta["sign_weight"] = beta
         if choice is not None:
             kind_meta["sign_weight_choice"] = choice  # the inner held-out scores of each β
@@ -262,9 +265,9 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
     scores = heldout_scores(weights, held)
     if heads is not None:
         every = heldout_scores(all_heads_weights, held)
-        log(f"held-out with all {all_heads} heads: r2 {every['r2']:.3f}  pearson {every['pearson']:.3f}  "
+        logger.info(f"held-out with all {all_heads} heads: r2 {every['r2']:.3f}  pearson {every['pearson']:.3f}  "
             f"lds {every['lds']:.3f}")
-    log(f"held-out ({len(held)} samples, {scores['n_spans']} spans"
+    logger.info(f"held-out ({len(held)} samples, {scores['n_spans']} spans"
         f"{'' if heads is None else f'; {len(heads)} heads chosen on the training samples'}): r2 {scores['r2']:.3f}  "
         f"pearson {scores['pearson']:.3f}  lds {scores['lds']:.3f}")
     meta = {"model": model_name, "num_layers": model.num_layers, "num_heads": model.num_heads, "regions": regions,
@@ -275,8 +278,8 @@ def run(model, model_name: str, benchmark: str, n_train: int, output, regions="f
         meta.update(heads=heads.tolist(), heldout_all_heads=every)
     if transfer:
         meta["transfer"] = transfer_scores(train, held, seed, targets, n_heads, everything=weights)
-        log(format_transfer(meta["transfer"]))
+        logger.info(format_transfer(meta["transfer"]))
     est = LinearEstimator(weights, 0.0, meta)
     est.save(output)
-    log(f"wrote {output}")
+    logger.info(f"wrote {output}")
     return est
