@@ -4,6 +4,8 @@ and the output with statistics on being the output sdpa gives without. Needs a C
 
     python experiments/cudnn_lse_probe.py
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
@@ -12,6 +14,8 @@ from vattr_bench.models.capture.backend import explicit_lse
 
 
 def main():
+    if not torch.cuda.is_available():
+        sys.exit("cudnn_lse_probe.py needs a CUDA GPU (this torch sees none)")
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}\n")
     print("| dtype | queries | keys | head dim | sdpa picks | lse shape | max abs lse − explicit | max abs output − sdpa |")
