@@ -99,6 +99,24 @@ def test_span_scores_cover_the_registry_and_count_flat_scores_as_zero(ctx):
     assert scored.truth_undefined.tolist() == [False, False, True] and np.isnan(scored.values["r2"][2])
 
 
+def test_a_metric_added_to_the_registry_is_scored(ctx, monkeypatch):
+    """A span metric is one registry entry whose compute reads the sample's evidence: added there, every method
+    is scored on it, beside the others, with no other change."""
+    from vattr_bench.metrics import METRICS, Metric, registry, scoring, score_spans
+
+    top_is_largest = Metric("top_is_largest", True, "span", (0.0, 1.0), "1 if the top-scored region has the largest Δ",
+                            lambda e: (e.scores.argmax(1) == e.effects.argmax(1)).astype(float))
+    monkeypatch.setitem(METRICS, top_is_largest.name, top_is_largest)
+    monkeypatch.setattr(scoring, "SPAN_METRICS", (*registry.SPAN_METRICS, top_is_largest.name))
+    masks = random_subsets(K, 16, seed=2)
+    truth = subset_effects(ctx.model, ctx.prepared, ctx.trace, ctx.regions, masks)
+    scores = W.copy()
+    scores[1] = -W[1]
+    scored = score_spans(ctx, scores, W, masks, truth)
+    assert scored.values["top_is_largest"].tolist() == [1.0, 0.0, 1.0]
+    assert scored.values["r2"][0] == pytest.approx(1)  # the registry's own metrics alongside
+
+
 def test_random_subsets_are_drawn_per_sample():
     from vattr_bench.regions import subset_seed
 

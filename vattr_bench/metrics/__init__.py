@@ -8,8 +8,8 @@ fitted line; ``r2_signed`` carries the sign of that correlation and is what the 
 from .faithfulness import deletion_insertion_auc, lds, partial_pearson_per_span, pearson_per_span, topk_drop
 from .plausibility import pointing_game
 from .registry import (COST_METRICS, HIGHER_IS_BETTER, METRICS, RANKING_METRIC, SPAN_METRICS, Metric)
-from .scoring import SpanScores, score_spans
+from .scoring import SpanEvidence, SpanScores, score_spans
 
-__all__ = ["COST_METRICS", "HIGHER_IS_BETTER", "METRICS", "Metric", "RANKING_METRIC", "SPAN_METRICS", "SpanScores",
+__all__ = ["COST_METRICS", "HIGHER_IS_BETTER", "METRICS", "Metric", "RANKING_METRIC", "SPAN_METRICS", "SpanEvidence", "SpanScores",
            "deletion_insertion_auc", "lds", "partial_pearson_per_span", "pearson_per_span", "pointing_game",
            "score_spans", "topk_drop"]
