@@ -188,3 +188,25 @@ def test_amortized_takes_its_estimator_as_an_argument_and_the_environment_only_a
     assert load_method("amortized").load_for(tiny, "feature-ward", "knockout").digest == estimator.digest
     with pytest.raises(ValueError, match="no estimator file at typo.json"):  # before any sample is scored
         load_method("amortized:estimator=typo.json")
+
+
+def test_amortized_heads_argument_picks_or_checks_the_estimators_heads(tiny):
+    """`amortized:heads=16` (the issue's spelling): the estimator shipped with 16 heads; beside a file, a check
+    that the file reads that many; a count nothing ships names the command that trains one."""
+    from vattr_bench.methods.amortized import SHIPPED, SHIPPED_FEWER_HEADS, heads_used
+
+    sixteen = load_method("amortized:heads=16").load_for(tiny, "feature-ward", "knockout")
+    assert heads_used(sixteen) == 16
+    assert sixteen.digest == load_method(f"amortized:estimator={SHIPPED_FEWER_HEADS['vattr-tiny', 16]}").load_for(
+        tiny, "feature-ward", "knockout").digest
+    every = load_method(f"amortized:estimator={SHIPPED['vattr-tiny']},heads=64").load_for(tiny, "feature-ward", "knockout")
+    assert heads_used(every) == 64
+    with pytest.raises(ValueError, match=r"heads=16, but the estimator .*vattr-tiny.estimator.json uses 64 heads"):
+        load_method(f"amortized:estimator={SHIPPED['vattr-tiny']},heads=16").load_for(tiny, "feature-ward", "knockout")
+    with pytest.raises(ValueError, match=r"uses 64 heads \(shipped for vattr-tiny: every head, or 16\); train one "
+                                         r"with `vattr-bench train-estimator --heads 32`"):
+        load_method("amortized:heads=32").load_for(tiny, "feature-ward", "knockout")
+    with pytest.raises(ValueError, match="heads=0 is not a number of heads"):
+        load_method("amortized:heads=0")
+    with pytest.raises(ValueError, match="argument heads='x' is not int"):  # the spec's own type check
+        load_method("amortized:heads=x")
