@@ -41,7 +41,7 @@ def best_fit(examples: list[dict], iterations: int = 500) -> np.ndarray:
 
     def loss():
         opt.zero_grad()
-        value = -(pearson_rows(X @ w, Y, torch) ** 2).mean()
+        value = -(pearson_rows(X @ w, Y) ** 2).mean()
         value.backward()
         return value
 

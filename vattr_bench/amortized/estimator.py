@@ -86,7 +86,8 @@ class LinearEstimator:
         return est
 
 
-def pearson_rows(pred, target, torch):
+def pearson_rows(pred, target):
+    """Pearson correlation of each last-axis row of two torch tensors (the estimator's loss reads its mean)."""
     pred = pred - pred.mean(-1, keepdim=True)
     target = target - target.mean(-1, keepdim=True)
     return (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1) + 1e-8)
@@ -151,7 +152,7 @@ def train_estimator(examples: list[dict], epochs: int = 300, lr: float = 0.05, s
     for _ in range(epochs):
         pearsons = {kind: [] for kind in kinds}
         for kind, X, Y in groups:
-            pearsons[kind].append(pearson_rows((X / scale) @ w, Y, torch))
+            pearsons[kind].append(pearson_rows((X / scale) @ w, Y))
         loss = -torch.stack([torch.cat(p).mean() for p in pearsons.values()]).mean()  # each kind weighs the same
         opt.zero_grad()
         loss.backward()
